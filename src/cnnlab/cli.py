@@ -1,0 +1,336 @@
+"""The `cnnlab` command: train (through Hydra), compare, bench.
+
+`cnnlab train [overrides]` hands its arguments to Hydra untouched, so every Hydra flag
+works (--help, --cfg job, -m, hydra.run.dir=...). This is the only module that knows
+about Hydra: it turns the composed config into the plain dataclasses of config.py and
+wires data, model, trainer and report together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import resource
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab import compare, data, report
+from cnnlab.config import ConfigError, TrainConfig, register_configs
+from cnnlab.models import build_model, count_conv_layers, count_params, summary
+from cnnlab.train import (
+    CheckpointError,
+    Trainer,
+    load_checkpoint,
+    resolve_device,
+    seed_everything,
+)
+
+log = logging.getLogger("cnnlab")
+
+USAGE = """usage: cnnlab COMMAND [ARGS]
+
+commands:
+  train [overrides]   train a model; Hydra overrides, e.g. model=mlp data=digits device=cuda
+                      (-m for sweeps, --help for Hydra's help, --cfg job to print the config)
+  compare PATH ...    compare run and sweep folders: one table, optional plots (--help)
+  bench [ARGS]        time epochs: cnnlab's loop against the classic DataLoader one (--help)
+
+Exit codes: 0 ok, 1 failed, 2 bad input, 3 diverged, 130/143 interrupted.
+"""
+
+
+def config_dir() -> Path:
+    """Inside the wheel the configs ship as cnnlab/configs; in a source checkout they are
+    the top-level configs/ folder."""
+    packaged = Path(__file__).parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+def unique_dir(path: str) -> str:
+    """Claim `path` (or path-2, path-3, ...) with an atomic mkdir, so runs or sweeps started
+    in the same second never share a folder."""
+    candidate, n = path, 1
+    while True:
+        try:
+            os.makedirs(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}-{n}"
+
+
+# cached, so each process resolves a folder once; Hydra copies the cache into sweep jobs
+OmegaConf.register_new_resolver("cnnlab.unique", unique_dir, use_cache=True, replace=True)
+register_configs()
+
+
+# ---- train -------------------------------------------------------------------------------
+
+
+class RunFailed(Exception):
+    def __init__(self, status: str, message: str, exit_code: int):
+        super().__init__(message)
+        self.status, self.exit_code = status, exit_code
+
+
+def peak_memory(device: torch.device) -> dict:
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    out = {"peak_rss_mb": round(rss_kb / 1024, 1)}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def pick_device(name: str, job_num: int | None) -> torch.device:
+    # in a parallel sweep on a machine with several GPUs, spread jobs by job number
+    if name == "auto" and job_num is not None and torch.cuda.device_count() > 1:
+        name = f"cuda:{job_num % torch.cuda.device_count()}"
+    return resolve_device(name)
+
+
+def comparable_config(cfg: TrainConfig) -> dict:
+    """What a checkpoint must agree on to be resumed: the model and the data."""
+    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    for key in ("root", "download", "mirror"):
+        d["data"].pop(key, None)
+    return {"model": d["model"], "data": d["data"], "seed": d["seed"]}
+
+
+def check_resumable(saved: dict, current: dict, path: str) -> None:
+    flat = lambda d, p="": {  # noqa: E731
+        f"{p}{k}": v
+        for key, val in d.items()
+        for k, v in (flat(val, f"{key}.").items() if isinstance(val, dict) else [(key, val)])
+    }
+    old, new = flat(saved), flat(current)
+    diff = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(old | new)
+            if old.get(k) != new.get(k)]  # fmt: skip
+    if diff:
+        raise ConfigError(
+            f"resume={path} was trained with a different config: {', '.join(diff)}; "
+            f"pass the same model, data and seed overrides as the original run"
+        )
+
+
+def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None = None) -> dict:
+    """One training run into run_dir. Returns metrics; raises RunFailed or another error."""
+    started_at = datetime.now().isoformat(timespec="seconds")
+    if cfg.trainer.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    if cfg.trainer.precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    device = pick_device(cfg.device, job_num)
+    input_shape, classes = data.spec(cfg.data)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, input_shape, len(classes))
+    params, layers = count_params(model), summary(model)
+    log.info("model %s: %s parameters | %s", cfg.model.name, f"{params:,}", layers)
+
+    resume_state = None
+    if cfg.resume:
+        resume_state = load_checkpoint(Path(cfg.resume))
+        check_resumable(resume_state.get("config", {}), comparable_config(cfg), cfg.resume)
+
+    ds = data.load(cfg.data)
+    log.info("data %s: %d train / %d test images of %s on %s", cfg.data.name, len(ds.y_train),
+             len(ds.y_test), "x".join(map(str, input_shape)), device)  # fmt: skip
+    norm = cfg.data.normalize
+    model.to(device)
+    trainer = Trainer(
+        model,
+        data.to_device(ds.x_train, device, norm), ds.y_train.to(device),
+        data.to_device(ds.x_test, device, norm), ds.y_test.to(device),
+        cfg.trainer, device, cfg.seed,
+        checkpoint_path=run_dir / "checkpoints" / "last.pt",
+        extra_state={"config": comparable_config(cfg)},
+    )  # fmt: skip
+    if resume_state is not None:
+        trainer.restore(resume_state)
+        log.info("resumed from %s at epoch %d, step %d", cfg.resume, trainer.epoch,
+                 trainer.step_in_epoch)  # fmt: skip
+    log.info("training path: %s, precision %s", trainer.path, cfg.trainer.precision)
+
+    tensorboard = report.TensorBoardLogger(run_dir) if cfg.logger == "tensorboard" else None
+
+    def on_epoch(row):
+        report.write_history(run_dir / "history.csv", trainer.history)
+        if tensorboard:
+            tensorboard(row)
+
+    try:
+        result = trainer.fit(on_epoch)
+    finally:
+        if tensorboard:
+            tensorboard.close()
+
+    metrics = {
+        "status": result.status,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "params": params,
+        "conv_layers": count_conv_layers(model),
+        "layers": layers,
+        "accuracy": None,
+        "f1_macro": None,
+        "per_class": None,
+        "epochs_completed": len(result.history),
+        "train_seconds": round(result.train_seconds, 3),
+        "images_per_second": round(result.images_seen / max(result.train_seconds, 1e-9), 1),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "seed": cfg.seed,
+        "torch_version": torch.__version__,
+        "path": trainer.path,
+        "precision": str(cfg.trainer.precision),
+        "resumed_from": cfg.resume,
+        "started_at": started_at,
+        **peak_memory(device),
+    }  # fmt: skip
+    report.write_history(run_dir / "history.csv", result.history)
+    if result.history:
+        title = f"{cfg.model.name} on {cfg.data.name}"
+        report.plot_loss_curve(result.history, run_dir / "loss_curve.png", title)
+    if result.evaluation is not None:
+        title = f"{cfg.model.name} on {cfg.data.name}: {100 * result.evaluation.accuracy:.2f}%"
+        metrics.update(report.write_evaluation(run_dir, result.evaluation, ds.y_test, ds.x_test,
+                                               ds.classes, title))  # fmt: skip
+    if result.status != "completed":
+        metrics["error"] = result.message
+    report.write_json(run_dir / "metrics.json", metrics)
+    if result.status == "diverged":
+        raise RunFailed("diverged", result.message, 3)
+    if result.status == "interrupted":
+        raise RunFailed("interrupted", result.message, 128 + result.signal)
+    log.info("accuracy %.2f%%  f1_macro %.4f  -> %s", 100 * metrics["accuracy"],
+             metrics["f1_macro"], run_dir)  # fmt: skip
+    return metrics
+
+
+def explain(e: BaseException, cfg: DictConfig) -> tuple[str, int]:
+    """A one-line message and exit code for an error that stopped a run."""
+    if isinstance(e, RunFailed):
+        return str(e), e.exit_code
+    if isinstance(e, ConfigError):
+        return str(e), 2
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return (f"CUDA ran out of memory with trainer.batch_size={cfg.trainer.batch_size} and "
+                f"trainer.eval_batch_size={cfg.trainer.eval_batch_size}: try smaller batches "
+                f"or a smaller model"), 1  # fmt: skip
+    if isinstance(e, data.DataError | CheckpointError):
+        return str(e), 1
+    return f"{type(e).__name__}: {e}".splitlines()[0], 1
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, status: str, message: str) -> None:
+    """metrics.json for a run that stopped before its report; keeps what was written."""
+    path = run_dir / "metrics.json"
+    if path.is_file():  # the run already wrote its own (diverged, interrupted)
+        return
+    report.write_json(path, {"status": status, "model": cfg.model.name, "data": cfg.data.name,
+                             "error": message, "seed": cfg.seed,
+                             "torch_version": torch.__version__})  # fmt: skip
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def train_command(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        plain = OmegaConf.to_object(cfg)
+        metrics = train_run(plain, run_dir, hydra_cfg.job.num if multirun else None)
+        return metrics["accuracy"]  # what an Optuna sweep maximises
+    except KeyboardInterrupt:
+        record_failure(run_dir, cfg, "interrupted", "interrupted before training started")
+        raise
+    except Exception as e:
+        message, code = explain(e, cfg)
+        status = e.status if isinstance(e, RunFailed) else "failed"
+        if not isinstance(e, RunFailed | ConfigError | data.DataError | CheckpointError):
+            log.exception("run failed")  # an unexpected error: keep the traceback in train.log
+        log.error("error: %s", message)
+        record_failure(run_dir, cfg, status, message)
+        if status == "interrupted":
+            raise KeyboardInterrupt from None  # stop the sweep too
+        if multirun:
+            return float("nan")  # one failed job never stops the others
+        sys.exit(code)
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep: comparison table and plots in the sweep folder."""
+
+    failed: list[dict] = []
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        rows = compare.summarize_sweep(Path(config.hydra.sweep.dir))
+        SweepSummary.failed = compare.failed(rows)
+
+
+def train_main(args: list[str]) -> int:
+    sys.argv = ["cnnlab train", *args]
+    SweepSummary.failed = []
+    train_command()
+    if SweepSummary.failed:
+        names = ", ".join(f"{r['run']} ({r['status']})" for r in SweepSummary.failed)
+        print(f"error: {len(SweepSummary.failed)} job(s) did not complete: {names}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+# ---- compare and bench -------------------------------------------------------------------
+
+
+def compare_main(args: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="cnnlab compare",
+        description="One table over run folders and sweep folders (searched recursively).",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
+    p.add_argument("--sort", metavar="KEY", help="sort by this column; -KEY for descending")
+    p.add_argument("--format", default="table", choices=["table", "csv", "md", "json"])
+    p.add_argument("--out", metavar="DIR", help="also write comparison.csv/.md and the plots")
+    a = p.parse_args(args)
+    return compare.compare_command(a.paths, sort=a.sort, fmt=a.format, out=a.out)
+
+
+def bench_main(args: list[str]) -> int:
+    from cnnlab import bench
+
+    return bench.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = {"train": train_main, "compare": compare_main, "bench": bench_main}
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] not in commands:
+        print(f"error: unknown command {argv[0]!r}: choose one of {', '.join(commands)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
+

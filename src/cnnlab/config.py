@@ -1,0 +1,207 @@
+"""Config schemas: one dataclass per config group, registered in Hydra's ConfigStore.
+
+The YAML files under configs/ name these schemas in their defaults lists, so Hydra
+checks every key and type at compose time: `model.widht=2` or `trainer.epochs=abc`
+fails before any data loads. Choices are StrEnums so an unknown value is refused with
+the allowed ones listed. Range checks (lr > 0, ...) live in __post_init__ and run when
+cli.py turns the config into these objects, still before any data loads.
+
+Nothing here imports Hydra at module level: models, data and train take these plain
+dataclasses, so they work from a notebook too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Activation(StrEnum):
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    gelu = "gelu"
+
+
+class Pool(StrEnum):
+    max = "max"
+    avg = "avg"
+    none = "none"
+
+
+class Norm(StrEnum):
+    none = "none"
+    batch = "batch"
+    layer = "layer"
+    instance = "instance"
+    group = "group"
+    lrn = "lrn"
+
+
+class Optimizer(StrEnum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class Switch(StrEnum):
+    auto = "auto"
+    true = "true"
+    false = "false"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+
+
+class Logger(StrEnum):
+    none = "none"
+    tensorboard = "tensorboard"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and what is allowed."""
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        allowed = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value} is not allowed: it must be {allowed}")
+
+
+@dataclass
+class MLPConfig:
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [128])
+    activation: Activation = Activation.relu
+    negative_slope: float = 0.05
+    width: float = 1.0
+
+    def __post_init__(self):
+        _positive("model.width", self.width)
+        for h in self.hidden:
+            _positive("model.hidden", h)
+
+
+@dataclass
+class LeNetConfig:
+    name: str = "lenet5"
+    channels: list[int] = field(default_factory=lambda: [6, 16])
+    fc: list[int] = field(default_factory=lambda: [120, 84])
+    width: float = 1.0
+    depth: int = 1
+    kernel_size: Any = 5  # int or [h, w]
+    stride: int = 1
+    padding: Any = 0  # int, "same" or "valid"
+    dilation: int = 1
+    activation: Activation = Activation.relu
+    negative_slope: float = 0.05  # the chapter plots leaky ReLU with alpha 0.05
+    pool: Pool = Pool.max
+    norm: Norm = Norm.none
+    groups: int = 2  # for norm=group
+    factorize: bool = False
+    bottleneck: int | None = None
+    residual: bool = False
+
+    def __post_init__(self):
+        # Deeper checks that need the input size (a map shrinking below 1x1, groups not
+        # dividing the channels) happen in models.py, where that size is known.
+        if isinstance(self.kernel_size, list | tuple):
+            self.kernel_size = tuple(self.kernel_size)  # YAML lists become tuples
+        _positive("model.width", self.width)
+        _positive("model.depth", self.depth)
+        _positive("model.stride", self.stride)
+        _positive("model.dilation", self.dilation)
+        _positive("model.groups", self.groups)
+        if self.bottleneck is not None:
+            _positive("model.bottleneck", self.bottleneck)
+        if isinstance(self.padding, str) and self.padding not in ("same", "valid"):
+            raise ConfigError(
+                f"model.padding={self.padding!r} is not allowed: use an int >= 0, 'same' or 'valid'"
+            )
+        if isinstance(self.padding, int):
+            _positive("model.padding", self.padding, allow_zero=True)
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    root: str = "${oc.env:CNNLAB_DATA,data}"
+    download: bool = True
+    normalize: list[float] = field(default_factory=lambda: [0.5, 0.5])  # mean, std
+    mirror: str | None = None  # base URL of an IDX mirror, tried before torchvision's
+    train_size: int | None = None  # keep only the first N images (quick experiments)
+    test_size: int | None = None
+
+    def __post_init__(self):
+        if len(self.normalize) != 2 or self.normalize[1] <= 0:
+            raise ConfigError(
+                f"data.normalize={self.normalize} is not allowed: use [mean, std] with std > 0"
+            )
+        for key in ("train_size", "test_size"):
+            if getattr(self, key) is not None:
+                _positive(f"data.{key}", getattr(self, key))
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    name: str = "synthetic"
+    shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # channels, height, width
+    classes: int = 10
+    train_size: int | None = 512
+    test_size: int | None = 256
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ConfigError(f"data.shape={self.shape} is not allowed: use [channels, h, w] >= 1")
+        _positive("data.classes", self.classes)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    optimizer: Optimizer = Optimizer.adam
+    lr: float = 0.001
+    progress: bool = True
+    log_every: int = 50  # steps between reads of the loss (each read syncs with the device)
+    cuda_graph: Switch = Switch.auto  # capture the whole training step on CUDA
+    compile: bool = False
+    precision: Precision = Precision.fp32
+    deterministic: bool = False
+    checkpoint: bool = True
+
+    def __post_init__(self):
+        _positive("trainer.epochs", self.epochs, allow_zero=True)
+        _positive("trainer.batch_size", self.batch_size)
+        _positive("trainer.eval_batch_size", self.eval_batch_size)
+        _positive("trainer.lr", self.lr)
+        _positive("trainer.log_every", self.log_every)
+
+
+@dataclass
+class TrainConfig:
+    model: Any = None  # MLPConfig or LeNetConfig, chosen by the model group
+    data: Any = None  # DataConfig or SyntheticDataConfig
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    device: str = "auto"
+    seed: int = 0
+    resume: str | None = None  # a run folder or a checkpoint file
+    logger: Logger = Logger.none
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore; the YAML files list them in their defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="model", name="mlp_schema", node=MLPConfig)
+    cs.store(group="model", name="lenet_schema", node=LeNetConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="data", name="synthetic_schema", node=SyntheticDataConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)

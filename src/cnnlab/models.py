@@ -1,0 +1,217 @@
+"""The chapter's MLP and the LeNet family, built from config dataclasses.
+
+Models read the input shape (channels, height, width) and the class count from the data,
+so the same config works on 1x28x28 digits and 3x32x32 CIFAR images. Every knob is checked
+while the model is built, against the real feature-map sizes, so a combination that cannot
+work fails before training with the knob, its value and the input size in the message.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlab.config import ConfigError, LeNetConfig, MLPConfig
+from cnnlab.layers import (
+    ACTIVATIONS,
+    NORMS,
+    POOLS,
+    conv_block,
+    conv_out,
+    lookup,
+    pair,
+    resolve_padding,
+    same_padding,
+)
+
+
+def scaled(n: int, width: float) -> int:
+    return max(1, round(n * width))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: MLPConfig, input_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        act = lookup(ACTIVATIONS, cfg.activation, "model.activation")
+        layers: list[nn.Module] = [nn.Flatten()]
+        n_in = input_shape[0] * input_shape[1] * input_shape[2]
+        for h in cfg.hidden:
+            layers += [nn.Linear(n_in, scaled(h, cfg.width)), act(cfg.negative_slope)]
+            n_in = scaled(h, cfg.width)
+        layers.append(nn.Linear(n_in, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Residual(nn.Module):
+    """act(body(x) + shortcut(x)), ResNet v1 style.
+
+    The shortcut is the identity, or a 1x1 conv where channels or stride change. With
+    "valid" padding the body also shrinks the map, so the shortcut is centre-cropped to
+    match (as U-Net does with its skips) rather than forbidding that combination.
+    """
+
+    def __init__(self, body: nn.Module, shortcut: nn.Module, activation: nn.Module):
+        super().__init__()
+        self.body, self.shortcut, self.act = body, shortcut, activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, s = self.body(x), self.shortcut(x)
+        dh, dw = s.shape[-2] - y.shape[-2], s.shape[-1] - y.shape[-1]
+        if dh or dw:
+            s = s[..., dh // 2 : dh // 2 + y.shape[-2], dw // 2 : dw // 2 + y.shape[-1]]
+        return self.act(y + s)
+
+
+class LeNet(nn.Module):
+    """Stages of `depth` conv blocks, each stage followed by a 2x2 pool, then dense layers.
+
+    With the defaults this is the chapter's LeNet-5 (44,426 parameters on 1x28x28). The
+    first conv of a stage uses `stride` and `padding`; the extra ones (depth > 1) keep the
+    spatial size, so depth adds layers without changing what the dense head sees.
+    """
+
+    def __init__(self, cfg: LeNetConfig, input_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        act = lookup(ACTIVATIONS, cfg.activation, "model.activation")
+        norm = lookup(NORMS, cfg.norm, "model.norm")
+        pool = lookup(POOLS, cfg.pool, "model.pool")
+
+        def activation():
+            return act(cfg.negative_slope)
+
+        def make_norm(c: int):
+            if norm is None:
+                return None
+            if cfg.norm == "group" and c % cfg.groups:
+                raise ConfigError(
+                    f"model.groups={cfg.groups} does not divide {c} channels (model.norm=group, "
+                    f"input {'x'.join(map(str, input_shape))}): pick groups that divide "
+                    f"every channel count"
+                )
+            return norm(c, cfg.groups)
+
+        block_norm = make_norm if norm is not None else None
+        shape_text = "x".join(map(str, input_shape))
+        knobs = (
+            f"model.kernel_size={cfg.kernel_size}, model.stride={cfg.stride}, "
+            f"model.padding={cfg.padding}, model.dilation={cfg.dilation}"
+        )
+        in_ch, size = input_shape[0], (input_shape[1], input_shape[2])
+        stages: list[nn.Module] = []
+        for s, channels in enumerate(cfg.channels, start=1):
+            out_ch = scaled(channels, cfg.width)
+            blocks, stage_in, stage_size = [], in_ch, size
+            for d in range(cfg.depth):
+                first = d == 0
+                stride = cfg.stride if first else 1
+                padding = (
+                    resolve_padding(cfg.padding, cfg.kernel_size, cfg.dilation)
+                    if first
+                    else same_padding(cfg.kernel_size, cfg.dilation)
+                )
+                if cfg.bottleneck is not None:
+                    blocks.append(
+                        conv_block(in_ch, cfg.bottleneck, 1, norm=block_norm, activation=activation)
+                    )
+                    in_ch = cfg.bottleneck
+                last = d == cfg.depth - 1
+                blocks.append(
+                    conv_block(
+                        in_ch, out_ch, cfg.kernel_size, stride, padding, cfg.dilation,
+                        norm=block_norm,
+                        # ResNet applies the last activation after the shortcut is added
+                        activation=None if (cfg.residual and last) else activation,
+                        factorize=cfg.factorize,
+                    )
+                )
+                new_size = conv_out(size, cfg.kernel_size, stride, padding, cfg.dilation)
+                if min(new_size) < 1:
+                    raise ConfigError(
+                        f"{knobs} shrink the feature map below 1x1 in stage {s}, conv {d + 1} "
+                        f"({size[0]}x{size[1]} -> {new_size[0]}x{new_size[1]}) for input "
+                        f"{shape_text}: use padding=same, a smaller kernel or fewer stages"
+                    )
+                in_ch, size = out_ch, new_size
+            body = nn.Sequential(*blocks)
+            if cfg.residual:
+                needs_projection = stage_in != out_ch or cfg.stride != 1
+                shortcut = (
+                    conv_block(stage_in, out_ch, 1, cfg.stride, norm=block_norm)
+                    if needs_projection
+                    else nn.Identity()
+                )
+                body = Residual(body, shortcut, activation())
+            stages.append(body)
+            if pool is not None:
+                if min(size) < 2:
+                    raise ConfigError(
+                        f"model.pool={cfg.pool} cannot halve a {size[0]}x{size[1]} map after stage {s} for input "
+                        f"{shape_text} ({knobs}): use model.pool=none, padding=same or fewer "
+                        f"stages"
+                    )
+                stages.append(pool(2, 2))
+                size = conv_out(size, 2, 2, 0, 1)
+        self.features = nn.Sequential(*stages)
+
+        head: list[nn.Module] = [nn.Flatten()]
+        n_in = in_ch * size[0] * size[1]
+        for units in cfg.fc:
+            head += [nn.Linear(n_in, scaled(units, cfg.width)), activation()]
+            n_in = scaled(units, cfg.width)
+        head.append(nn.Linear(n_in, num_classes))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+# The config schema decides the architecture; presets (lenet5_wide, resnet_small, ...)
+# are only different values of the same schema.
+MODELS: dict[type, type[nn.Module]] = {MLPConfig: MLP, LeNetConfig: LeNet}
+
+
+def build_model(cfg, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    return MODELS[type(cfg)](cfg, tuple(input_shape), num_classes)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_conv_layers(model: nn.Module) -> int:
+    """k x k convs: a factorized pair counts once, 1x1 bottlenecks and projections not at all."""
+    return sum(
+        1
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and pair(m.kernel_size)[0] > 1
+    )
+
+
+def summary(model: nn.Module) -> str:
+    """One line naming each layer in order, e.g. 'conv1-6k5x5 relu maxpool ... fc84-10'."""
+    parts = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            k = "x".join(map(str, m.kernel_size))
+            extra = "".join(
+                f" {n}{v[0] if v[0] == v[1] else v}"
+                for n, v in (("s", m.stride), ("d", m.dilation))
+                if v != (1, 1)
+            )
+            parts.append(f"conv{m.in_channels}-{m.out_channels}k{k}{extra}")
+        elif isinstance(m, nn.Linear):
+            parts.append(f"fc{m.in_features}-{m.out_features}")
+        elif isinstance(m, Residual):
+            parts.append("residual:")
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm | nn.InstanceNorm2d):
+            parts.append(type(m).__name__.replace("2d", "").lower())
+        elif isinstance(m, nn.LocalResponseNorm):
+            parts.append("lrn")
+        elif isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
+            parts.append(type(m).__name__.replace("Pool2d", "pool").lower())
+        elif isinstance(m, nn.ReLU | nn.LeakyReLU | nn.GELU):
+            parts.append(type(m).__name__.lower())
+    return " ".join(parts)
