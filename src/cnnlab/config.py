@@ -110,6 +110,17 @@ class LeNetConfig:
         # dividing the channels) happen in models.py, where that size is known.
         if isinstance(self.kernel_size, list | tuple):
             self.kernel_size = tuple(self.kernel_size)  # YAML lists become tuples
+            if len(self.kernel_size) != 2:
+                raise ConfigError(
+                    f"model.kernel_size={list(self.kernel_size)} is not allowed: "
+                    f"use an int or [h, w]"
+                )
+        for k in self.kernel_size if isinstance(self.kernel_size, tuple) else (self.kernel_size,):
+            _positive("model.kernel_size", k)
+        for c in self.channels:
+            _positive("model.channels", c)
+        for units in self.fc:
+            _positive("model.fc", units)
         _positive("model.width", self.width)
         _positive("model.depth", self.depth)
         _positive("model.stride", self.stride)

@@ -80,13 +80,15 @@ def conv_block(
 ) -> nn.Sequential:
     """conv -> norm -> activation, the torchvision Conv2dNormActivation recipe.
 
-    The conv bias is off when a norm follows, since the norm's shift replaces it.
+    The conv bias is off when a norm with a learnable shift follows, since that shift
+    replaces it (LRN has none, so its conv keeps the bias, as in AlexNet).
     With `factorize`, the k x k conv becomes k x 1 then 1 x k (Inception v3): both map to
     `out_ch`, and the first has no bias because a linear map follows it directly.
     """
     kh, kw = pair(kernel_size)
     (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
-    bias = norm is None
+    norm_layer = norm(out_ch) if norm is not None else None
+    bias = getattr(norm_layer, "bias", None) is None
     if factorize and kh > 1 and kw > 1:
         layers: list[nn.Module] = [
             nn.Conv2d(in_ch, out_ch, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False),
@@ -94,8 +96,8 @@ def conv_block(
         ]
     else:
         layers = [nn.Conv2d(in_ch, out_ch, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias=bias)]
-    if norm is not None:
-        layers.append(norm(out_ch))
+    if norm_layer is not None:
+        layers.append(norm_layer)
     if activation is not None:
         layers.append(activation())
     return nn.Sequential(*layers)

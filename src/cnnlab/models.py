@@ -137,6 +137,15 @@ class LeNet(nn.Module):
                 in_ch, size = out_ch, new_size
             body = nn.Sequential(*blocks)
             if cfg.residual:
+                short_size = conv_out(stage_size, 1, cfg.stride, 0, 1)
+                if size[0] > short_size[0] or size[1] > short_size[1]:
+                    # the shortcut can be cropped to a smaller body output, not grown
+                    raise ConfigError(
+                        f"model.residual=true with {knobs} grows the map in stage {s} "
+                        f"({stage_size[0]}x{stage_size[1]} -> {size[0]}x{size[1]}, shortcut "
+                        f"{short_size[0]}x{short_size[1]}) for input {shape_text}: use "
+                        f"padding=same or a smaller padding"
+                    )
                 needs_projection = stage_in != out_ch or cfg.stride != 1
                 shortcut = (
                     conv_block(stage_in, out_ch, 1, cfg.stride, norm=block_norm)
