@@ -213,14 +213,17 @@ def _is_noise(key: str) -> bool:
 
 def _differing_keys(runs: list[dict]) -> list[str]:
     # Runs without a config (died early, copied without .hydra/) would make every key look
-    # different, so only runs that have one decide. The order is the config's own.
+    # different, so only runs that have one decide. A key only some runs have (model.hidden
+    # of an MLP beside LeNet's model.channels) is a difference of model, which the model
+    # column already shows. The order is the config's own.
     configs = [run["config"] for run in runs if run["config"]]
     keys = dict.fromkeys(key for config in configs for key in config)
     return [
         key
         for key in keys
         if not _is_noise(key)
-        and len({_canon(config[key]) if key in config else None for config in configs}) > 1
+        and all(key in config for config in configs)
+        and len({_canon(config[key]) for config in configs}) > 1
     ]
 
 

@@ -157,9 +157,9 @@ class LeNet(nn.Module):
             if pool is not None:
                 if min(size) < 2:
                     raise ConfigError(
-                        f"model.pool={cfg.pool} cannot halve a {size[0]}x{size[1]} map after stage {s} for input "
-                        f"{shape_text} ({knobs}): use model.pool=none, padding=same or fewer "
-                        f"stages"
+                        f"model.pool={cfg.pool} cannot halve a {size[0]}x{size[1]} map after "
+                        f"stage {s} for input {shape_text} ({knobs}): use model.pool=none, "
+                        f"padding=same or fewer stages"
                     )
                 stages.append(pool(2, 2))
                 size = conv_out(size, 2, 2, 0, 1)

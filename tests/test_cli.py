@@ -1,0 +1,414 @@
+"""The `cnnlab` command as a user runs it: subcommands, Hydra's flags, errors that stop a run
+before any data loads, one real training run end to end (every run-folder file of
+design.md, checked against numbers computed here), run-folder naming, and the wheel."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import cnnlab.cli
+from cnnlab import data
+from cnnlab.config import DataConfig, LeNetConfig, MLPConfig
+from cnnlab.data import IDX_FILES
+from cnnlab.models import build_model, count_params
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RUN_FILES = [
+    "metrics.json", "history.csv", "loss_curve.png", "confusion_matrix.png",
+    "confusion_matrix.csv", "checkpoints/last.pt", ".hydra/config.yaml",
+    ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log", "mistakes.png",
+]  # fmt: skip
+METRICS_KEYS = [
+    "status", "model", "data", "params", "accuracy", "f1_macro", "per_class",
+    "epochs_completed", "train_seconds", "images_per_second", "device", "seed", "torch_version",
+]  # fmt: skip
+HISTORY_HEADER = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds"]
+DIGITS_TEST_SIZE = 450
+# a process that fails before loading data still imports torch and Hydra: seconds, not more
+FAST_FAIL_SECONDS = 30
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def run_folders(cwd: Path) -> list[Path]:
+    """Every run folder under cwd/outputs (a folder holding .hydra/)."""
+    return sorted(p.parent for p in (cwd / "outputs").rglob(".hydra"))
+
+
+def assert_no_data_loaded(cwd: Path) -> None:
+    """The data folder is as the fixture made it (empty) and nothing trained."""
+    assert list((cwd / "data").iterdir()) == [], "data was looked for or downloaded"
+    for name in ("history.csv", "last.pt", "loss_curve.png", "confusion_matrix.csv"):
+        assert not list(cwd.rglob(name)), f"{name} written by a run that should not have trained"
+    for path in cwd.rglob("metrics.json"):
+        assert json.loads(path.read_text())["status"] == "failed"
+
+
+# ---- the command itself --------------------------------------------------------------------
+
+
+def test_help_lists_the_subcommands(tmp_path, run_cli):
+    result = run_cli(tmp_path, "--help")
+    assert result.returncode == 0, output(result)
+    for command in ("train", "compare", "bench"):
+        assert re.search(rf"^\s+{command}\b", result.stdout, re.M), result.stdout
+
+
+def test_python_dash_m_cnnlab_works(tmp_path, run_cli):
+    result = run_cli(tmp_path, "--help", prog=[sys.executable, "-m", "cnnlab"])
+    assert result.returncode == 0, output(result)
+    assert "train" in result.stdout and "compare" in result.stdout
+
+
+def test_unknown_command_exits_2_naming_it(tmp_path, run_cli):
+    result = run_cli(tmp_path, "nosuch")
+    assert result.returncode == 2
+    assert "nosuch" in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_train_help_is_hydras_help(tmp_path, run_cli):
+    result = run_cli(tmp_path, "train", "--help")
+    assert result.returncode == 0, output(result)
+    assert "powered by Hydra" in result.stdout
+    groups = result.stdout.split("== Config ==")[0]
+    for group, option in [("model", "lenet5_wide"), ("data", "digits"), ("trainer", "default")]:
+        assert re.search(rf"^{group}:.*\b{option}\b", groups, re.M), groups
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_train_cfg_job_prints_the_config_and_creates_nothing(tmp_path, run_cli):
+    result = run_cli(tmp_path, "train", "--cfg", "job", "model=mlp", "trainer.epochs=3")
+    assert result.returncode == 0, output(result)
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["model"]["name"] == "mlp" and cfg["model"]["hidden"] == [128]
+    assert cfg["trainer"]["epochs"] == 3 and cfg["data"]["name"] == "mnist"
+    assert "hydra" not in cfg
+    assert not (tmp_path / "outputs").exists()
+    assert_no_data_loaded(tmp_path)
+
+
+# ---- errors that stop a run before any data loads ----------------------------------------
+
+COMPOSE_ERRORS = {
+    "model.widht=2": ["widht"],
+    "trainer.epochs=abc": ["trainer.epochs", "abc"],
+    "model.activation=tanh": ["model.activation", "tanh"],
+    "data=nosuch": ["data", "nosuch"],
+}
+
+
+@pytest.mark.parametrize(("override", "named"), COMPOSE_ERRORS.items(), ids=list(COMPOSE_ERRORS))
+def test_compose_error_exits_nonzero_naming_the_key_before_any_data(
+    tmp_path, run_cli, override, named
+):
+    started = time.monotonic()
+    # the default data is MNIST, absent from the empty data folder: had the run gone as far
+    # as loading data, it would have made data/MNIST/raw and tried to download
+    result = run_cli(tmp_path, "train", "model=lenet5", override)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    for word in named:
+        assert word in output(result), output(result)
+    assert "Traceback" not in output(result)
+    assert elapsed < FAST_FAIL_SECONDS
+    assert not (tmp_path / "outputs").exists()  # Hydra stopped before making a run folder
+    assert_no_data_loaded(tmp_path)
+
+
+RANGE_ERRORS = {
+    "trainer.lr=0": (r"trainer\.lr=0(\.0)?\b", "> 0"),
+    "trainer.epochs=-1": (r"trainer\.epochs=-1\b", ">= 0"),
+    "trainer.batch_size=0": (r"trainer\.batch_size=0\b", "> 0"),
+}
+
+
+@pytest.mark.parametrize(("override", "expected"), RANGE_ERRORS.items(), ids=list(RANGE_ERRORS))
+def test_out_of_range_value_exits_2_with_one_line_naming_key_value_and_rule(
+    tmp_path, run_cli, override, expected
+):
+    key_value, rule = expected
+    result = run_cli(tmp_path, "train", override)  # default data: MNIST, absent here
+    assert result.returncode == 2, output(result)
+    lines = [line for line in output(result).splitlines() if re.search(key_value, line)]
+    assert len(lines) == 1, output(result)
+    assert rule in lines[0], lines[0]
+    assert "Traceback" not in output(result)
+    assert_no_data_loaded(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_exits_nonzero_listing_available_devices(tmp_path, run_cli):
+    result = run_cli(tmp_path, "train", "device=cuda")  # default data: MNIST, absent here
+    assert result.returncode != 0
+    lines = [line for line in output(result).splitlines() if "device='cuda'" in line]
+    assert len(lines) == 1, output(result)
+    assert "available" in lines[0] and "cpu" in lines[0], lines[0]
+    assert "Traceback" not in output(result)
+    assert_no_data_loaded(tmp_path)
+
+
+def test_mnist_missing_and_offline_fails_fast_naming_folder_files_and_alternatives(
+    tmp_path, run_cli
+):
+    started = time.monotonic()
+    result = run_cli(tmp_path, "train", "data=mnist", timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < 30, f"took {elapsed:.0f} s to give up"
+    text = output(result)
+    assert str(tmp_path / "data" / "MNIST" / "raw") in text, text
+    for name in IDX_FILES:
+        assert name in text
+    assert "data=digits" in text and "fashion_mnist" in text and "Debian" in text, text
+    assert "Traceback" not in text
+    # no partial file left behind, and no run folder claims to have trained
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+    (folder,) = run_folders(tmp_path)
+    assert json.loads((folder / "metrics.json").read_text())["status"] == "failed"
+    assert not (folder / "history.csv").exists()
+
+
+# ---- one real run, end to end ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory, run_cli):
+    cwd = tmp_path_factory.mktemp("lenet_run")
+    day = date.today()
+    result = run_cli(cwd, "train", "model=lenet5", "data=digits", "trainer.epochs=2",
+                     timeout=600)  # fmt: skip
+    assert result.returncode == 0, output(result)
+    (folder,) = run_folders(cwd)
+    return {"cwd": cwd, "folder": folder, "result": result, "days": (day, date.today())}
+
+
+@pytest.fixture(scope="module")
+def lenet_metrics(lenet_run):
+    return json.loads((lenet_run["folder"] / "metrics.json").read_text())
+
+
+def read_confusion_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    rows = list(csv.reader(path.open()))
+    classes = rows[0][1:]
+    assert [r[0] for r in rows[1:]] == classes
+    return classes, np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+
+
+def test_run_folder_is_outputs_date_time_model(lenet_run):
+    relative = lenet_run["folder"].relative_to(lenet_run["cwd"])
+    match = re.fullmatch(r"outputs/(\d{4}-\d{2}-\d{2})/\d{2}-\d{2}-\d{2}_lenet5(-\d+)?",
+                         relative.as_posix())  # fmt: skip
+    assert match, relative
+    assert date.fromisoformat(match[1]) in lenet_run["days"]
+    assert str(lenet_run["folder"]) in output(lenet_run["result"])  # the log says where
+
+
+def test_run_folder_has_every_file(lenet_run):
+    folder = lenet_run["folder"]
+    missing = [name for name in RUN_FILES if not (folder / name).is_file()]
+    assert not missing, f"missing in {folder}: {missing}"
+    assert not list(folder.rglob("*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("name", ["loss_curve.png", "confusion_matrix.png", "mistakes.png"])
+def test_plots_are_png_images(lenet_run, name):
+    from PIL import Image
+
+    path = lenet_run["folder"] / name
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) >= 200
+
+
+def test_metrics_json_has_every_key_with_sane_values(lenet_metrics):
+    m = lenet_metrics
+    assert not [k for k in METRICS_KEYS if k not in m], m.keys()
+    assert m["status"] == "completed"
+    assert (m["model"], m["data"]) == ("lenet5", "digits")
+    assert m["params"] == 44426
+    assert 0 <= m["accuracy"] <= 1 and 0 <= m["f1_macro"] <= 1
+    assert m["accuracy"] > 0.2  # two epochs on digits learn something (chance is 0.1)
+    assert m["epochs_completed"] == 2
+    assert m["train_seconds"] > 0 and m["images_per_second"] > 0
+    auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() \
+        else "cpu"  # fmt: skip
+    assert m["device"].split(":")[0] == auto  # device=auto, as in the chapter
+    assert m["seed"] == 0
+    assert m["torch_version"] == torch.__version__
+
+
+def test_per_class_scores(lenet_metrics):
+    per_class = lenet_metrics["per_class"]
+    assert list(per_class) == [str(i) for i in range(10)]
+    for name, scores in per_class.items():
+        assert set(scores) >= {"precision", "recall", "f1", "support"}, name
+        assert all(0 <= scores[k] <= 1 for k in ("precision", "recall", "f1")), name
+    assert sum(s["support"] for s in per_class.values()) == DIGITS_TEST_SIZE
+
+
+def test_history_csv_has_one_row_per_epoch(lenet_run, lenet_metrics):
+    with (lenet_run["folder"] / "history.csv").open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == HISTORY_HEADER
+        rows = list(reader)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert float(r["train_loss"]) > 0 and float(r["test_loss"]) > 0
+        assert 0 <= float(r["test_accuracy"]) <= 1 and float(r["seconds"]) > 0
+    assert float(rows[-1]["test_accuracy"]) == pytest.approx(lenet_metrics["accuracy"])
+
+
+def test_confusion_matrix_agrees_with_metrics_and_sklearn(lenet_run, lenet_metrics):
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    classes, cm = read_confusion_csv(lenet_run["folder"] / "confusion_matrix.csv")
+    assert classes == [str(i) for i in range(10)] and cm.shape == (10, 10)
+    assert cm.sum() == DIGITS_TEST_SIZE
+    assert np.trace(cm) / cm.sum() == pytest.approx(lenet_metrics["accuracy"], abs=1e-9)
+    # rebuild the label pairs from the counts (rows true, columns predicted) for sklearn
+    pairs = [(t, p) for t in range(10) for p in range(10) for _ in range(cm[t, p])]
+    y_true, y_pred = np.array(pairs).T
+    expected = f1_score(y_true, y_pred, average="macro", labels=range(10), zero_division=0)
+    assert lenet_metrics["f1_macro"] == pytest.approx(expected, abs=1e-9)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=range(10), zero_division=0
+    )
+    for i, name in enumerate(classes):
+        got = lenet_metrics["per_class"][name]
+        assert got["support"] == support[i] == cm[i].sum()
+        assert got["precision"] == pytest.approx(precision[i], abs=1e-9)
+        assert got["recall"] == pytest.approx(recall[i], abs=1e-9)
+        assert got["f1"] == pytest.approx(f1[i], abs=1e-9)
+
+
+def test_checkpoint_loads_weights_only_and_reproduces_the_accuracy(lenet_run, lenet_metrics):
+    state = torch.load(lenet_run["folder"] / "checkpoints" / "last.pt", map_location="cpu",
+                       weights_only=True)  # fmt: skip
+    assert state["epoch"] == 2
+    model = build_model(LeNetConfig(), (1, 28, 28), 10)
+    model.load_state_dict(state["model"])  # strict: every tensor, no extra ones
+    assert count_params(model) == 44426
+    # the saved weights are the final ones: they score what metrics.json says
+    ds = data.load(DataConfig(name="digits", root="unused"))
+    with torch.no_grad():
+        predictions = model.eval()(data.to_device(ds.x_test, torch.device("cpu"), [0.5, 0.5]))
+    accuracy = (predictions.argmax(1) == ds.y_test).double().mean().item()
+    assert accuracy == pytest.approx(lenet_metrics["accuracy"], abs=2 / DIGITS_TEST_SIZE)
+
+
+def test_hydra_files_record_the_run(lenet_run):
+    hydra_dir = lenet_run["folder"] / ".hydra"
+    config = yaml.safe_load((hydra_dir / "config.yaml").read_text())
+    assert config["model"]["name"] == "lenet5" and config["data"]["name"] == "digits"
+    assert config["trainer"]["epochs"] == 2
+    overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text())
+    assert overrides == ["model=lenet5", "data=digits", "trainer.epochs=2"]
+    assert yaml.safe_load((hydra_dir / "hydra.yaml").read_text())["hydra"]["job"]["name"]
+
+
+def test_train_log_has_a_line_per_epoch(lenet_run):
+    log = (lenet_run["folder"] / "train.log").read_text()
+    for epoch in (1, 2):
+        assert re.search(rf"epoch {epoch}/2\b.*loss.*accuracy", log), log
+
+
+def test_mlp_end_to_end(tmp_path, run_cli):
+    result = run_cli(tmp_path, "train", "model=mlp", "data=digits", "trainer.epochs=1",
+                     "trainer.progress=false", timeout=600)  # fmt: skip
+    assert result.returncode == 0, output(result)
+    (folder,) = run_folders(tmp_path)
+    assert re.fullmatch(r"\d{2}-\d{2}-\d{2}_mlp(-\d+)?", folder.name), folder.name
+    assert not [name for name in RUN_FILES if not (folder / name).is_file()]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert (metrics["status"], metrics["model"], metrics["params"]) == ("completed", "mlp", 101770)
+    assert metrics["epochs_completed"] == 1 and 0 <= metrics["accuracy"] <= 1
+    state = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
+    build_model(MLPConfig(), (1, 28, 28), 10).load_state_dict(state["model"])
+
+
+# ---- run folders never shared ------------------------------------------------------------
+
+
+def test_unique_dir_appends_a_number_when_the_folder_exists(tmp_path):
+    base = str(tmp_path / "outputs" / "2026-01-01" / "12-00-00_lenet5")
+    first, second, third = (cnnlab.cli.unique_dir(base) for _ in range(3))
+    assert (first, second, third) == (base, f"{base}-2", f"{base}-3")
+    assert all(Path(p).is_dir() for p in (first, second, third))
+
+
+def test_two_runs_started_together_get_two_folders(tmp_path, run_cli):
+    """Two processes at once, both with the default naming and both with one fixed name:
+    each pair ends in two folders. (lr=0 makes the runs stop right after claiming one.)"""
+    fixed = "hydra.run.dir=${cnnlab.unique:outputs/same}"
+    jobs = [("default", []), ("default", []), ("fixed", [fixed]), ("fixed", [fixed])]
+    for name, _ in jobs:
+        (tmp_path / name).mkdir(exist_ok=True)
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(
+            lambda job: run_cli(tmp_path / job[0], "train", "trainer.lr=0",
+                                *job[1]), jobs))  # fmt: skip
+    assert [r.returncode for r in results] == [2] * len(jobs), [output(r) for r in results]
+    default = run_folders(tmp_path / "default")
+    assert len(default) == 2, default
+    assert all(re.fullmatch(r"\d{2}-\d{2}-\d{2}_lenet5(-2)?", p.name) for p in default), default
+    fixed_folders = [p.relative_to(tmp_path / "fixed").as_posix()
+                     for p in run_folders(tmp_path / "fixed")]  # fmt: skip
+    assert fixed_folders == ["outputs/same", "outputs/same-2"]
+
+
+# ---- the wheel ships the configs ---------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_ships_the_configs_and_finds_them_from_any_folder(tmp_path):
+    pytest.importorskip("hatchling", reason="building the wheel offline needs hatchling")
+    wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels,
+                    REPO], check=True, timeout=300, capture_output=True)  # fmt: skip
+    (wheel,) = wheels.glob("cnnlab-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {"cnnlab/configs/train.yaml", "cnnlab/cli.py"}
+    for group in ("model", "data", "trainer"):
+        expected |= {f"cnnlab/configs/{group}/{p.name}"
+                     for p in (REPO / "configs" / group).glob("*.yaml")}  # fmt: skip
+    assert not expected - names, sorted(expected - names)
+
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "-q", "--target", target,
+                    wheel], check=True, timeout=300, capture_output=True)  # fmt: skip
+    script = (
+        "from hydra import compose, initialize_config_dir\n"
+        "import cnnlab.cli\n"
+        "d = cnnlab.cli.config_dir()\n"
+        "with initialize_config_dir(config_dir=str(d), version_base='1.3'):\n"
+        "    cfg = compose('train', overrides=['model=mlp', 'data=digits'])\n"
+        "print(cnnlab.cli.__file__, d, cfg.model.name, cfg.data.name, sep='\\n')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, text=True,
+                            capture_output=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(target)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    module, config_dir, model, data_name = result.stdout.split()
+    assert Path(module).is_relative_to(target)  # the installed copy, not the source tree
+    assert Path(config_dir) == target / "cnnlab" / "configs"
+    assert (model, data_name) == ("mlp", "digits")

@@ -1,0 +1,733 @@
+"""Reliability (issue 6): one test, or a few, per promise; each one able to fail.
+
+Runs go through the real command (`cnnlab.cli.main(["train", ...])`, in this process for
+speed); the kill and signal tests start real subprocesses and really signal them. Data are
+synthetic, digits or IDX files made here, and the "download" comes from an HTTP server on
+127.0.0.1, so nothing needs the network.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import functools
+import gzip
+import hashlib
+import http.server
+import itertools
+import json
+import math
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from cnnlab import cli, data, train
+from cnnlab.config import DataConfig
+from cnnlab.train import CheckpointError, load_checkpoint, save_checkpoint
+
+TIMING_KEYS = {"train_seconds", "images_per_second", "started_at", "peak_rss_mb", "peak_gpu_mb"}
+SMALL = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=32"]
+# a run folder as the design lists it, for a run that completed
+RUN_FILES = ["metrics.json", "history.csv", "loss_curve.png", "confusion_matrix.png",
+             "confusion_matrix.csv", "checkpoints/last.pt", ".hydra/config.yaml",
+             ".hydra/overrides.yaml", "train.log"]  # fmt: skip
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine this is several times faster, and
+    it changes no result (the comparisons below are within one process or one setting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cnnlab_train(run_dir: Path | None, *overrides: str, multirun: bool = False):
+    """`cnnlab train` in this process; returns the exit code (an uncaught KeyboardInterrupt
+    is returned as the string 'KeyboardInterrupt', so a test fails on it, not the session)."""
+    folder = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
+    args = ["train", *(["-m"] if multirun else []), "device=cpu", "trainer.progress=false",
+            *overrides, folder]  # fmt: skip
+    argv = sys.argv
+    try:
+        return cli.main(args)
+    except SystemExit as e:
+        return e.code
+    except KeyboardInterrupt:
+        return "KeyboardInterrupt"
+    finally:
+        sys.argv = argv
+
+
+def metrics_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def history_of(run_dir: Path) -> list[dict]:
+    """history.csv without the seconds column (a timing)."""
+    with open(run_dir / "history.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def weights_of(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under folder: bytes and mtime."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def patch_steps(monkeypatch, before_step) -> None:
+    """Call before_step(trainer, n) before the n-th training step (1-based, over the run)."""
+    original = train.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        step, count = self.train_step, itertools.count(1)
+
+        def counted(idx):
+            before_step(self, next(count))
+            return step(idx)
+
+        self.train_step = counted
+
+    monkeypatch.setattr(train.Trainer, "__init__", init)
+
+
+# ---- 1. atomic checkpoints --------------------------------------------------------------
+
+KILL_MID_SAVE = """
+import io, os, sys, time
+import torch
+from cnnlab.train import save_checkpoint
+
+path = sys.argv[1]
+save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+real_save = torch.save
+
+def slow_save(obj, f):  # the real bytes, but only half of them, then hang until killed
+    buf = io.BytesIO()
+    real_save(obj, buf)
+    f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+    f.flush()
+    os.fsync(f.fileno())
+    print("half written", flush=True)
+    time.sleep(120)
+
+torch.save = slow_save
+save_checkpoint({"model": {"w": torch.zeros(100_000)}, "epoch": 2}, path)
+"""
+
+
+def test_checkpoint_killed_mid_save_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "checkpoints" / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_MID_SAVE, str(path)], env=SUBPROCESS_ENV,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "half written"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        proc.kill()
+    state = load_checkpoint(tmp_path)  # the run folder resolves to checkpoints/last.pt
+    assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
+    # the half-written temporary may remain, but never under a name that passes for one
+    for leftover in path.parent.iterdir():
+        assert leftover == path or (leftover.name.startswith(".") and leftover.suffix != ".pt")
+
+
+def test_checkpoint_write_failure_is_an_error(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+    before = path.read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device") as e:
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    assert str(path) in str(e.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
+    monkeypatch.undo()
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the checkpoint folder should be")
+    with pytest.raises(CheckpointError, match="not_a_folder"):
+        save_checkpoint({"model": {}, "epoch": 1}, blocker / "checkpoints" / "last.pt")
+
+
+def test_run_whose_checkpoint_cannot_be_written_fails(tmp_path, monkeypatch):
+    def disk_full(obj, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    code = cnnlab_train(tmp_path / "run", "model=mlp", *SMALL, "trainer.epochs=2")
+    assert code == 1
+    m = metrics_of(tmp_path / "run")
+    assert m["status"] == "failed"
+    assert "No space left on device" in m["error"] and "last.pt" in m["error"]
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+# ---- 2 and 3. resume and seeds: a set of small LeNet-5 runs, made once ------------------
+
+
+class Runs:
+    """Runs made on first use and shared by the tests below (LeNet-5, synthetic, 8 steps
+    an epoch)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _run(self, name, *overrides, expect=0, interrupt_at=None):
+        folder = self.root / name
+        with pytest.MonkeyPatch.context() as mp:
+            if interrupt_at is not None:  # a real SIGINT, raised inside step `interrupt_at`
+                patch_steps(mp, lambda trainer, n: n == interrupt_at
+                            and signal.raise_signal(signal.SIGINT))  # fmt: skip
+            code = cnnlab_train(folder, "model=lenet5", *SMALL, *overrides)
+        assert code == expect, (name, code)
+        return folder
+
+    @functools.cached_property
+    def full(self):  # 4 epochs straight
+        return self._run("full", "trainer.epochs=4")
+
+    @functools.cached_property
+    def half(self):  # 2 epochs ...
+        return self._run("half", "trainer.epochs=2")
+
+    @functools.cached_property
+    def resumed(self):  # ... then resumed to 4
+        return self._run("resumed", f"resume={self.half}", "trainer.epochs=4")
+
+    @functools.cached_property
+    def interrupted(self):  # SIGINT at step 4 of epoch 2's 8
+        return self._run("interrupted", "trainer.epochs=4", expect=130, interrupt_at=12)
+
+    @functools.cached_property
+    def resumed_mid_epoch(self):
+        checkpoint = self.interrupted / "checkpoints" / "last.pt"
+        return self._run("resumed_mid_epoch", f"resume={checkpoint}", "trainer.epochs=4")
+
+    @functools.cached_property
+    def twin(self):  # the same as `half`, again
+        return self._run("twin", "trainer.epochs=2")
+
+    @functools.cached_property
+    def other_seed(self):
+        return self._run("other_seed", "trainer.epochs=2", "seed=1")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return Runs(tmp_path_factory.mktemp("runs"))
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    assert_same_weights(weights_of(a), weights_of(b))
+    ma, mb = metrics_of(a), metrics_of(b)
+    for key in ("status", "accuracy", "f1_macro", "per_class", "epochs_completed"):
+        assert ma[key] == mb[key], key
+    assert history_of(a) == history_of(b)
+
+
+def test_resume_gives_the_same_weights_and_figures(runs):
+    assert metrics_of(runs.half)["epochs_completed"] == 2
+    assert_same_results(runs.resumed, runs.full)
+    assert metrics_of(runs.resumed)["resumed_from"] == str(runs.half)
+    assert load_checkpoint(runs.resumed)["optimizer"]["state"][0]["step"] == 4 * 8
+
+
+def test_resume_from_a_mid_epoch_interrupt_gives_the_same_result(runs):
+    m = metrics_of(runs.interrupted)
+    assert m["status"] == "interrupted" and m["epochs_completed"] == 1
+    state = load_checkpoint(runs.interrupted)
+    assert (state["epoch"], state["step"]) == (1, 4)
+    assert_same_results(runs.resumed_mid_epoch, runs.full)
+
+
+def test_resume_refuses_a_different_model(runs, tmp_path):
+    code = cnnlab_train(tmp_path / "run", "model=lenet5", *SMALL, "model.width=2",
+                        f"resume={runs.half}")  # fmt: skip
+    assert code == 2
+    assert "model.width=1.0 (now 2.0)" in metrics_of(tmp_path / "run")["error"]
+
+
+def test_same_seed_same_results_other_seed_other_results(runs):
+    assert_same_results(runs.half, runs.twin)
+    a, b = metrics_of(runs.half), metrics_of(runs.twin)
+    assert {k: v for k, v in a.items() if k not in TIMING_KEYS} == {
+        k: v for k, v in b.items() if k not in TIMING_KEYS
+    }
+    other, half = weights_of(runs.other_seed), weights_of(runs.half)
+    assert all(not torch.equal(other[k], half[k]) for k in half)
+    assert history_of(runs.other_seed) != history_of(runs.half)
+
+
+def test_deterministic_flag_is_accepted_on_cpu(tmp_path):
+    try:
+        code = cnnlab_train(tmp_path / "run", "model=mlp", *SMALL, "trainer.epochs=1",
+                            "trainer.deterministic=true")  # fmt: skip
+        assert code == 0
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert metrics_of(tmp_path / "run")["status"] == "completed"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_deterministic_cuda_runs_are_identical(tmp_path):
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cnnlab", "train", "device=cuda", "trainer.progress=false",
+             "model=lenet5", *SMALL, "trainer.epochs=2", "trainer.deterministic=true",
+             f"hydra.run.dir={folder}"],
+            env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_results(*folders)
+
+
+# ---- 4. a loss that turns NaN or Inf ----------------------------------------------------
+
+
+def test_huge_learning_rate_diverges_with_exit_3(tmp_path):
+    run = tmp_path / "run"
+    assert cnnlab_train(run, "model=mlp", *SMALL, "trainer.lr=1e30", "trainer.epochs=2") == 3
+    m = metrics_of(run)
+    assert m["status"] == "diverged" and m["epochs_completed"] == 0
+    assert "at epoch 1, step " in m["error"]
+    assert "at epoch 1, step " in (run / "train.log").read_text()
+    # no epoch completed: there is no checkpoint, and the message must not promise one
+    assert not (run / "checkpoints" / "last.pt").exists()
+    assert "checkpoint (epoch 0)" not in m["error"]
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    good = {}
+
+    def blow_up(trainer, n):  # step 11 = epoch 2, step 3 of 8: weights become Inf
+        if n == 11:
+            good["bytes"] = (run / "checkpoints" / "last.pt").read_bytes()
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("inf"))
+
+    patch_steps(monkeypatch, blow_up)
+    assert cnnlab_train(run, "model=mlp", *SMALL, "trainer.epochs=3") == 3
+    m = metrics_of(run)
+    assert m["status"] == "diverged" and m["epochs_completed"] == 1
+    assert "at epoch 2, step 3" in m["error"]
+    assert "at epoch 2, step 3" in (run / "train.log").read_text()
+    assert (run / "checkpoints" / "last.pt").read_bytes() == good["bytes"]  # never overwritten
+    state = load_checkpoint(run)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert len(history_of(run)) == 1
+
+
+# ---- 5 and 10. SIGINT / SIGTERM on real subprocesses, started together -------------------
+
+
+def folder_of(base: Path, seed: int, deadline: float) -> Path:
+    while time.monotonic() < deadline:
+        for folder in base.parent.glob(base.name + "*"):
+            overrides = folder / ".hydra" / "overrides.yaml"
+            if overrides.is_file() and f"seed={seed}" in yaml.safe_load(overrides.read_text()):
+                return folder
+        time.sleep(0.05)
+    raise TimeoutError(f"no run folder for seed={seed} under {base.parent}")
+
+
+def wait_for_log(folder: Path, text: str, deadline: float) -> None:
+    log = folder / "train.log"
+    while time.monotonic() < deadline:
+        if log.is_file() and text in log.read_text():
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"{text!r} never appeared in {log}")
+
+
+@pytest.fixture(scope="module")
+def signalled(tmp_path_factory):
+    """Two long runs started at the same moment, into the same folder name (so they race
+    for it); once each has finished an epoch, one gets SIGINT and the other SIGTERM, each
+    twice: once at once, and again just after the run says it stopped."""
+    base = tmp_path_factory.mktemp("signals") / "run"
+    command = [sys.executable, "-m", "cnnlab", "train", "model=mlp", "data=digits",
+               "trainer.epochs=300", "trainer.batch_size=8", "trainer.progress=false",
+               "device=cpu", f"hydra.run.dir=${{cnnlab.unique:{base}}}"]  # fmt: skip
+    sigs = {0: signal.SIGINT, 1: signal.SIGTERM}
+    procs = {seed: subprocess.Popen([*command, f"seed={seed}"], env=SUBPROCESS_ENV,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in sigs}  # fmt: skip
+    results = {}
+    try:
+        deadline = time.monotonic() + 240
+        folders = {seed: folder_of(base, seed, deadline) for seed in sigs}
+        for seed, sig in sigs.items():
+            wait_for_log(folders[seed], "epoch 1/300", deadline)
+            procs[seed].send_signal(sig)
+            procs[seed].send_signal(sig)
+        for seed, sig in sigs.items():
+            wait_for_log(folders[seed], f"{signal.Signals(sig).name} at epoch", deadline)
+            procs[seed].send_signal(sig)  # while the run folder is being written
+        for seed, proc in procs.items():
+            out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+            results[sigs[seed]] = (proc.returncode, err, folders[seed])
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.communicate()
+    return results
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_a_checkpoint_and_exits_128_plus_signal(signalled, sig):
+    code, stderr, folder = signalled[sig]
+    assert code == 128 + sig, stderr[-2000:]
+    m = metrics_of(folder)
+    assert m["status"] == "interrupted"
+    assert m["error"].startswith(f"{signal.Signals(sig).name} at epoch ")
+    assert m["epochs_completed"] >= 1
+    state = load_checkpoint(folder)
+    assert state["epoch"] == m["epochs_completed"]
+    assert 1 <= state["step"] <= math.ceil(1347 / 8)  # mid-epoch: digits has 1,347 train images
+    assert len(state["partial_losses"]) == state["step"]
+    assert len(history_of(folder)) == state["epoch"]
+
+
+def test_resume_continues_an_interrupted_subprocess_run(signalled, tmp_path):
+    _, _, folder = signalled[signal.SIGINT]
+    state = load_checkpoint(folder)
+    run = tmp_path / "resumed"
+    code = cnnlab_train(run, "model=mlp", "data=digits", "trainer.batch_size=8",
+                        f"trainer.epochs={state['epoch'] + 1}", f"resume={folder}")  # fmt: skip
+    assert code == 0
+    m = metrics_of(run)
+    assert m["status"] == "completed" and m["epochs_completed"] == state["epoch"] + 1
+    assert history_of(run)[: state["epoch"]] == history_of(folder)
+    assert m["accuracy"] > 0.5
+
+
+def test_runs_started_together_never_share_a_folder(signalled):
+    folders = {folder for _, _, folder in signalled.values()}
+    assert len(folders) == 2
+    for seed, folder in enumerate(sorted(folders, key=lambda f: metrics_of(f)["seed"])):
+        assert metrics_of(folder)["seed"] == seed
+        assert f"seed={seed}" in yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+        assert (folder / "train.log").read_text().count("training path") == 1
+
+
+# ---- 6. checkpoints load weights_only; corrupt ones are named ---------------------------
+
+
+class Payload:
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling this would create the marker file
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_payload_is_refused_and_never_runs(tmp_path):
+    marker, evil = tmp_path / "payload_ran", tmp_path / "evil.pt"
+    torch.save({"model": {}, "epoch": 1, "history": [], "payload": Payload(marker)}, evil)
+    with pytest.raises(CheckpointError, match="weights_only=True") as e:
+        load_checkpoint(evil)
+    assert str(evil) in str(e.value)
+    assert not marker.exists()
+
+    code = cnnlab_train(tmp_path / "run", "model=mlp", *SMALL, f"resume={evil}")
+    assert code == 1
+    assert str(evil) in metrics_of(tmp_path / "run")["error"]
+    assert not marker.exists()
+
+    torch.load(evil, weights_only=False).close()  # the payload is live: this test can fail
+    assert marker.exists()
+
+
+def test_corrupt_checkpoint_on_resume_is_named_and_nothing_is_touched(runs, tmp_path):
+    original = tmp_path / "original"
+    shutil.copytree(runs.half, original)
+    checkpoint = original / "checkpoints" / "last.pt"
+    good = checkpoint.read_bytes()
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 100)
+    for bad in (garbage, original / "checkpoints" / "truncated.pt"):
+        if bad.name == "truncated.pt":
+            bad.write_bytes(good[: len(good) // 2])
+        with pytest.raises(CheckpointError, match="truncated or corrupt") as e:
+            load_checkpoint(bad)
+        assert str(bad) in str(e.value)
+        (original / "checkpoints" / "truncated.pt").unlink(missing_ok=True)
+
+    checkpoint.write_bytes(good[: len(good) // 2])
+    before = snapshot(original)
+    code = cnnlab_train(tmp_path / "run", "model=lenet5", *SMALL, f"resume={original}",
+                        "trainer.epochs=4")  # fmt: skip
+    assert code == 1
+    m = metrics_of(tmp_path / "run")
+    assert m["status"] == "failed" and str(checkpoint) in m["error"]
+    assert snapshot(original) == before
+
+
+# ---- 7. bad input fails before any data loads -------------------------------------------
+
+BAD_INPUT = [
+    # overrides, texts the message must hold (key, value, what is allowed)
+    (["model=nosuch"], ["model/nosuch", "lenet5", "mlp"]),
+    (["data=nosuch"], ["data/nosuch", "mnist", "digits"]),
+    (["data.name=nosuch"], ["data.name='nosuch'", "mnist", "synthetic"]),
+    (["model.widht=2"], ["model.widht", "LeNetConfig"]),
+    (["trainer.epochs=abc"], ["trainer.epochs", "'abc'", "Integer"]),
+    (["trainer.epochs=-1"], ["trainer.epochs=-1", ">= 0"]),
+    (["trainer.batch_size=-5"], ["trainer.batch_size=-5", "> 0"]),
+    (["trainer.batch_size=0"], ["trainer.batch_size=0", "> 0"]),
+    (["trainer.lr=0"], ["trainer.lr=0", "> 0"]),
+    (["trainer.lr=-0.1"], ["trainer.lr=-0.1", "> 0"]),
+    (["device=cuda:7"], ["device='cuda:7'", "available are cpu"]),
+    (["model.norm=group", "model.groups=4"], ["model.groups=4", "6 channels", "divide"]),
+]
+
+
+@pytest.mark.parametrize("overrides,texts", BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT])
+def test_bad_input_fails_before_any_data_loads(overrides, texts, tmp_path, monkeypatch, capfd):
+    loaded = []
+    monkeypatch.setattr(data, "load", lambda cfg: loaded.append(cfg))
+    empty = tmp_path / "no_data_here"
+    empty.mkdir()
+    # data=mnist with no files and no download: had the data loaded, that would fail too
+    code = cnnlab_train(tmp_path / "run", "data=mnist", f"data.root={empty}",
+                        "data.download=false", *overrides)  # fmt: skip
+    out, err = capfd.readouterr()
+    assert code not in (0, None)
+    assert loaded == []
+    for text in texts:
+        assert text in out + err, text
+    assert "files not found" not in out + err
+    assert list(empty.iterdir()) == []
+
+
+# ---- 8. dataset files: missing, truncated, corrupted; download from a local mirror ------
+
+
+def idx(array: np.ndarray) -> bytes:
+    """An IDX file of unsigned bytes: zero, zero, 0x08, ndim, big-endian sizes, data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def tiny_mnist(n_train=20, n_test=10) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.arange(n_test, dtype=np.uint8) % 10,
+    }
+
+
+def write_mnist(raw: Path, arrays: dict, gz: bool = False) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        if gz:
+            (raw / f"{name}.gz").write_bytes(gzip.compress(idx(array), mtime=0))
+        else:
+            (raw / name).write_bytes(idx(array))
+
+
+def mnist_cfg(root: Path, **kwargs) -> DataConfig:
+    return DataConfig(name="mnist", root=str(root), **kwargs)
+
+
+def test_missing_dataset_names_folder_files_and_remedies(tmp_path):
+    with pytest.raises(data.DataError) as e:
+        data.load(mnist_cfg(tmp_path, download=False))
+    message = str(e.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    for name in data.IDX_FILES:
+        assert name in message
+    assert "data=digits" in message and "data.root" in message
+
+
+CORRUPTIONS = {
+    "truncated images": ("train-images-idx3-ubyte", lambda b: b[: len(b) // 2], "truncated"),
+    "bad header": ("t10k-images-idx3-ubyte", lambda b: b"\x08\x08" + b[2:], "bad header"),
+    "labels that do not match": ("t10k-labels-idx1-ubyte", lambda b: idx(np.zeros(3)), "match"),
+    "corrupt gzip": ("train-labels-idx1-ubyte.gz", lambda b: b[:10] + b"\xff" * 20, "be read"),
+}
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_damaged_dataset_file_is_named_with_a_remedy(tmp_path, name):
+    file, damage, text = CORRUPTIONS[name]
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist(raw, tiny_mnist(), gz=file.endswith(".gz"))
+    assert len(data.load(mnist_cfg(tmp_path, download=False)).y_train) == 20  # whole: loads
+    (raw / file).write_bytes(damage((raw / file).read_bytes()))
+    with pytest.raises(data.DataError, match=text) as e:
+        data.load(mnist_cfg(tmp_path, download=False))
+    assert str(raw / file) in str(e.value)
+    assert "delete" in str(e.value)
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/mirror; yields (url, folder, requests)."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, fmt, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", folder, requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_from_a_local_mirror_checks_checksums(tmp_path, mirror, monkeypatch):
+    import torchvision.datasets as tvd
+
+    url, served, requests = mirror
+    arrays = tiny_mnist()
+    write_mnist(served, arrays, gz=True)
+    good = {f"{n}.gz": hashlib.md5((served / f"{n}.gz").read_bytes()).hexdigest() for n in arrays}
+    # torchvision checks each archive against the md5 in MNIST.resources: make it ours
+    monkeypatch.setattr(tvd.MNIST, "resources", list(good.items()))
+
+    # a wrong checksum: the last archive is served damaged
+    last = served / "t10k-labels-idx1-ubyte.gz"
+    last.write_bytes(gzip.compress(idx(np.ones(10)), mtime=0))
+    root = tmp_path / "data"
+    raw = root / "MNIST" / "raw"
+    with pytest.raises(data.DataError, match="checksum") as e:
+        data.load(mnist_cfg(root, mirror=url))
+    assert "t10k-labels-idx1-ubyte.gz" in str(e.value) and str(raw) in str(e.value)
+    assert not list(raw.glob("t10k-labels-idx1-ubyte*"))  # the bad archive is not kept
+    assert any(r.endswith("t10k-labels-idx1-ubyte.gz") for r in requests)
+
+    # the mirror fixed: the next run downloads what is missing and loads
+    write_mnist(served, {"t10k-labels-idx1-ubyte": arrays["t10k-labels-idx1-ubyte"]}, gz=True)
+    requests.clear()
+    ds = data.load(mnist_cfg(root, mirror=url))
+    assert set(requests) == {"/t10k-labels-idx1-ubyte.gz"}  # the good archives were kept
+    assert torch.equal(ds.x_train[:, 0], torch.from_numpy(arrays["train-images-idx3-ubyte"]))
+    assert torch.equal(ds.y_test, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]).long())
+
+
+def test_unreachable_mirror_fails_with_the_offline_options(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(data.DataError) as e:
+        data.load(mnist_cfg(tmp_path, mirror=f"http://127.0.0.1:{port}/"))
+    assert f"127.0.0.1:{port}" in str(e.value) and "data=digits" in str(e.value)
+
+
+# ---- 9. multirun: one failing job does not stop the others ------------------------------
+
+
+def test_multirun_with_failing_jobs(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    # groups=3 does not divide 16 channels (fails before training); lr=1e30 diverges
+    code = cnnlab_train(sweep, "model=lenet5", *SMALL, "trainer.epochs=1", "model.norm=group",
+                        "model.groups=3,2", "trainer.lr=0.001,1e30", multirun=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    jobs = {p.name: p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").is_dir()}
+    status = {name: metrics_of(p)["status"] for name, p in jobs.items()}
+    good = "2_model.groups=2,trainer.lr=0.001"
+    assert status == {
+        "0_model.groups=3,trainer.lr=0.001": "failed",
+        "1_model.groups=3,trainer.lr=1e30": "failed",
+        good: "completed",
+        "3_model.groups=2,trainer.lr=1e30": "diverged",
+    }
+    for file in RUN_FILES:
+        assert (jobs[good] / file).is_file(), file
+    assert "model.groups=3" in metrics_of(jobs["0_model.groups=3,trainer.lr=0.001"])["error"]
+    with open(sweep / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["status"] for r in rows) == ["completed", "diverged", "failed", "failed"]
+    assert "3 job(s) did not complete" in err
+    for name, s in status.items():
+        if s != "completed":
+            assert name in err
+
+
+# ---- 11. out of memory ------------------------------------------------------------------
+
+
+def test_out_of_memory_message_suggests_smaller_batches():
+    cfg = OmegaConf.create({"trainer": {"batch_size": 512, "eval_batch_size": 1000}})
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    message, code = cli.explain(error, cfg)
+    assert code == 1
+    assert "trainer.batch_size=512" in message and "smaller batch" in message
+
+
+def test_out_of_memory_run_is_recorded_as_failed(tmp_path, monkeypatch):
+    def oom(self, on_epoch=None):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(train.Trainer, "fit", oom)
+    assert cnnlab_train(tmp_path / "run", "model=mlp", *SMALL) == 1
+    m = metrics_of(tmp_path / "run")
+    assert m["status"] == "failed" and "smaller batch" in m["error"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_real_cuda_out_of_memory(tmp_path):
+    # conv1 with 4096 channels on a batch of 20,000: ~190 GB of activations
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "train", "device=cuda", "trainer.progress=false",
+         "model=lenet5", "model.channels=[4096,16]", "data=synthetic", "data.train_size=20000",
+         "trainer.batch_size=20000", "trainer.epochs=1", f"hydra.run.dir={run}"],
+        env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    m = metrics_of(run)
+    assert m["status"] == "failed" and "smaller batch" in m["error"]

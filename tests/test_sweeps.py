@@ -1,0 +1,155 @@
+"""Issue 4: sweeps end in a summary, `cnnlab compare` reads them, Hydra's launchers work."""
+
+import csv
+import importlib.util
+import json
+
+import pytest
+
+FAST = ["data=synthetic", "data.train_size=128", "data.test_size=64", "trainer.epochs=1",
+        "trainer.progress=false"]  # fmt: skip
+
+
+def job_folders(sweep):
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+
+
+@pytest.fixture(scope="module")
+def width_depth_sweep(tmp_path_factory, run_cli):
+    cwd = tmp_path_factory.mktemp("sweep")
+    sweep = cwd / "outputs" / "sweep"
+    r = run_cli(cwd, "train", "-m", "model.width=1,2", "model.depth=1,2", *FAST,
+                f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return sweep, r
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_writes_job_folders_and_summary(width_depth_sweep):
+    sweep, result = width_depth_sweep
+    jobs = job_folders(sweep)
+    assert len(jobs) == 4
+    # job folders are named by job number and overrides, so a person can tell them apart
+    assert jobs[0].name.startswith("0_") and "model.width=1" in jobs[0].name
+    assert len({j.name.split("_", 1)[1] for j in jobs}) == 4
+    for job in jobs:
+        assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
+        assert (job / "mistakes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("comparison.csv", "comparison.md", "accuracy_vs_params.png", "loss_curves.png"):
+        assert (sweep / name).stat().st_size > 0, name
+    assert len(read_csv(sweep / "comparison.csv")) == 4
+    # the table is printed at the end of the sweep, one line per job
+    assert sum(job.name in result.stdout for job in jobs) == 4
+
+
+def test_params_grow_with_width_and_depth(width_depth_sweep):
+    sweep, _ = width_depth_sweep
+    rows = read_csv(sweep / "comparison.csv")
+    params = {(float(r["model.width"]), int(r["model.depth"])): int(r["params"]) for r in rows}
+    assert params[(2, 1)] > params[(1, 1)] and params[(2, 2)] > params[(1, 2)]
+    assert params[(1, 2)] > params[(1, 1)] and params[(2, 2)] > params[(2, 1)]
+    conv = {(float(r["model.width"]), int(r["model.depth"])): int(r["conv_layers"]) for r in rows}
+    assert conv[(1, 2)] == 2 * conv[(1, 1)]
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "md", "json"])
+def test_compare_prints_every_job_in_each_format(width_depth_sweep, run_cli, fmt, tmp_path):
+    sweep, _ = width_depth_sweep
+    r = run_cli(tmp_path, "compare", sweep, "--format", fmt, "--sort", "params")
+    assert r.returncode == 0, r.stderr
+    if fmt == "json":
+        rows = json.loads(r.stdout)
+    elif fmt == "csv":
+        rows = list(csv.DictReader(r.stdout.splitlines()))
+    else:
+        rows = [line for line in r.stdout.splitlines() if line.lstrip("| ").startswith(("0_", "1_", "2_", "3_"))]  # fmt: skip
+    assert len(rows) == 4
+    if fmt in ("json", "csv"):
+        params = [int(row["params"]) for row in rows]
+        assert params == sorted(params)
+
+
+def test_compare_out_writes_files(width_depth_sweep, run_cli, tmp_path):
+    sweep, _ = width_depth_sweep
+    out = tmp_path / "cmp"
+    r = run_cli(tmp_path, "compare", sweep / job_folders(sweep)[0].name, sweep, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert len(read_csv(out / "comparison.csv")) == 4  # the same run given twice is listed once
+    assert (out / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
+    sweep = tmp_path / "outputs" / "sweep"
+    # groups=4 cannot divide LeNet-5's 6 channels: job 1 fails when its model is built
+    r = run_cli(tmp_path, "train", "-m", "model.norm=group", "model.groups=2,4", *FAST,
+                f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert r.returncode == 1
+    assert "1_" in r.stderr and "failed" in r.stderr
+    rows = {row["run"][:2]: row for row in read_csv(sweep / "comparison.csv")}
+    assert rows["0_"]["status"] == "completed"
+    assert rows["1_"]["status"] == "failed" and "model.groups=4" in rows["1_"]["reason"]
+
+
+def test_experiment_preset_width_depth_runs_four_jobs(tmp_path, run_cli):
+    sweep = tmp_path / "outputs" / "sweep"
+    r = run_cli(tmp_path, "train", "-m", "experiment=width_depth", *FAST, f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(job_folders(sweep)) == 4
+
+
+def needs(module):
+    return pytest.mark.skipif(
+        importlib.util.find_spec(module) is None, reason=f"{module} not installed ([cluster])"
+    )
+
+
+@needs("hydra_plugins.hydra_joblib_launcher")
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, run_cli):
+    sweep = tmp_path / "outputs" / "sweep"
+    r = run_cli(tmp_path, "train", "-m", "model=mlp", "model.width=0.5,1", *FAST,
+                "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Joblib" in r.stdout + r.stderr
+    assert [row["status"] for row in read_csv(sweep / "comparison.csv")] == ["completed"] * 2
+
+
+@needs("hydra_plugins.hydra_submitit_launcher")
+def test_submitit_local_launcher(tmp_path, run_cli):
+    sweep = tmp_path / "outputs" / "sweep"
+    r = run_cli(tmp_path, "train", "-m", "model=mlp", "model.width=0.5,1", *FAST,
+                "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (sweep / ".submitit").is_dir()
+    assert [row["status"] for row in read_csv(sweep / "comparison.csv")] == ["completed"] * 2
+
+
+@needs("hydra_plugins.hydra_optuna_sweeper")
+def test_optuna_search_maximises_accuracy(tmp_path, run_cli):
+    sweep = tmp_path / "outputs" / "sweep"
+    r = run_cli(tmp_path, "train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                *FAST, f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    best = (sweep / "optimization_results.yaml").read_text()
+    accuracies = [json.loads((j / "metrics.json").read_text())["accuracy"] for j in job_folders(sweep)]
+    assert len(accuracies) == 2
+    assert f"best_value: {max(accuracies)}" in best
+
+
+def test_tensorboard_logger_writes_scalars(tmp_path, run_cli):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    r = run_cli(tmp_path, "train", "model=mlp", *FAST, "logger=tensorboard", f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"train_loss", "test_loss", "test_accuracy"} <= set(events.Tags()["scalars"])
+    history = read_csv(run / "history.csv")
+    logged = events.Scalars("test_accuracy")
+    assert [e.step for e in logged] == [int(h["epoch"]) for h in history]
+    assert logged[-1].value == pytest.approx(float(history[-1]["test_accuracy"]), rel=1e-6)
