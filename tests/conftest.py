@@ -38,7 +38,14 @@ def run_cli():
 
     def run(cwd, *args, timeout=300, prog=None, **env):
         command = [*(prog or [str(CNNLAB)]), *map(str, args)]
-        return subprocess.run(command, cwd=cwd, env={**cli_env(cwd), **env}, text=True,
-                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+        return subprocess.run(
+            command,
+            cwd=cwd,
+            env={**cli_env(cwd), **env},
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     return run

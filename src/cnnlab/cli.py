@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import resource
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -83,6 +84,15 @@ class RunFailed(Exception):
         self.status, self.exit_code = status, exit_code
 
 
+class Interrupted(KeyboardInterrupt):
+    """Carries an interrupted run's exit code (130 SIGINT, 143 SIGTERM) out through Hydra;
+    a KeyboardInterrupt, so it stops a sweep too."""
+
+    def __init__(self, exit_code: int = 130):
+        super().__init__()
+        self.exit_code = exit_code
+
+
 def peak_memory(device: torch.device) -> dict:
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     out = {"peak_rss_mb": round(rss_kb / 1024, 1)}
@@ -100,7 +110,7 @@ def pick_device(name: str, job_num: int | None) -> torch.device:
 
 def comparable_config(cfg: TrainConfig) -> dict:
     """What a checkpoint must agree on to be resumed: the model and the data."""
-    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     for key in ("root", "download", "mirror"):
         d["data"].pop(key, None)
     return {"model": d["model"], "data": d["data"], "seed": d["seed"]}
@@ -169,51 +179,57 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None = None) -> di
         if tensorboard:
             tensorboard(row)
 
-    try:
-        result = trainer.fit(on_epoch)
-    finally:
-        if tensorboard:
-            tensorboard.close()
+    # a signal that comes after training waits until the run folder is whole
+    with trainer.catching_signals():
+        try:
+            result = trainer.fit(on_epoch)
+        finally:
+            if tensorboard:
+                tensorboard.close()
 
-    metrics = {
-        "status": result.status,
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "params": params,
-        "conv_layers": count_conv_layers(model),
-        "layers": layers,
-        "accuracy": None,
-        "f1_macro": None,
-        "per_class": None,
-        "epochs_completed": len(result.history),
-        "train_seconds": round(result.train_seconds, 3),
-        "images_per_second": round(result.images_seen / max(result.train_seconds, 1e-9), 1),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "seed": cfg.seed,
-        "torch_version": torch.__version__,
-        "path": trainer.path,
-        "precision": str(cfg.trainer.precision),
-        "resumed_from": cfg.resume,
-        "started_at": started_at,
-        **peak_memory(device),
-    }  # fmt: skip
-    report.write_history(run_dir / "history.csv", result.history)
-    if result.history:
-        title = f"{cfg.model.name} on {cfg.data.name}"
-        report.plot_loss_curve(result.history, run_dir / "loss_curve.png", title)
-    if result.evaluation is not None:
-        title = f"{cfg.model.name} on {cfg.data.name}: {100 * result.evaluation.accuracy:.2f}%"
-        metrics.update(report.write_evaluation(run_dir, result.evaluation, ds.y_test, ds.x_test,
-                                               ds.classes, title))  # fmt: skip
-    if result.status != "completed":
-        metrics["error"] = result.message
-    report.write_json(run_dir / "metrics.json", metrics)
+        metrics = {
+            "status": result.status,
+            "model": cfg.model.name,
+            "data": cfg.data.name,
+            "params": params,
+            "conv_layers": count_conv_layers(model),
+            "layers": layers,
+            "accuracy": None,
+            "f1_macro": None,
+            "per_class": None,
+            "epochs_completed": len(result.history),
+            "train_seconds": round(result.train_seconds, 3),
+            "images_per_second": round(result.images_seen / max(result.train_seconds, 1e-9), 1),
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "seed": cfg.seed,
+            "torch_version": torch.__version__,
+            "path": trainer.path,
+            "precision": str(cfg.trainer.precision),
+            "resumed_from": cfg.resume,
+            "started_at": started_at,
+            **peak_memory(device),
+        }  # fmt: skip
+        report.write_history(run_dir / "history.csv", result.history)
+        if result.history:
+            title = f"{cfg.model.name} on {cfg.data.name}"
+            report.plot_loss_curve(result.history, run_dir / "loss_curve.png", title)
+        if result.evaluation is not None:
+            title = f"{cfg.model.name} on {cfg.data.name}: {100 * result.evaluation.accuracy:.2f}%"
+            metrics.update(report.write_evaluation(run_dir, result.evaluation, ds.y_test, ds.x_test,
+                                                   ds.classes, title))  # fmt: skip
+        if result.status != "completed":
+            metrics["error"] = result.message
+        report.write_json(run_dir / "metrics.json", metrics)
     if result.status == "diverged":
         raise RunFailed("diverged", result.message, 3)
     if result.status == "interrupted":
         raise RunFailed("interrupted", result.message, 128 + result.signal)
+    if trainer.stop_signal is not None:  # it came after the last step: honour it now
+        name = signal.Signals(trainer.stop_signal).name
+        raise RunFailed("interrupted", f"{name} after the run completed; its folder is whole",
+                        128 + trainer.stop_signal)  # fmt: skip
     log.info("accuracy %.2f%%  f1_macro %.4f  -> %s", 100 * metrics["accuracy"],
              metrics["f1_macro"], run_dir)  # fmt: skip
     return metrics
@@ -264,7 +280,7 @@ def train_command(cfg: DictConfig) -> float | None:
         log.error("error: %s", message)
         record_failure(run_dir, cfg, status, message)
         if status == "interrupted":
-            raise KeyboardInterrupt from None  # stop the sweep too
+            raise Interrupted(code) from None
         if multirun:
             return float("nan")  # one failed job never stops the others
         sys.exit(code)
@@ -283,7 +299,10 @@ class SweepSummary(Callback):
 def train_main(args: list[str]) -> int:
     sys.argv = ["cnnlab train", *args]
     SweepSummary.failed = []
-    train_command()
+    try:
+        train_command()
+    except KeyboardInterrupt as e:  # the run has saved what it could and said so
+        return getattr(e, "exit_code", 130)
     if SweepSummary.failed:
         names = ", ".join(f"{r['run']} ({r['status']})" for r in SweepSummary.failed)
         print(f"error: {len(SweepSummary.failed)} job(s) did not complete: {names}",

@@ -12,6 +12,7 @@ import gzip
 import math
 import socket
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def read_idx(path: Path) -> torch.Tensor:
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged .gz
         raise DataError(f"{path} cannot be read ({e}): {remedy}") from None
     if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
         raise DataError(f"{path} is not an IDX file of unsigned bytes (bad header): {remedy}")

@@ -9,10 +9,12 @@ which removes the per-kernel launch cost that dominates a model as small as LeNe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import random
+import re
 import signal
 import time
 import zipfile
@@ -71,12 +73,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device
 
 
+def _plain(obj):
+    """numpy's state with its arrays as lists: weights_only=True refuses numpy arrays."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj.tolist() if isinstance(obj, np.ndarray) else obj
+
+
 def rng_state(data_generator: torch.Generator) -> dict:
     """Every random state a run depends on, as tensors and plain values (weights_only-safe)."""
     return {
         "python": random.getstate(),
-        "numpy": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-                  for k, v in np.random.get_state(legacy=False).items()},  # fmt: skip
+        "numpy": _plain(np.random.get_state(legacy=False)),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "data": data_generator.get_state(),
@@ -85,9 +93,7 @@ def rng_state(data_generator: torch.Generator) -> dict:
 
 def set_rng_state(state: dict, data_generator: torch.Generator) -> None:
     random.setstate(state["python"])
-    numpy_state = {k: v.numpy() if isinstance(v, torch.Tensor) else v
-                   for k, v in state["numpy"].items()}  # fmt: skip
-    np.random.set_state(numpy_state)
+    np.random.set_state(state["numpy"])  # takes the key as a list as well
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -114,7 +120,8 @@ def save_checkpoint(state: dict, path: Path) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder itself could not be made
+            tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write checkpoint {path}: {e}") from None
 
 
@@ -129,13 +136,16 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "weights_only" in str(e) or "Unsupported" in str(e):
+        # torch names a refused object "Unsupported global: GLOBAL module.name"; any other
+        # unpickling error is a file that is damaged or not a torch checkpoint at all
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
             raise CheckpointError(
-                f"{path} was refused: it holds pickled Python objects, not only tensors and plain "
-                f"values, and cnnlab loads checkpoints with weights_only=True ({first_line})"
+                f"{path} was refused: it holds a pickled Python object ({found[1]}), not only "
+                f"tensors and plain values, and cnnlab loads checkpoints with weights_only=True"
             ) from None
-        raise CheckpointError(f"{path} is truncated or corrupt ({first_line})") from None
+        raise CheckpointError(f"{path} is truncated or corrupt, or not a torch checkpoint "
+                              f"(unreadable with weights_only=True)") from None  # fmt: skip
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is truncated or corrupt ({first_line})") from None
@@ -285,7 +295,7 @@ class Trainer:
             "rng": rng,
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),  # a str subclass that pickles as a class
             **self.extra_state,
         }
 
@@ -325,8 +335,10 @@ class Trainer:
         accuracy = (predictions == self.y_test.cpu()).sum().item() / n
         return Evaluation(total_loss.item() / n, accuracy, predictions, torch.cat(confs).cpu())
 
-    def fit(self, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
-        """Train until cfg.epochs; stop early on a non-finite loss or SIGINT/SIGTERM."""
+    @contextlib.contextmanager
+    def catching_signals(self):
+        """Inside, SIGINT and SIGTERM only set stop_signal: the loop stops at the next step
+        and saves a checkpoint, and a caller can finish writing its files first."""
         previous = {}
 
         def request_stop(signum, frame):
@@ -338,10 +350,15 @@ class Trainer:
             except ValueError:  # not the main thread: leave signals alone
                 pass
         try:
-            return self._fit(on_epoch)
+            yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def fit(self, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+        """Train until cfg.epochs; stop early on a non-finite loss or SIGINT/SIGTERM."""
+        with self.catching_signals():
+            return self._fit(on_epoch)
 
     def _fit(self, on_epoch) -> FitResult:
         n, bs = len(self.x_train), self.cfg.batch_size
@@ -402,10 +419,9 @@ class Trainer:
                          self.images_seen)  # fmt: skip
 
     def _diverged(self, value: float, step: int) -> FitResult:
-        message = (
-            f"loss became {value} at epoch {self.epoch + 1}, step {step + 1}: stopped; "
-            f"the last good checkpoint (epoch {self.epoch}) is kept"
-        )
+        kept = (f"the last good checkpoint (epoch {self.epoch}) is kept" if self.epoch
+                else "no epoch had completed, so there is no checkpoint")  # fmt: skip
+        message = f"loss became {value} at epoch {self.epoch + 1}, step {step + 1}: stopped; {kept}"
         log.error(message)
         return FitResult("diverged", self.history, None, self.train_seconds, self.images_seen,
                          message)  # fmt: skip
