@@ -18,6 +18,8 @@ fi
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
+# On the team's device tool, $OUT comes back: keep a tarball of what is done so far there.
+save() { [ -n "${OUT:-}" ] && tar czf "$OUT/gpu_check.tgz" -C "$(dirname "$out")" "$(basename "$out")"; }
 
 {
   nvidia-smi -L
@@ -28,6 +30,7 @@ elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 echo "== GPU tests"
 timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -25 | tee "$out/pytest_gpu.txt"
 
+save
 echo "== end to end: cnnlab train model=lenet5 data=fashion_mnist device=cuda (twice, seed 0)"
 for i in 1 2; do
   t0=$(now)
@@ -44,6 +47,7 @@ print("same seed twice identical:", all(a[k] == b[k] for k in keys))
 print("history 1:", open("/tmp/e2e_1/history.csv").read())
 EOF
 
+save
 echo "== sweeps sharing one GPU (joblib launcher)"
 for spec in "1:model.width=1" "4:model.width=1,2 model.depth=1,2" \
             "8:model.width=1,2 model.depth=1,2 seed=0,1"; do
@@ -61,6 +65,20 @@ for n in 4 8; do
   done
 done
 
+save
 echo "== epoch benchmark"
 timeout 300 python3 -m cnnlab bench --device cuda --data fashion_mnist --epochs 3 \
   --out "$out/bench_cuda.json" 2>&1 | tail -30 | tee "$out/bench_cuda.txt"
+
+save
+echo "== every experiment preset on Fashion-MNIST (5 epochs), 8 jobs at a time on the GPU"
+for e in chapter width_depth activations normalization kernels residual; do
+  t0=$(now)
+  timeout 150 python3 -m cnnlab train -m experiment=$e data=fashion_mnist device=cuda \
+    trainer.progress=false hydra/launcher=joblib hydra.launcher.n_jobs=8 \
+    hydra.sweep.dir=/tmp/exp_$e > "$out/exp_$e.log" 2>&1
+  echo "experiment $e: rc=$? wall $(elapsed "$t0" "$(now)") s" | tee -a "$out/summary.txt"
+  cp /tmp/exp_$e/comparison.md "$out/exp_${e}_comparison.md" 2>/dev/null
+  cp /tmp/exp_$e/accuracy_vs_params.png "$out/exp_${e}_accuracy_vs_params.png" 2>/dev/null
+done
+save

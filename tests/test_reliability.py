@@ -365,19 +365,16 @@ def folder_of(base: Path, seed: int, deadline: float) -> Path:
     while time.monotonic() < deadline:
         for folder in base.parent.glob(base.name + "*"):
             overrides = folder / ".hydra" / "overrides.yaml"
-            if overrides.is_file() and f"seed={seed}" in yaml.safe_load(overrides.read_text()):
+            if overrides.is_file() and f"seed={seed}" in overrides.read_text():
                 return folder
         time.sleep(0.05)
-    raise TimeoutError(f"no run folder for seed={seed} under {base.parent}")
+    found = sorted(p.name for p in base.parent.iterdir())
+    raise TimeoutError(f"no run folder for seed={seed}, only {found}: did two runs share one?")
 
 
-def wait_for_log(folder: Path, text: str, deadline: float) -> None:
+def logged(folder: Path, text: str) -> bool:
     log = folder / "train.log"
-    while time.monotonic() < deadline:
-        if log.is_file() and text in log.read_text():
-            return
-        time.sleep(0.01)
-    raise TimeoutError(f"{text!r} never appeared in {log}")
+    return log.is_file() and text in log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -394,15 +391,21 @@ def signalled(tmp_path_factory):
              for seed in sigs}  # fmt: skip
     results = {}
     try:
-        deadline = time.monotonic() + 240
-        folders = {seed: folder_of(base, seed, deadline) for seed in sigs}
-        for seed, sig in sigs.items():
-            wait_for_log(folders[seed], "epoch 1/300", deadline)
-            procs[seed].send_signal(sig)
-            procs[seed].send_signal(sig)
-        for seed, sig in sigs.items():
-            wait_for_log(folders[seed], f"{signal.Signals(sig).name} at epoch", deadline)
-            procs[seed].send_signal(sig)  # while the run folder is being written
+        started = time.monotonic() + 90  # each run has its folder once Hydra has started
+        folders = {seed: folder_of(base, seed, started) for seed in sigs}
+        deadline = time.monotonic() + 180
+        sent = dict.fromkeys(sigs, 0)  # signals sent to each run so far
+        while min(sent.values()) < 3:
+            assert time.monotonic() < deadline, f"runs never got going: {folders}"
+            for seed, sig in sigs.items():
+                if sent[seed] == 0 and logged(folders[seed], "epoch 1/300"):
+                    procs[seed].send_signal(sig)
+                    procs[seed].send_signal(sig)
+                    sent[seed] = 2
+                elif sent[seed] == 2 and logged(folders[seed], f"{sig.name} at epoch"):
+                    procs[seed].send_signal(sig)  # while the run folder is being written
+                    sent[seed] = 3
+            time.sleep(0.01)
         for seed, proc in procs.items():
             out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
             results[sigs[seed]] = (proc.returncode, err, folders[seed])
@@ -605,8 +608,10 @@ def test_damaged_dataset_file_is_named_with_a_remedy(tmp_path, name):
 
 
 @pytest.fixture
-def mirror(tmp_path):
+def mirror(tmp_path, monkeypatch):
     """An HTTP server on 127.0.0.1 serving tmp_path/mirror; yields (url, folder, requests)."""
+    for key in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(key, raising=False)  # urllib would send 127.0.0.1 to a proxy
     folder = tmp_path / "mirror"
     folder.mkdir()
     requests = []

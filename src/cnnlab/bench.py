@@ -1,2 +1,227 @@
-def main(args):
-    raise SystemExit("not yet")
+"""`cnnlab bench`: seconds per epoch of cnnlab's loop against the chapter's classic pipeline.
+
+Both pipelines train the same model (built by cnnlab, same seed) with the chapter's
+settings (batch 64, Adam 1e-3) on the same data, in one process on one device:
+  classic: a torchvision-style Dataset that turns each uint8 image into a PIL image, then
+           ToTensor + Normalize (what torchvision.datasets.FashionMNIST does), a
+           DataLoader(batch_size=64, shuffle=True), and `loss.item()` after every step;
+  cnnlab:  cnnlab.train.Trainer, which picks its own fast path (eager, CUDA graph, ...).
+Epochs alternate between the two (classic 1, cnnlab 1, classic 2, ...), so a change in
+the machine's background load hits both. An epoch's time is its training loop only
+(evaluation excluded), measured after the device has finished its work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as transforms
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from cnnlab import data
+from cnnlab.config import (
+    ConfigError,
+    DataConfig,
+    LeNetConfig,
+    MLPConfig,
+    SyntheticDataConfig,
+    TrainerConfig,
+)
+from cnnlab.models import build_model
+from cnnlab.train import Trainer, resolve_device, seed_everything
+
+MODELS = {"mlp": MLPConfig, "lenet5": LeNetConfig}
+BATCH_SIZE, LR = 64, 1e-3  # the chapter's settings
+
+
+class ClassicDataset(torch.utils.data.Dataset):
+    """Per-sample transforms over uint8 tensors, as torchvision's MNIST datasets do."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, normalize):
+        mean, std = normalize
+        self.x, self.y, channels = x, y, x.shape[1]
+        self.transform = transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((mean,) * channels, (std,) * channels)]
+        )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        image = self.x[i].permute(1, 2, 0).squeeze(-1).numpy()  # H x W (x C)
+        return self.transform(Image.fromarray(image)), int(self.y[i])
+
+
+class ClassicRun:
+    """The chapter's loop, one epoch per call."""
+
+    def __init__(self, model, ds: data.Dataset, normalize, device: torch.device):
+        self.model, self.device = model, device
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+        self.train_loader = DataLoader(ClassicDataset(ds.x_train, ds.y_train, normalize),
+                                       batch_size=BATCH_SIZE, shuffle=True)  # fmt: skip
+        self.test_loader = DataLoader(ClassicDataset(ds.x_test, ds.y_test, normalize),
+                                      batch_size=1000)  # fmt: skip
+        self.epoch_seconds: list[float] = []
+
+    def epoch(self) -> None:
+        self.model.train()
+        started = time.perf_counter()
+        for inputs, labels in self.train_loader:
+            inputs, labels = inputs.to(self.device), labels.to(self.device)
+            self.optimizer.zero_grad()
+            loss = F.cross_entropy(self.model(inputs), labels)
+            loss.backward()
+            self.optimizer.step()
+            loss.item()  # the chapter reads the loss every step for its progress bar
+        synchronize(self.device)
+        self.epoch_seconds.append(time.perf_counter() - started)
+
+    @torch.no_grad()
+    def accuracy(self) -> float:
+        self.model.eval()
+        correct = sum((self.model(x.to(self.device)).argmax(1).cpu() == y).sum().item()
+                      for x, y in self.test_loader)  # fmt: skip
+        return correct / len(self.test_loader.dataset)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine_info(device: torch.device) -> dict:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:  # Linux: the CPU's marketing name
+            with open("/proc/cpuinfo") as f:
+                name = next(line.split(":", 1)[1].strip() for line in f
+                            if line.startswith("model name"))  # fmt: skip
+        except (OSError, StopIteration):
+            pass
+    return {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def summary(seconds: list[float], accuracy: float, **extra) -> dict:
+    return {"epoch_seconds": [round(s, 4) for s in seconds],
+            "median_seconds": round(statistics.median(seconds), 4),
+            "accuracy": round(accuracy, 4), **extra}  # fmt: skip
+
+
+def bench_model(name: str, data_cfg, ds: data.Dataset, device, epochs: int, seed: int,
+                classic: bool) -> dict:  # fmt: skip
+    input_shape, classes = data.spec(data_cfg)
+    norm = data_cfg.normalize
+
+    def fresh_model():
+        seed_everything(seed)  # same initial weights for both; seeds the DataLoader's shuffle
+        return build_model(MODELS[name](), input_shape, len(classes)).to(device)
+
+    run = ClassicRun(fresh_model(), ds, norm, device) if classic else None
+    cfg = TrainerConfig(epochs=0, batch_size=BATCH_SIZE, lr=LR, progress=False, checkpoint=False)
+    trainer = Trainer(fresh_model(), data.to_device(ds.x_train, device, norm),
+                      ds.y_train.to(device), data.to_device(ds.x_test, device, norm),
+                      ds.y_test.to(device), cfg, device, seed)  # fmt: skip
+    for epoch in range(1, epochs + 1):
+        if run is not None:
+            run.epoch()
+        cfg.epochs = epoch  # fit() goes on from the epoch it reached: one more epoch
+        result = trainer.fit()
+    out = {"model": name,
+           "cnnlab": summary([row["seconds"] for row in result.history],
+                             result.evaluation.accuracy, path=trainer.path)}  # fmt: skip
+    if run is not None:
+        out["classic"] = summary(run.epoch_seconds, run.accuracy())
+        classic_s, cnnlab_s = out["classic"]["median_seconds"], out["cnnlab"]["median_seconds"]
+        out["speedup"] = round(classic_s / cnnlab_s, 2)
+    return out
+
+
+def print_table(report: dict) -> None:
+    m, s = report["machine"], report["settings"]
+    print(f"cnnlab bench  {m['date']}  torch {m['torch_version']}  {m['device']} "
+          f"({m['device_name']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
+          f"load {m['load_average_1min']})")  # fmt: skip
+    print(f"data {s['data']} ({s['train_images']} train / {s['test_images']} test images), "
+          f"batch {s['batch_size']}, Adam lr {s['lr']}, seed {s['seed']}, "
+          f"{s['epochs']} epochs")  # fmt: skip
+    print(f"{'model':8} {'classic s/epoch':>15} {'cnnlab s/epoch':>15} {'speed-up':>9} "
+          f"{'classic acc':>12} {'cnnlab acc':>11}  cnnlab path")  # fmt: skip
+    for r in report["results"]:
+        c, b = r.get("classic"), r["cnnlab"]
+        classic_s, speedup, classic_acc = (
+            (c["median_seconds"], f"{r['speedup']}x", f"{100 * c['accuracy']:.2f}%") if c
+            else ("-", "-", "-")
+        )  # fmt: skip
+        cnnlab_acc = f"{100 * b['accuracy']:.2f}%"
+        print(f"{r['model']:8} {classic_s:>15} {b['median_seconds']:>15} {speedup:>9} "
+              f"{classic_acc:>12} {cnnlab_acc:>11}  {b['path']}")  # fmt: skip
+    print(f"s/epoch: median over all {s['epochs']} epochs (the first one included) of the "
+          f"training loop's seconds, evaluation excluded; speed-up = classic / cnnlab")  # fmt: skip
+
+
+def main(args: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="cnnlab bench", description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--data", default="fashion_mnist",
+                   choices=["fashion_mnist", "mnist", "digits", "synthetic"])  # fmt: skip
+    p.add_argument("--root", default=os.environ.get("CNNLAB_DATA", "data"),
+                   help="data folder (default: $CNNLAB_DATA, else data/)")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--models", default="mlp,lenet5", help="comma-separated: mlp,lenet5")
+    p.add_argument("--skip-classic", action="store_true", help="time cnnlab's loop only")
+    p.add_argument("--train-size", type=int, help="use only the first N training images")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    a = p.parse_args(args)
+    names = a.models.split(",")
+    if unknown := [n for n in names if n not in MODELS]:
+        p.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    if a.epochs < 1:
+        p.error("--epochs must be at least 1")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    kw = {"root": a.root} | ({"train_size": a.train_size} if a.train_size else {})
+    try:
+        device = resolve_device(a.device)
+        data_cfg = SyntheticDataConfig(**kw) if a.data == "synthetic" else DataConfig(a.data, **kw)
+        ds = data.load(data_cfg)
+    except (ConfigError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    report = {
+        "machine": machine_info(device),
+        "settings": {"data": a.data, "train_images": len(ds.y_train),
+                     "test_images": len(ds.y_test), "batch_size": BATCH_SIZE, "lr": LR,
+                     "optimizer": "adam", "seed": a.seed, "epochs": a.epochs,
+                     "median_over": "all epochs, first included; training loop only"},
+        "results": [bench_model(n, data_cfg, ds, device, a.epochs, a.seed, not a.skip_classic)
+                    for n in names],
+    }  # fmt: skip
+    print_table(report)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0

@@ -323,6 +323,11 @@ def compare_main(args: list[str]) -> int:
     p.add_argument("--sort", metavar="KEY", help="sort by this column; -KEY for descending")
     p.add_argument("--format", default="table", choices=["table", "csv", "md", "json"])
     p.add_argument("--out", metavar="DIR", help="also write comparison.csv/.md and the plots")
+    # argparse would read `--sort -accuracy` as two options: glue the value on
+    for i in range(len(args) - 1):
+        if args[i] == "--sort" and args[i + 1].startswith("-"):
+            args = [*args[:i], f"--sort={args[i + 1]}", *args[i + 2 :]]
+            break
     a = p.parse_args(args)
     return compare.compare_command(a.paths, sort=a.sort, fmt=a.format, out=a.out)
 

@@ -1,0 +1,173 @@
+"""The Trainer's fast paths give the results of a plain eager loop, and the benchmark runs.
+
+The plain loop here is the reference: the model built after the same seed, the same
+on-device permutation (a generator seeded the same way), plain Adam, one step per slice.
+A fast path may round differently (fused Adam, another memory layout, a CUDA graph), so
+the per-step losses are compared to a float tolerance over a few dozen steps; over many
+steps such rounding differences grow chaotically, which is no sign of a different method.
+GPU tests carry the `gpu` mark and skip cleanly without CUDA.
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab import data
+from cnnlab.cli import main as cli_main
+from cnnlab.config import LeNetConfig, MLPConfig, SyntheticDataConfig, TrainerConfig
+from cnnlab.models import build_model
+from cnnlab.train import Trainer
+
+SEED = 0
+DATA = SyntheticDataConfig(train_size=320, test_size=128)  # 5 steps of 64 per epoch
+MODELS = {"mlp": MLPConfig, "lenet5": LeNetConfig}
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return data.load(DATA)
+
+
+def model_for(name: str, device) -> torch.nn.Module:
+    torch.manual_seed(SEED)
+    shape, classes = data.spec(DATA)
+    return build_model(MODELS[name](), shape, len(classes)).to(device)
+
+
+def plain_eager_losses(name, ds, device, epochs, batch_size=64) -> torch.Tensor:
+    model = model_for(name, device)
+    x = data.to_device(ds.x_train, device, DATA.normalize)
+    y = ds.y_train.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    losses = []
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), device=device, generator=generator)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i : i + batch_size]
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+    return torch.stack(losses).cpu()
+
+
+def trainer_losses(name, ds, device, epochs, **trainer_kw) -> tuple[torch.Tensor, Trainer]:
+    """Every step's loss as the Trainer computes it, whatever path it took."""
+    cfg = TrainerConfig(epochs=epochs, progress=False, checkpoint=False, log_every=3,
+                        **trainer_kw)  # fmt: skip
+    trainer = Trainer(
+        model_for(name, device),
+        data.to_device(ds.x_train, device, DATA.normalize), ds.y_train.to(device),
+        data.to_device(ds.x_test, device, DATA.normalize), ds.y_test.to(device),
+        cfg, device, SEED,
+    )  # fmt: skip
+    losses, step = [], trainer.train_step
+
+    def recording_step(idx):
+        loss = step(idx)
+        losses.append(loss.clone())  # a CUDA graph overwrites its output at the next replay
+        return loss
+
+    trainer.train_step = recording_step
+    result = trainer.fit()
+    assert result.status == "completed"
+    return torch.stack(losses).float().cpu(), trainer
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+def test_cpu_trainer_matches_a_plain_eager_loop(dataset, name):
+    device = torch.device("cpu")
+    expected = plain_eager_losses(name, dataset, device, epochs=4)
+    got, trainer = trainer_losses(name, dataset, device, epochs=4)
+    assert trainer.path == "eager"
+    assert len(got) == len(expected) == 20
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # the epoch means the history reports are the same losses
+    means = [row["train_loss"] for row in trainer.history]
+    torch.testing.assert_close(torch.tensor(means), expected.view(4, 5).mean(1),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_same_seed_same_path_gives_identical_losses(dataset):
+    first, _ = trainer_losses("lenet5", dataset, torch.device("cpu"), epochs=2)
+    second, _ = trainer_losses("lenet5", dataset, torch.device("cpu"), epochs=2)
+    assert torch.equal(first, second)
+
+
+def test_run_names_its_path_in_the_log_and_metrics(tmp_path, run_cli):
+    result = run_cli(tmp_path, "train", "model=mlp", "data=synthetic", "trainer.epochs=1",
+                     "device=cpu", "trainer.progress=false", "hydra.run.dir=run")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["path"] == "eager"
+    assert "training path: eager" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_bench_smoke_writes_both_pipelines_and_a_ratio(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = cli_main(["bench", "--data", "synthetic", "--epochs", "1", "--train-size", "256",
+                     "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["torch_version"] == torch.__version__
+    assert [r["model"] for r in report["results"]] == ["mlp", "lenet5"]
+    for r in report["results"]:
+        for pipeline in ("classic", "cnnlab"):
+            assert len(r[pipeline]["epoch_seconds"]) == 1
+            assert r[pipeline]["median_seconds"] > 0
+            assert 0 <= r[pipeline]["accuracy"] <= 1
+        assert r["speedup"] > 0
+        assert r["cnnlab"]["path"] == "eager"
+    printed = capsys.readouterr().out
+    assert "speed-up" in printed and "lenet5" in printed
+
+
+def test_bench_rejects_an_unknown_model(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["bench", "--models", "mlp,vgg", "--data", "synthetic"])
+    assert e.value.code == 2
+    assert "vgg" in capsys.readouterr().err
+
+
+# ---- GPU: skipped without CUDA --------------------------------------------------------
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+def test_cuda_graph_path_matches_a_plain_eager_loop(dataset, name):
+    device = torch.device("cuda")
+    expected = plain_eager_losses(name, dataset, device, epochs=4)
+    got, trainer = trainer_losses(name, dataset, device, epochs=4, cuda_graph="auto")
+    assert trainer.path == "cuda_graph"  # auto picks the graph on CUDA with Adam
+    # cuDNN may pick other convolution algorithms in and out of a graph: a looser tolerance
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+
+
+@cuda
+@pytest.mark.gpu
+def test_cuda_graph_and_eager_trainer_agree(dataset):
+    device = torch.device("cuda")
+    graph, t1 = trainer_losses("lenet5", dataset, device, epochs=3, cuda_graph="auto")
+    eager, t2 = trainer_losses("lenet5", dataset, device, epochs=3, cuda_graph="false")
+    assert (t1.path, t2.path) == ("cuda_graph", "eager")
+    torch.testing.assert_close(graph, eager, rtol=1e-3, atol=1e-3)
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", ["auto", "false"])
+def test_bf16_trains(dataset, cuda_graph):
+    device = torch.device("cuda")
+    got, trainer = trainer_losses("lenet5", dataset, device, epochs=3, precision="bf16",
+                                  cuda_graph=cuda_graph)  # fmt: skip
+    assert torch.isfinite(got).all()
+    expected = plain_eager_losses("lenet5", dataset, device, epochs=3)
+    # bf16 keeps about 3 significant digits: the same curve, loosely
+    torch.testing.assert_close(got, expected, rtol=5e-2, atol=5e-2)
+    assert trainer.path == ("cuda_graph" if cuda_graph == "auto" else "eager")
