@@ -2,8 +2,8 @@
 
 Runs go through the real command (`cnnlab.cli.main(["train", ...])`, in this process for
 speed); the kill and signal tests start real subprocesses and really signal them. Data are
-synthetic, digits or IDX files made here, and the "download" comes from an HTTP server on
-127.0.0.1, so nothing needs the network.
+synthetic or IDX files made here, and the "download" comes from an HTTP server on
+127.0.0.1, so nothing needs the network. GPU-only checks skip without CUDA.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def cnnlab_train(run_dir: Path | None, *overrides: str, multirun: bool = False):
+def cnnlab_train(run_dir: Path, *overrides: str, multirun: bool = False):
     """`cnnlab train` in this process; returns the exit code (an uncaught KeyboardInterrupt
     is returned as the string 'KeyboardInterrupt', so a test fails on it, not the session)."""
     folder = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
@@ -380,8 +380,8 @@ def logged(folder: Path, text: str) -> bool:
 @pytest.fixture(scope="module")
 def signalled(tmp_path_factory):
     """Two long runs started at the same moment, into the same folder name (so they race
-    for it); once each has finished an epoch, one gets SIGINT and the other SIGTERM, each
-    twice: once at once, and again just after the run says it stopped."""
+    for it); once each has finished an epoch, one gets SIGINT and the other SIGTERM: two at
+    once, and a third just after the run says it stopped, while it writes its folder."""
     base = tmp_path_factory.mktemp("signals") / "run"
     command = [sys.executable, "-m", "cnnlab", "train", *LONG, "trainer.progress=false",
                "device=cpu", f"hydra.run.dir=${{cnnlab.unique:{base}}}"]  # fmt: skip
@@ -486,15 +486,13 @@ def test_corrupt_checkpoint_on_resume_is_named_and_nothing_is_touched(runs, tmp_
     checkpoint = original / "checkpoints" / "last.pt"
     good = checkpoint.read_bytes()
 
-    garbage = tmp_path / "garbage.pt"
+    truncated, garbage = tmp_path / "truncated.pt", tmp_path / "garbage.pt"
+    truncated.write_bytes(good[: len(good) // 2])
     garbage.write_bytes(b"\x00not a checkpoint" * 100)
-    for bad in (garbage, original / "checkpoints" / "truncated.pt"):
-        if bad.name == "truncated.pt":
-            bad.write_bytes(good[: len(good) // 2])
+    for bad in (truncated, garbage):
         with pytest.raises(CheckpointError, match="truncated or corrupt") as e:
             load_checkpoint(bad)
         assert str(bad) in str(e.value)
-        (original / "checkpoints" / "truncated.pt").unlink(missing_ok=True)
 
     checkpoint.write_bytes(good[: len(good) // 2])
     before = snapshot(original)

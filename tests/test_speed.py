@@ -8,6 +8,7 @@ steps such rounding differences grow chaotically, which is no sign of a differen
 GPU tests carry the `gpu` mark and skip cleanly without CUDA.
 """
 
+import io
 import json
 
 import pytest
@@ -56,16 +57,19 @@ def plain_eager_losses(name, ds, device, epochs, batch_size=64) -> torch.Tensor:
     return torch.stack(losses).cpu()
 
 
-def trainer_losses(name, ds, device, epochs, **trainer_kw) -> tuple[torch.Tensor, Trainer]:
-    """Every step's loss as the Trainer computes it, whatever path it took."""
+def make_trainer(name, ds, device, epochs, **trainer_kw) -> Trainer:
     cfg = TrainerConfig(epochs=epochs, progress=False, checkpoint=False, log_every=3,
                         **trainer_kw)  # fmt: skip
-    trainer = Trainer(
+    return Trainer(
         model_for(name, device),
         data.to_device(ds.x_train, device, DATA.normalize), ds.y_train.to(device),
         data.to_device(ds.x_test, device, DATA.normalize), ds.y_test.to(device),
         cfg, device, SEED,
     )  # fmt: skip
+
+
+def record_losses(trainer: Trainer) -> torch.Tensor:
+    """fit(), keeping every step's loss as the Trainer computes it, whatever its path."""
     losses, step = [], trainer.train_step
 
     def recording_step(idx):
@@ -74,9 +78,13 @@ def trainer_losses(name, ds, device, epochs, **trainer_kw) -> tuple[torch.Tensor
         return loss
 
     trainer.train_step = recording_step
-    result = trainer.fit()
-    assert result.status == "completed"
-    return torch.stack(losses).float().cpu(), trainer
+    assert trainer.fit().status == "completed"
+    return torch.stack(losses).float().cpu()
+
+
+def trainer_losses(name, ds, device, epochs, **trainer_kw) -> tuple[torch.Tensor, Trainer]:
+    trainer = make_trainer(name, ds, device, epochs, **trainer_kw)
+    return record_losses(trainer), trainer
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet5"])
@@ -97,6 +105,36 @@ def test_same_seed_same_path_gives_identical_losses(dataset):
     first, _ = trainer_losses("lenet5", dataset, torch.device("cpu"), epochs=2)
     second, _ = trainer_losses("lenet5", dataset, torch.device("cpu"), epochs=2)
     assert torch.equal(first, second)
+
+
+def through_a_file(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_resume_from_a_checkpoint_with_another_memory_layout(dataset):
+    """Fused Adam reads its state in the parameters' memory order: a checkpoint saved with
+    NCHW state (as on CUDA) must resume a channels_last CPU run exactly like its own."""
+    device = torch.device("cpu")
+    _, first = trainer_losses("lenet5", dataset, device, epochs=1)
+    conv2 = [m for m in first.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    assert conv2.weight.is_contiguous(memory_format=torch.channels_last)  # CPU fast layout
+    assert not conv2.weight.is_contiguous()
+    saved = through_a_file(first.state())
+    as_if_cuda = through_a_file(first.state())
+    as_if_cuda["optimizer"]["state"] = {
+        i: {k: v.contiguous() for k, v in s.items()}
+        for i, s in as_if_cuda["optimizer"]["state"].items()
+    }  # fmt: skip
+
+    def resumed(state):
+        trainer = make_trainer("lenet5", dataset, device, epochs=2)
+        trainer.restore(state)
+        return record_losses(trainer)
+
+    torch.testing.assert_close(resumed(as_if_cuda), resumed(saved), rtol=0, atol=0)
 
 
 def test_run_names_its_path_in_the_log_and_metrics(tmp_path, run_cli):

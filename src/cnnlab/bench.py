@@ -1,4 +1,4 @@
-"""`cnnlab bench`: seconds per epoch of cnnlab's loop against the chapter's classic pipeline.
+"""cnnlab bench: seconds per epoch of cnnlab's loop against the chapter's classic pipeline.
 
 Both pipelines train the same model (built by cnnlab, same seed) with the chapter's
 settings (batch 64, Adam 1e-3) on the same data, in one process on one device:
@@ -182,7 +182,8 @@ def print_table(report: dict) -> None:
 
 
 def main(args: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="cnnlab bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="cnnlab bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--data", default="fashion_mnist",
                    choices=["fashion_mnist", "mnist", "digits", "synthetic"])  # fmt: skip

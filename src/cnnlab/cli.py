@@ -135,10 +135,12 @@ def check_resumable(saved: dict, current: dict, path: str) -> None:
 def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None = None) -> dict:
     """One training run into run_dir. Returns metrics; raises RunFailed or another error."""
     started_at = datetime.now().isoformat(timespec="seconds")
+    # cuDNN may pick convolution algorithms that accumulate with atomics, and two runs of
+    # the same seed then drift apart; at these sizes the deterministic ones cost nothing
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     if cfg.trainer.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
         torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
     if cfg.trainer.precision == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     device = pick_device(cfg.device, job_num)

@@ -132,10 +132,15 @@ def find_idx_files(folder: Path) -> list[Path] | None:
     return found
 
 
-def torchvision_class(name: str):
-    import torchvision.datasets as tvd
+# torchvision's folder names (root/<name>/raw); importing torchvision to read them would
+# add over a second to every start, so it is imported only to download
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
-    return {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name]
+
+def torchvision_class(name: str):
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, TORCHVISION_FOLDERS[name])
 
 
 def download_idx(cfg: DataConfig, raw: Path) -> None:
@@ -169,7 +174,7 @@ def download_idx(cfg: DataConfig, raw: Path) -> None:
 
 
 def load_idx_dataset(cfg: DataConfig) -> Dataset:
-    raw = Path(cfg.root) / torchvision_class(cfg.name).__name__ / "raw"
+    raw = Path(cfg.root) / TORCHVISION_FOLDERS[cfg.name] / "raw"
     folders = [raw] + ([DEBIAN_FASHION_MNIST] if cfg.name == "fashion_mnist" else [])
     files = next((f for f in map(find_idx_files, folders) if f), None)
     if files is None:

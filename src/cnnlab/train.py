@@ -185,7 +185,20 @@ def make_optimizer(model: nn.Module, cfg: TrainerConfig, device: torch.device, g
         # fused: one kernel for the whole update; capturable: its step count stays on the
         # GPU, which graph capture needs
         return cls(params, lr=cfg.lr, fused=True, capturable=graph)
-    return cls(params, lr=cfg.lr)
+    # CPU: the fused kernel too (one op for all parameters instead of about ten per
+    # parameter); same update to float rounding. Measured on the 2-core CPU, steps of
+    # batch 64 interleaved with the default: LeNet-5 1.17x, MLP 1.24x faster.
+    return cls(params, lr=cfg.lr, fused=device.type == "cpu")
+
+
+def channels_last_pays(model: nn.Module, device: torch.device) -> bool:
+    """On CPU, oneDNN's convolutions and max-pooling skip their layout conversions when
+    tensors are NHWC (channels_last): LeNet-5 steps 1.08x faster than NCHW (both with fused
+    Adam; 1.30x with it against plain NCHW + default Adam), wide and deep variants 1.2x.
+    BatchNorm's NHWC kernel is slower for few channels (3x at 6), so those models stay."""
+    modules = list(model.modules())
+    return (device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in modules)
+            and not any(isinstance(m, nn.BatchNorm2d) for m in modules))  # fmt: skip
 
 
 def choose_path(cfg: TrainerConfig, device: torch.device) -> str:
@@ -250,6 +263,10 @@ class Trainer:
         checkpoint_path: Path | None = None,
         extra_state: dict | None = None,
     ):
+        if channels_last_pays(model, device):
+            model.to(memory_format=torch.channels_last)  # in place, before the optimizer
+            x_train, x_test = (x.contiguous(memory_format=torch.channels_last)
+                               for x in (x_train, x_test))  # fmt: skip
         self.model, self.cfg, self.device = model, cfg, device
         self.x_train, self.y_train, self.x_test, self.y_test = x_train, y_train, x_test, y_test
         self.checkpoint_path = checkpoint_path
@@ -302,6 +319,14 @@ class Trainer:
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a resumed run may change trainer.lr
+            group["lr"] = self.cfg.lr
+        # fused Adam walks its state in the parameters' memory order: state saved with
+        # another layout (NCHW on CUDA, NHWC on CPU) is copied into this one's
+        for param, param_state in self.optimizer.state.items():
+            for key, value in param_state.items():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    param_state[key] = torch.empty_like(param).copy_(value)
         self.epoch, self.step_in_epoch = state["epoch"], state.get("step", 0)
         self.partial_losses = state.get("partial_losses")
         self.history = list(state["history"])
