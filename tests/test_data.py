@@ -215,3 +215,11 @@ def test_to_device_leaves_the_uint8_tensor_alone(digits):
     out = data.to_device(digits.x_test[:4], CPU, [0.5, 0.5])
     assert torch.equal(digits.x_test[:4], before)
     assert float(out.min()) >= -1 and float(out.max()) <= 1
+
+
+def test_cifar10_missing_files_name_the_folder_and_the_alternatives(tmp_path):
+    with pytest.raises(data.DataError) as e:
+        data.load(DataConfig(name="cifar10", root=str(tmp_path), download=False))
+    message = str(e.value)
+    assert str(tmp_path / "cifar-10-batches-py") in message
+    assert "data=digits" in message and "\n" not in message

@@ -278,6 +278,14 @@ def test_resume_refuses_a_different_model(runs, tmp_path):
     assert "model.width=1.0 (now 2.0)" in metrics_of(tmp_path / "run")["error"]
 
 
+def test_resume_takes_the_new_learning_rate(runs, tmp_path):
+    run = tmp_path / "run"
+    code = cnnlab_train(run, "model=lenet5", *SMALL, f"resume={runs.half}", "trainer.epochs=3",
+                        "trainer.lr=0.0005")  # fmt: skip
+    assert code == 0
+    assert load_checkpoint(run)["optimizer"]["param_groups"][0]["lr"] == 0.0005
+
+
 def test_same_seed_same_results_other_seed_other_results(runs):
     assert_same_results(runs.half, runs.twin)
     a, b = metrics_of(runs.half), metrics_of(runs.twin)
