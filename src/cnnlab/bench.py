@@ -46,21 +46,24 @@ BATCH_SIZE, LR = 64, 1e-3  # the chapter's settings
 
 
 class ClassicDataset(torch.utils.data.Dataset):
-    """Per-sample transforms over uint8 tensors, as torchvision's MNIST datasets do."""
+    """torchvision's MNIST-style datasets: uint8 images, a PIL image and transforms per item."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, normalize):
         mean, std = normalize
-        self.x, self.y, channels = x, y, x.shape[1]
+        channels = x.shape[1]
+        # stored as torchvision stores them: N x H x W (gray) or N x H x W x C
+        self.images = x[:, 0] if channels == 1 else x.permute(0, 2, 3, 1).contiguous()
+        self.targets = y
         self.transform = transforms.Compose(
             [transforms.ToTensor(), transforms.Normalize((mean,) * channels, (std,) * channels)]
         )
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.targets)
 
     def __getitem__(self, i: int):
-        image = self.x[i].permute(1, 2, 0).squeeze(-1).numpy()  # H x W (x C)
-        return self.transform(Image.fromarray(image)), int(self.y[i])
+        image, target = self.images[i], int(self.targets[i])
+        return self.transform(Image.fromarray(image.numpy())), target
 
 
 class ClassicRun:
