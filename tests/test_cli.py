@@ -27,14 +27,33 @@ from cnnlab.models import build_model, count_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = [
-    "metrics.json", "history.csv", "loss_curve.png", "confusion_matrix.png",
-    "confusion_matrix.csv", "checkpoints/last.pt", ".hydra/config.yaml",
-    ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log", "mistakes.png",
-]  # fmt: skip
+    "metrics.json",
+    "history.csv",
+    "loss_curve.png",
+    "confusion_matrix.png",
+    "confusion_matrix.csv",
+    "checkpoints/last.pt",
+    ".hydra/config.yaml",
+    ".hydra/overrides.yaml",
+    ".hydra/hydra.yaml",
+    "train.log",
+    "mistakes.png",
+]
 METRICS_KEYS = [
-    "status", "model", "data", "params", "accuracy", "f1_macro", "per_class",
-    "epochs_completed", "train_seconds", "images_per_second", "device", "seed", "torch_version",
-]  # fmt: skip
+    "status",
+    "model",
+    "data",
+    "params",
+    "accuracy",
+    "f1_macro",
+    "per_class",
+    "epochs_completed",
+    "train_seconds",
+    "images_per_second",
+    "device",
+    "seed",
+    "torch_version",
+]
 HISTORY_HEADER = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds"]
 DIGITS_TEST_SIZE = 450
 # a process that fails before loading data still imports torch and Hydra: seconds, not more
@@ -191,8 +210,7 @@ def test_mnist_missing_and_offline_fails_fast_naming_folder_files_and_alternativ
 def lenet_run(tmp_path_factory, run_cli):
     cwd = tmp_path_factory.mktemp("lenet_run")
     day = date.today()
-    result = run_cli(cwd, "train", "model=lenet5", "data=digits", "trainer.epochs=2",
-                     timeout=600)  # fmt: skip
+    result = run_cli(cwd, "train", "model=lenet5", "data=digits", "trainer.epochs=2", timeout=600)
     assert result.returncode == 0, output(result)
     (folder,) = run_folders(cwd)
     return {"cwd": cwd, "folder": folder, "result": result, "days": (day, date.today())}
@@ -212,8 +230,9 @@ def read_confusion_csv(path: Path) -> tuple[list[str], np.ndarray]:
 
 def test_run_folder_is_outputs_date_time_model(lenet_run):
     relative = lenet_run["folder"].relative_to(lenet_run["cwd"])
-    match = re.fullmatch(r"outputs/(\d{4}-\d{2}-\d{2})/\d{2}-\d{2}-\d{2}_lenet5(-\d+)?",
-                         relative.as_posix())  # fmt: skip
+    match = re.fullmatch(
+        r"outputs/(\d{4}-\d{2}-\d{2})/\d{2}-\d{2}-\d{2}_lenet5(-\d+)?", relative.as_posix()
+    )
     assert match, relative
     assert date.fromisoformat(match[1]) in lenet_run["days"]
     assert str(lenet_run["folder"]) in output(lenet_run["result"])  # the log says where
@@ -248,8 +267,13 @@ def test_metrics_json_has_every_key_with_sane_values(lenet_metrics):
     assert m["accuracy"] > 0.2  # two epochs on digits learn something (chance is 0.1)
     assert m["epochs_completed"] == 2
     assert m["train_seconds"] > 0 and m["images_per_second"] > 0
-    auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() \
-        else "cpu"  # fmt: skip
+    auto = (
+        "cuda"
+        if torch.cuda.is_available()
+        else "mps"
+        if torch.backends.mps.is_available()
+        else "cpu"
+    )
     assert m["device"].split(":")[0] == auto  # device=auto, as in the chapter
     assert m["seed"] == 0
     assert m["torch_version"] == torch.__version__
@@ -300,8 +324,9 @@ def test_confusion_matrix_agrees_with_metrics_and_sklearn(lenet_run, lenet_metri
 
 
 def test_checkpoint_loads_weights_only_and_reproduces_the_accuracy(lenet_run, lenet_metrics):
-    state = torch.load(lenet_run["folder"] / "checkpoints" / "last.pt", map_location="cpu",
-                       weights_only=True)  # fmt: skip
+    state = torch.load(
+        lenet_run["folder"] / "checkpoints" / "last.pt", map_location="cpu", weights_only=True
+    )
     assert state["epoch"] == 2
     model = build_model(LeNetConfig(), (1, 28, 28), 10)
     model.load_state_dict(state["model"])  # strict: every tensor, no extra ones
@@ -331,8 +356,15 @@ def test_train_log_has_a_line_per_epoch(lenet_run):
 
 
 def test_mlp_end_to_end(tmp_path, run_cli):
-    result = run_cli(tmp_path, "train", "model=mlp", "data=digits", "trainer.epochs=1",
-                     "trainer.progress=false", timeout=600)  # fmt: skip
+    result = run_cli(
+        tmp_path,
+        "train",
+        "model=mlp",
+        "data=digits",
+        "trainer.epochs=1",
+        "trainer.progress=false",
+        timeout=600,
+    )
     assert result.returncode == 0, output(result)
     (folder,) = run_folders(tmp_path)
     assert re.fullmatch(r"\d{2}-\d{2}-\d{2}_mlp(-\d+)?", folder.name), folder.name
@@ -362,15 +394,16 @@ def test_two_runs_started_together_get_two_folders(tmp_path, run_cli):
     for name, _ in jobs:
         (tmp_path / name).mkdir(exist_ok=True)
     with ThreadPoolExecutor(len(jobs)) as pool:
-        results = list(pool.map(
-            lambda job: run_cli(tmp_path / job[0], "train", "trainer.lr=0",
-                                *job[1]), jobs))  # fmt: skip
+        results = list(
+            pool.map(lambda job: run_cli(tmp_path / job[0], "train", "trainer.lr=0", *job[1]), jobs)
+        )
     assert [r.returncode for r in results] == [2] * len(jobs), [output(r) for r in results]
     default = run_folders(tmp_path / "default")
     assert len(default) == 2, default
     assert all(re.fullmatch(r"\d{2}-\d{2}-\d{2}_lenet5(-2)?", p.name) for p in default), default
-    fixed_folders = [p.relative_to(tmp_path / "fixed").as_posix()
-                     for p in run_folders(tmp_path / "fixed")]  # fmt: skip
+    fixed_folders = [
+        p.relative_to(tmp_path / "fixed").as_posix() for p in run_folders(tmp_path / "fixed")
+    ]
     assert fixed_folders == ["outputs/same", "outputs/same-2"]
 
 
@@ -384,18 +417,27 @@ def test_wheel_ships_the_configs_and_finds_them_from_any_folder(tmp_path):
     wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels,
-                    REPO], check=True, timeout=300, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, REPO],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     (wheel,) = wheels.glob("cnnlab-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {"cnnlab/configs/train.yaml", "cnnlab/cli.py"}
     for group in ("model", "data", "trainer"):
-        expected |= {f"cnnlab/configs/{group}/{p.name}"
-                     for p in (REPO / "configs" / group).glob("*.yaml")}  # fmt: skip
+        expected |= {
+            f"cnnlab/configs/{group}/{p.name}" for p in (REPO / "configs" / group).glob("*.yaml")
+        }
     assert not expected - names, sorted(expected - names)
 
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "-q", "--target", target,
-                    wheel], check=True, timeout=300, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "-q", "--target", target, wheel],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     script = (
         "from hydra import compose, initialize_config_dir\n"
         "import cnnlab.cli\n"
@@ -404,9 +446,14 @@ def test_wheel_ships_the_configs_and_finds_them_from_any_folder(tmp_path):
         "    cfg = compose('train', overrides=['model=mlp', 'data=digits'])\n"
         "print(cnnlab.cli.__file__, d, cfg.model.name, cfg.data.name, sep='\\n')\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, text=True,
-                            capture_output=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(target)})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=elsewhere,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    )
     assert result.returncode == 0, result.stderr
     module, config_dir, model, data_name = result.stdout.split()
     assert Path(module).is_relative_to(target)  # the installed copy, not the source tree

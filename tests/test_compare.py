@@ -41,7 +41,7 @@ def make_run(
             "depth": depth,
             "kernel_size": 5,
             "activation": "relu",
-        },  # fmt: skip
+        },
         "trainer": {"epochs": epochs, "batch_size": 64, "lr": 0.001, "progress": True},
     }
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -129,8 +129,9 @@ def test_columns_are_the_differing_config_keys(sweep):
     assert columns[4:] == [*compare.METRICS, "status"]  # no n (no seeds), no reason (no failure)
     for same_or_noise in ("model.kernel_size", "trainer.epochs", "data.root", "seed", "device"):
         assert same_or_noise not in columns
-    assert [row["run"] for row in rows] == [sweep_job.name for sweep_job in sorted(sweep.iterdir())
-                                            if sweep_job.is_dir()]  # fmt: skip
+    assert [row["run"] for row in rows] == [
+        sweep_job.name for sweep_job in sorted(sweep.iterdir()) if sweep_job.is_dir()
+    ]
     assert {(row["model.width"], row["model.depth"]): row["params"] for row in rows} == GRID
     assert rows[0]["accuracy_%"] == pytest.approx(90.0)
     assert rows[0]["conv_layers"] == 2
@@ -162,8 +163,12 @@ def test_unknown_sort_key_and_format(sweep):
 
 
 def test_failed_run_is_a_row_with_its_reason(sweep):
-    make_run(sweep / "4_model.width=4,model.depth=1", width=4, status="failed",
-             error="CUDA out of memory.\nTried to allocate 2 GiB")  # fmt: skip
+    make_run(
+        sweep / "4_model.width=4,model.depth=1",
+        width=4,
+        status="failed",
+        error="CUDA out of memory.\nTried to allocate 2 GiB",
+    )
     rows = compare.compare_table(compare.find_runs([sweep]))
     assert len(rows) == 5
     assert rows[-1]["status"] == "failed"
@@ -249,8 +254,11 @@ def test_compare_command_exit_codes(tmp_path, sweep, capsys):
     assert len(json.loads(captured.out)) == 5  # the "wrote ..." note went to stderr
     assert (tmp_path / "out" / "comparison.md").exists()
 
-    for kwargs in ({"paths": [tmp_path / "nowhere"]}, {"paths": [sweep], "sort": "bogus"},
-                   {"paths": [sweep], "fmt": "xml"}):  # fmt: skip
+    for kwargs in (
+        {"paths": [tmp_path / "nowhere"]},
+        {"paths": [sweep], "sort": "bogus"},
+        {"paths": [sweep], "fmt": "xml"},
+    ):
         assert compare.compare_command(**kwargs) == 2
         captured = capsys.readouterr()
         assert captured.err.startswith("error: ") and captured.err.count("\n") == 1

@@ -79,8 +79,9 @@ def test_every_option_composes_into_the_schemas(group, option, tmp_path, monkeyp
     plain = OmegaConf.to_object(cfg)  # runs every __post_init__ range check too
     assert isinstance(plain, TrainConfig)
     assert type(plain.model) is (MLPConfig if plain.model.name == "mlp" else LeNetConfig)
-    assert type(plain.data) is (SyntheticDataConfig if plain.data.name == "synthetic"
-                                else DataConfig)  # fmt: skip
+    assert type(plain.data) is (
+        SyntheticDataConfig if plain.data.name == "synthetic" else DataConfig
+    )
     assert type(plain.trainer) is TrainerConfig
     assert plain.data.root == str(tmp_path)  # data.root follows CNNLAB_DATA
     if group == "model":
@@ -99,7 +100,10 @@ def test_presets_change_only_their_knob():
     assert (deep.width, deep.depth) == (1.0, 2)
     for preset in (wide, deep):
         assert (preset.channels, preset.fc, preset.kernel_size) == (
-            base.channels, base.fc, base.kernel_size)  # fmt: skip
+            base.channels,
+            base.fc,
+            base.kernel_size,
+        )
 
 
 def test_default_is_the_chapters_worked_example(tmp_path, monkeypatch):

@@ -37,8 +37,12 @@ def test_digits_shapes_and_types(digits):
 
 def test_digits_split_is_fixed(digits):
     again = data.load(DataConfig(name="digits", root="unused"))
-    for a, b in [(digits.x_train, again.x_train), (digits.y_train, again.y_train),
-                 (digits.x_test, again.x_test), (digits.y_test, again.y_test)]:  # fmt: skip
+    for a, b in [
+        (digits.x_train, again.x_train),
+        (digits.y_train, again.y_train),
+        (digits.x_test, again.x_test),
+        (digits.y_test, again.y_test),
+    ]:
         assert torch.equal(a, b)
 
 
@@ -77,8 +81,12 @@ def test_synthetic_follows_data_shape(shape):
 
 def test_spec_knows_shapes_without_reading_files(tmp_path):
     missing = tmp_path / "nothing-here"
-    for name, shape in [("mnist", (1, 28, 28)), ("fashion_mnist", (1, 28, 28)),
-                        ("digits", (1, 28, 28)), ("cifar10", (3, 32, 32))]:  # fmt: skip
+    for name, shape in [
+        ("mnist", (1, 28, 28)),
+        ("fashion_mnist", (1, 28, 28)),
+        ("digits", (1, 28, 28)),
+        ("cifar10", (3, 32, 32)),
+    ]:
         got_shape, classes = data.spec(DataConfig(name=name, root=str(missing)))
         assert (got_shape, len(classes)) == (shape, 10), name
     assert data.spec(DataConfig(name="fashion_mnist"))[1][0] == "T-shirt/top"
@@ -180,11 +188,14 @@ def test_missing_mnist_without_download_fails_naming_folder_files_and_alternativ
 # ---- Fashion-MNIST from Debian's dataset-fashion-mnist ------------------------------------
 
 
-@pytest.mark.skipif(not data.find_idx_files(data.DEBIAN_FASHION_MNIST),
-                    reason="Debian's dataset-fashion-mnist is not installed")  # fmt: skip
+@pytest.mark.skipif(
+    not data.find_idx_files(data.DEBIAN_FASHION_MNIST),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_fashion_mnist_loads_from_the_debian_folder(tmp_path):
-    cfg = DataConfig(name="fashion_mnist", root=str(tmp_path), download=False,
-                     train_size=2000, test_size=1000)  # fmt: skip
+    cfg = DataConfig(
+        name="fashion_mnist", root=str(tmp_path), download=False, train_size=2000, test_size=1000
+    )
     ds = data.load(cfg)
     assert ds.x_train.shape == (2000, 1, 28, 28) and ds.x_test.shape == (1000, 1, 28, 28)
     assert ds.x_train.dtype == torch.uint8

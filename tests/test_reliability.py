@@ -39,9 +39,17 @@ from cnnlab.train import CheckpointError, load_checkpoint, save_checkpoint
 TIMING_KEYS = {"train_seconds", "images_per_second", "started_at", "peak_rss_mb", "peak_gpu_mb"}
 SMALL = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=32"]
 # a run folder as the design lists it, for a run that completed
-RUN_FILES = ["metrics.json", "history.csv", "loss_curve.png", "confusion_matrix.png",
-             "confusion_matrix.csv", "checkpoints/last.pt", ".hydra/config.yaml",
-             ".hydra/overrides.yaml", "train.log"]  # fmt: skip
+RUN_FILES = [
+    "metrics.json",
+    "history.csv",
+    "loss_curve.png",
+    "confusion_matrix.png",
+    "confusion_matrix.csv",
+    "checkpoints/last.pt",
+    ".hydra/config.yaml",
+    ".hydra/overrides.yaml",
+    "train.log",
+]
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -59,8 +67,14 @@ def cnnlab_train(run_dir: Path, *overrides: str, multirun: bool = False):
     """`cnnlab train` in this process; returns the exit code (an uncaught KeyboardInterrupt
     is returned as the string 'KeyboardInterrupt', so a test fails on it, not the session)."""
     folder = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
-    args = ["train", *(["-m"] if multirun else []), "device=cpu", "trainer.progress=false",
-            *overrides, folder]  # fmt: skip
+    args = [
+        "train",
+        *(["-m"] if multirun else []),
+        "device=cpu",
+        "trainer.progress=false",
+        *overrides,
+        folder,
+    ]
     argv = sys.argv
     try:
         return cli.main(args)
@@ -94,8 +108,11 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 def snapshot(folder: Path) -> dict:
     """Every file under folder: bytes and mtime."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def patch_steps(monkeypatch, before_step) -> None:
@@ -142,8 +159,12 @@ save_checkpoint({"model": {"w": torch.zeros(100_000)}, "epoch": 2}, path)
 
 def test_checkpoint_killed_mid_save_keeps_the_previous_one(tmp_path):
     path = tmp_path / "checkpoints" / "last.pt"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_MID_SAVE, str(path)], env=SUBPROCESS_ENV,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_MID_SAVE, str(path)],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "half written"
         proc.send_signal(signal.SIGKILL)
@@ -207,8 +228,9 @@ class Runs:
         folder = self.root / name
         with pytest.MonkeyPatch.context() as mp:
             if interrupt_at is not None:  # a real SIGINT, raised inside step `interrupt_at`
-                patch_steps(mp, lambda trainer, n: n == interrupt_at
-                            and signal.raise_signal(signal.SIGINT))  # fmt: skip
+                patch_steps(
+                    mp, lambda trainer, n: n == interrupt_at and signal.raise_signal(signal.SIGINT)
+                )
             code = cnnlab_train(folder, "model=lenet5", *SMALL, *overrides)
         assert code == expect, (name, code)
         return folder
@@ -272,16 +294,18 @@ def test_resume_from_a_mid_epoch_interrupt_gives_the_same_result(runs):
 
 
 def test_resume_refuses_a_different_model(runs, tmp_path):
-    code = cnnlab_train(tmp_path / "run", "model=lenet5", *SMALL, "model.width=2",
-                        f"resume={runs.half}")  # fmt: skip
+    code = cnnlab_train(
+        tmp_path / "run", "model=lenet5", *SMALL, "model.width=2", f"resume={runs.half}"
+    )
     assert code == 2
     assert "model.width=1.0 (now 2.0)" in metrics_of(tmp_path / "run")["error"]
 
 
 def test_resume_takes_the_new_learning_rate(runs, tmp_path):
     run = tmp_path / "run"
-    code = cnnlab_train(run, "model=lenet5", *SMALL, f"resume={runs.half}", "trainer.epochs=3",
-                        "trainer.lr=0.0005")  # fmt: skip
+    code = cnnlab_train(
+        run, "model=lenet5", *SMALL, f"resume={runs.half}", "trainer.epochs=3", "trainer.lr=0.0005"
+    )
     assert code == 0
     assert load_checkpoint(run)["optimizer"]["param_groups"][0]["lr"] == 0.0005
 
@@ -299,8 +323,9 @@ def test_same_seed_same_results_other_seed_other_results(runs):
 
 def test_deterministic_flag_is_accepted_on_cpu(tmp_path):
     try:
-        code = cnnlab_train(tmp_path / "run", "model=mlp", *SMALL, "trainer.epochs=1",
-                            "trainer.deterministic=true")  # fmt: skip
+        code = cnnlab_train(
+            tmp_path / "run", "model=mlp", *SMALL, "trainer.epochs=1", "trainer.deterministic=true"
+        )
         assert code == 0
         assert torch.are_deterministic_algorithms_enabled()
     finally:
@@ -314,11 +339,24 @@ def test_deterministic_cuda_runs_are_identical(tmp_path):
     folders = [tmp_path / "a", tmp_path / "b"]
     for folder in folders:
         proc = subprocess.run(
-            [sys.executable, "-m", "cnnlab", "train", "device=cuda", "trainer.progress=false",
-             "model=lenet5", *SMALL, "trainer.epochs=2", "trainer.deterministic=true",
-             f"hydra.run.dir={folder}"],
-            env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "cnnlab",
+                "train",
+                "device=cuda",
+                "trainer.progress=false",
+                "model=lenet5",
+                *SMALL,
+                "trainer.epochs=2",
+                "trainer.deterministic=true",
+                f"hydra.run.dir={folder}",
+            ],
+            env=SUBPROCESS_ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert_same_results(*folders)
 
@@ -365,8 +403,13 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 # 256 steps an epoch, 300 epochs: a run that is stopped long before it ends
-LONG = ["model=mlp", "data=synthetic", "data.train_size=2048", "trainer.batch_size=8",
-        "trainer.epochs=300"]  # fmt: skip
+LONG = [
+    "model=mlp",
+    "data=synthetic",
+    "data.train_size=2048",
+    "trainer.batch_size=8",
+    "trainer.epochs=300",
+]
 
 
 def folder_of(base: Path, seed: int, deadline: float) -> Path:
@@ -391,12 +434,27 @@ def signalled(tmp_path_factory):
     for it); once each has finished an epoch, one gets SIGINT and the other SIGTERM: two at
     once, and a third just after the run says it stopped, while it writes its folder."""
     base = tmp_path_factory.mktemp("signals") / "run"
-    command = [sys.executable, "-m", "cnnlab", "train", *LONG, "trainer.progress=false",
-               "device=cpu", f"hydra.run.dir=${{cnnlab.unique:{base}}}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "cnnlab",
+        "train",
+        *LONG,
+        "trainer.progress=false",
+        "device=cpu",
+        f"hydra.run.dir=${{cnnlab.unique:{base}}}",
+    ]
     sigs = {0: signal.SIGINT, 1: signal.SIGTERM}
-    procs = {seed: subprocess.Popen([*command, f"seed={seed}"], env=SUBPROCESS_ENV,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for seed in sigs}  # fmt: skip
+    procs = {
+        seed: subprocess.Popen(
+            [*command, f"seed={seed}"],
+            env=SUBPROCESS_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in sigs
+    }
     results = {}
     try:
         started = time.monotonic() + 90  # each run has its folder once Hydra has started
@@ -504,8 +562,9 @@ def test_corrupt_checkpoint_on_resume_is_named_and_nothing_is_touched(runs, tmp_
 
     checkpoint.write_bytes(good[: len(good) // 2])
     before = snapshot(original)
-    code = cnnlab_train(tmp_path / "run", "model=lenet5", *SMALL, f"resume={original}",
-                        "trainer.epochs=4")  # fmt: skip
+    code = cnnlab_train(
+        tmp_path / "run", "model=lenet5", *SMALL, f"resume={original}", "trainer.epochs=4"
+    )
     assert code == 1
     m = metrics_of(tmp_path / "run")
     assert m["status"] == "failed" and str(checkpoint) in m["error"]
@@ -538,8 +597,9 @@ def test_bad_input_fails_before_any_data_loads(overrides, texts, tmp_path, monke
     empty = tmp_path / "no_data_here"
     empty.mkdir()
     # data=mnist with no files and no download: had the data loaded, that would fail too
-    code = cnnlab_train(tmp_path / "run", "data=mnist", f"data.root={empty}",
-                        "data.download=false", *overrides)  # fmt: skip
+    code = cnnlab_train(
+        tmp_path / "run", "data=mnist", f"data.root={empty}", "data.download=false", *overrides
+    )
     out, err = capfd.readouterr()
     assert code not in (0, None)
     assert loaded == []
@@ -684,8 +744,16 @@ def test_unreachable_mirror_fails_with_the_offline_options(tmp_path):
 def test_multirun_with_failing_jobs(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     # groups=3 does not divide 16 channels (fails before training); lr=1e30 diverges
-    code = cnnlab_train(sweep, "model=lenet5", *SMALL, "trainer.epochs=1", "model.norm=group",
-                        "model.groups=3,2", "trainer.lr=0.001,1e30", multirun=True)  # fmt: skip
+    code = cnnlab_train(
+        sweep,
+        "model=lenet5",
+        *SMALL,
+        "trainer.epochs=1",
+        "model.norm=group",
+        "model.groups=3,2",
+        "trainer.lr=0.001,1e30",
+        multirun=True,
+    )
     err = capsys.readouterr().err
     assert code == 1
     # job folders are named <number>_<overrides>; jobs run groups x lr in order
@@ -731,11 +799,26 @@ def test_real_cuda_out_of_memory(tmp_path):
     # conv1 with 4096 channels on a batch of 20,000: ~190 GB of activations
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "cnnlab", "train", "device=cuda", "trainer.progress=false",
-         "model=lenet5", "model.channels=[4096,16]", "data=synthetic", "data.train_size=20000",
-         "trainer.batch_size=20000", "trainer.epochs=1", f"hydra.run.dir={run}"],
-        env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cnnlab",
+            "train",
+            "device=cuda",
+            "trainer.progress=false",
+            "model=lenet5",
+            "model.channels=[4096,16]",
+            "data=synthetic",
+            "data.train_size=20000",
+            "trainer.batch_size=20000",
+            "trainer.epochs=1",
+            f"hydra.run.dir={run}",
+        ],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     m = metrics_of(run)
     assert m["status"] == "failed" and "smaller batch" in m["error"]

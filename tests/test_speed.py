@@ -58,14 +58,17 @@ def plain_eager_losses(name, ds, device, epochs, batch_size=64) -> torch.Tensor:
 
 
 def make_trainer(name, ds, device, epochs, **trainer_kw) -> Trainer:
-    cfg = TrainerConfig(epochs=epochs, progress=False, checkpoint=False, log_every=3,
-                        **trainer_kw)  # fmt: skip
+    cfg = TrainerConfig(epochs=epochs, progress=False, checkpoint=False, log_every=3, **trainer_kw)
     return Trainer(
         model_for(name, device),
-        data.to_device(ds.x_train, device, DATA.normalize), ds.y_train.to(device),
-        data.to_device(ds.x_test, device, DATA.normalize), ds.y_test.to(device),
-        cfg, device, SEED,
-    )  # fmt: skip
+        data.to_device(ds.x_train, device, DATA.normalize),
+        ds.y_train.to(device),
+        data.to_device(ds.x_test, device, DATA.normalize),
+        ds.y_test.to(device),
+        cfg,
+        device,
+        SEED,
+    )
 
 
 def record_losses(trainer: Trainer) -> torch.Tensor:
@@ -97,8 +100,9 @@ def test_cpu_trainer_matches_a_plain_eager_loop(dataset, name):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     # the epoch means the history reports are the same losses
     means = [row["train_loss"] for row in trainer.history]
-    torch.testing.assert_close(torch.tensor(means), expected.view(4, 5).mean(1),
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        torch.tensor(means), expected.view(4, 5).mean(1), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_same_seed_same_path_gives_identical_losses(dataset):
@@ -127,7 +131,7 @@ def test_resume_from_a_checkpoint_with_another_memory_layout(dataset):
     as_if_cuda["optimizer"]["state"] = {
         i: {k: v.contiguous() for k, v in s.items()}
         for i, s in as_if_cuda["optimizer"]["state"].items()
-    }  # fmt: skip
+    }
 
     def resumed(state):
         trainer = make_trainer("lenet5", dataset, device, epochs=2)
@@ -138,8 +142,16 @@ def test_resume_from_a_checkpoint_with_another_memory_layout(dataset):
 
 
 def test_run_names_its_path_in_the_log_and_metrics(tmp_path, run_cli):
-    result = run_cli(tmp_path, "train", "model=mlp", "data=synthetic", "trainer.epochs=1",
-                     "device=cpu", "trainer.progress=false", "hydra.run.dir=run")  # fmt: skip
+    result = run_cli(
+        tmp_path,
+        "train",
+        "model=mlp",
+        "data=synthetic",
+        "trainer.epochs=1",
+        "device=cpu",
+        "trainer.progress=false",
+        "hydra.run.dir=run",
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["path"] == "eager"
@@ -148,8 +160,21 @@ def test_run_names_its_path_in_the_log_and_metrics(tmp_path, run_cli):
 
 def test_bench_smoke_writes_both_pipelines_and_a_ratio(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = cli_main(["bench", "--data", "synthetic", "--epochs", "1", "--train-size", "256",
-                     "--device", "cpu", "--out", str(out)])  # fmt: skip
+    code = cli_main(
+        [
+            "bench",
+            "--data",
+            "synthetic",
+            "--epochs",
+            "1",
+            "--train-size",
+            "256",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["machine"]["torch_version"] == torch.__version__
@@ -202,8 +227,9 @@ def test_cuda_graph_and_eager_trainer_agree(dataset):
 @pytest.mark.parametrize("cuda_graph", ["auto", "false"])
 def test_bf16_trains(dataset, cuda_graph):
     device = torch.device("cuda")
-    got, trainer = trainer_losses("lenet5", dataset, device, epochs=3, precision="bf16",
-                                  cuda_graph=cuda_graph)  # fmt: skip
+    got, trainer = trainer_losses(
+        "lenet5", dataset, device, epochs=3, precision="bf16", cuda_graph=cuda_graph
+    )
     assert torch.isfinite(got).all()
     expected = plain_eager_losses("lenet5", dataset, device, epochs=3)
     # bf16 keeps about 3 significant digits: the same curve, loosely

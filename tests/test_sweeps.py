@@ -6,8 +6,13 @@ import json
 
 import pytest
 
-FAST = ["data=synthetic", "data.train_size=128", "data.test_size=64", "trainer.epochs=1",
-        "trainer.progress=false"]  # fmt: skip
+FAST = [
+    "data=synthetic",
+    "data.train_size=128",
+    "data.test_size=64",
+    "trainer.epochs=1",
+    "trainer.progress=false",
+]
 
 
 def job_folders(sweep):
@@ -18,8 +23,9 @@ def job_folders(sweep):
 def width_depth_sweep(tmp_path_factory, run_cli):
     cwd = tmp_path_factory.mktemp("sweep")
     sweep = cwd / "outputs" / "sweep"
-    r = run_cli(cwd, "train", "-m", "model.width=1,2", "model.depth=1,2", *FAST,
-                f"hydra.sweep.dir={sweep}")  # fmt: skip
+    r = run_cli(
+        cwd, "train", "-m", "model.width=1,2", "model.depth=1,2", *FAST, f"hydra.sweep.dir={sweep}"
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return sweep, r
 
@@ -66,7 +72,11 @@ def test_compare_prints_every_job_in_each_format(width_depth_sweep, run_cli, fmt
     elif fmt == "csv":
         rows = list(csv.DictReader(r.stdout.splitlines()))
     else:
-        rows = [line for line in r.stdout.splitlines() if line.lstrip("| ").startswith(("0_", "1_", "2_", "3_"))]  # fmt: skip
+        rows = [
+            line
+            for line in r.stdout.splitlines()
+            if line.lstrip("| ").startswith(("0_", "1_", "2_", "3_"))
+        ]
     assert len(rows) == 4
     if fmt in ("json", "csv"):
         params = [int(row["params"]) for row in rows]
@@ -85,8 +95,15 @@ def test_compare_out_writes_files(width_depth_sweep, run_cli, tmp_path):
 def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
     sweep = tmp_path / "outputs" / "sweep"
     # groups=4 cannot divide LeNet-5's 6 channels: job 1 fails when its model is built
-    r = run_cli(tmp_path, "train", "-m", "model.norm=group", "model.groups=2,4", *FAST,
-                f"hydra.sweep.dir={sweep}")  # fmt: skip
+    r = run_cli(
+        tmp_path,
+        "train",
+        "-m",
+        "model.norm=group",
+        "model.groups=2,4",
+        *FAST,
+        f"hydra.sweep.dir={sweep}",
+    )
     assert r.returncode == 1
     assert "1_" in r.stderr and "failed" in r.stderr
     rows = {row["run"][:2]: row for row in read_csv(sweep / "comparison.csv")}
@@ -96,7 +113,9 @@ def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
 
 def test_experiment_preset_width_depth_runs_four_jobs(tmp_path, run_cli):
     sweep = tmp_path / "outputs" / "sweep"
-    r = run_cli(tmp_path, "train", "-m", "experiment=width_depth", *FAST, f"hydra.sweep.dir={sweep}")
+    r = run_cli(
+        tmp_path, "train", "-m", "experiment=width_depth", *FAST, f"hydra.sweep.dir={sweep}"
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(job_folders(sweep)) == 4
 
@@ -110,8 +129,17 @@ def needs(module):
 @needs("hydra_plugins.hydra_joblib_launcher")
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, run_cli):
     sweep = tmp_path / "outputs" / "sweep"
-    r = run_cli(tmp_path, "train", "-m", "model=mlp", "model.width=0.5,1", *FAST,
-                "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    r = run_cli(
+        tmp_path,
+        "train",
+        "-m",
+        "model=mlp",
+        "model.width=0.5,1",
+        *FAST,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Joblib" in r.stdout + r.stderr
     assert [row["status"] for row in read_csv(sweep / "comparison.csv")] == ["completed"] * 2
@@ -120,8 +148,16 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, run_cli):
 @needs("hydra_plugins.hydra_submitit_launcher")
 def test_submitit_local_launcher(tmp_path, run_cli):
     sweep = tmp_path / "outputs" / "sweep"
-    r = run_cli(tmp_path, "train", "-m", "model=mlp", "model.width=0.5,1", *FAST,
-                "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    r = run_cli(
+        tmp_path,
+        "train",
+        "-m",
+        "model=mlp",
+        "model.width=0.5,1",
+        *FAST,
+        "hydra/launcher=submitit_local",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (sweep / ".submitit").is_dir()
     assert [row["status"] for row in read_csv(sweep / "comparison.csv")] == ["completed"] * 2
@@ -130,11 +166,20 @@ def test_submitit_local_launcher(tmp_path, run_cli):
 @needs("hydra_plugins.hydra_optuna_sweeper")
 def test_optuna_search_maximises_accuracy(tmp_path, run_cli):
     sweep = tmp_path / "outputs" / "sweep"
-    r = run_cli(tmp_path, "train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                *FAST, f"hydra.sweep.dir={sweep}")  # fmt: skip
+    r = run_cli(
+        tmp_path,
+        "train",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        *FAST,
+        f"hydra.sweep.dir={sweep}",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     best = (sweep / "optimization_results.yaml").read_text()
-    accuracies = [json.loads((j / "metrics.json").read_text())["accuracy"] for j in job_folders(sweep)]
+    accuracies = [
+        json.loads((j / "metrics.json").read_text())["accuracy"] for j in job_folders(sweep)
+    ]
     assert len(accuracies) == 2
     assert f"best_value: {max(accuracies)}" in best
 

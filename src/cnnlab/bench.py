@@ -4,7 +4,10 @@ Both pipelines train the same model (built by cnnlab, same seed) with the chapte
 settings (batch 64, Adam 1e-3) on the same data, in one process on one device:
   classic: a torchvision-style Dataset that turns each uint8 image into a PIL image, then
            ToTensor + Normalize (what torchvision.datasets.FashionMNIST does), a
-           DataLoader(batch_size=64, shuffle=True), and `loss.item()` after every step;
+           DataLoader(batch_size=64) shuffled each epoch, and `loss.item()` after every
+           step. Its shuffle is drawn the way cnnlab draws its own (one randperm per epoch
+           from a generator seeded alike, on the same device), so both see the same batches
+           and their accuracies differ only by float rounding, not by luck;
   cnnlab:  cnnlab.train.Trainer, which picks its own fast path (eager, CUDA graph, ...).
 Epochs alternate between the two (classic 1, cnnlab 1, classic 2, ...), so a change in
 the machine's background load hits both. An epoch's time is its training loop only
@@ -66,16 +69,35 @@ class ClassicDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(image.numpy())), target
 
 
+class SameOrder(torch.utils.data.Sampler):
+    """shuffle=True's job, drawing each epoch's order as cnnlab's Trainer does."""
+
+    def __init__(self, n: int, seed: int, device: torch.device):
+        self.n, self.device = n, device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, device=self.device, generator=self.generator)
+        return iter(perm.tolist())
+
+
 class ClassicRun:
     """The chapter's loop, one epoch per call."""
 
-    def __init__(self, model, ds: data.Dataset, normalize, device: torch.device):
+    def __init__(self, model, ds: data.Dataset, normalize, device: torch.device, seed: int):
         self.model, self.device = model, device
         self.optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-        self.train_loader = DataLoader(ClassicDataset(ds.x_train, ds.y_train, normalize),
-                                       batch_size=BATCH_SIZE, shuffle=True)  # fmt: skip
-        self.test_loader = DataLoader(ClassicDataset(ds.x_test, ds.y_test, normalize),
-                                      batch_size=1000)  # fmt: skip
+        self.train_loader = DataLoader(
+            ClassicDataset(ds.x_train, ds.y_train, normalize),
+            batch_size=BATCH_SIZE,
+            sampler=SameOrder(len(ds.y_train), seed, device),
+        )
+        self.test_loader = DataLoader(
+            ClassicDataset(ds.x_test, ds.y_test, normalize), batch_size=1000
+        )
         self.epoch_seconds: list[float] = []
 
     def epoch(self) -> None:
@@ -94,8 +116,10 @@ class ClassicRun:
     @torch.no_grad()
     def accuracy(self) -> float:
         self.model.eval()
-        correct = sum((self.model(x.to(self.device)).argmax(1).cpu() == y).sum().item()
-                      for x, y in self.test_loader)  # fmt: skip
+        correct = sum(
+            (self.model(x.to(self.device)).argmax(1).cpu() == y).sum().item()
+            for x, y in self.test_loader
+        )
         return correct / len(self.test_loader.dataset)
 
 
@@ -111,8 +135,9 @@ def machine_info(device: torch.device) -> dict:
         name = platform.processor() or platform.machine()
         try:  # Linux: the CPU's marketing name
             with open("/proc/cpuinfo") as f:
-                name = next(line.split(":", 1)[1].strip() for line in f
-                            if line.startswith("model name"))  # fmt: skip
+                name = next(
+                    line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+                )
         except (OSError, StopIteration):
             pass
     return {
@@ -127,33 +152,49 @@ def machine_info(device: torch.device) -> dict:
 
 
 def summary(seconds: list[float], accuracy: float, **extra) -> dict:
-    return {"epoch_seconds": [round(s, 4) for s in seconds],
-            "median_seconds": round(statistics.median(seconds), 4),
-            "accuracy": round(accuracy, 4), **extra}  # fmt: skip
+    return {
+        "epoch_seconds": [round(s, 4) for s in seconds],
+        "median_seconds": round(statistics.median(seconds), 4),
+        "accuracy": round(accuracy, 4),
+        **extra,
+    }
 
 
-def bench_model(name: str, data_cfg, ds: data.Dataset, device, epochs: int, seed: int,
-                classic: bool) -> dict:  # fmt: skip
+def bench_model(
+    name: str, data_cfg, ds: data.Dataset, device, epochs: int, seed: int, classic: bool
+) -> dict:
     input_shape, classes = data.spec(data_cfg)
     norm = data_cfg.normalize
 
     def fresh_model():
-        seed_everything(seed)  # same initial weights for both; seeds the DataLoader's shuffle
+        seed_everything(seed)  # same initial weights for both
         return build_model(MODELS[name](), input_shape, len(classes)).to(device)
 
-    run = ClassicRun(fresh_model(), ds, norm, device) if classic else None
+    run = ClassicRun(fresh_model(), ds, norm, device, seed) if classic else None
     cfg = TrainerConfig(epochs=0, batch_size=BATCH_SIZE, lr=LR, progress=False, checkpoint=False)
-    trainer = Trainer(fresh_model(), data.to_device(ds.x_train, device, norm),
-                      ds.y_train.to(device), data.to_device(ds.x_test, device, norm),
-                      ds.y_test.to(device), cfg, device, seed)  # fmt: skip
+    trainer = Trainer(
+        fresh_model(),
+        data.to_device(ds.x_train, device, norm),
+        ds.y_train.to(device),
+        data.to_device(ds.x_test, device, norm),
+        ds.y_test.to(device),
+        cfg,
+        device,
+        seed,
+    )
     for epoch in range(1, epochs + 1):
         if run is not None:
             run.epoch()
         cfg.epochs = epoch  # fit() goes on from the epoch it reached: one more epoch
         result = trainer.fit()
-    out = {"model": name,
-           "cnnlab": summary([row["seconds"] for row in result.history],
-                             result.evaluation.accuracy, path=trainer.path)}  # fmt: skip
+    out = {
+        "model": name,
+        "cnnlab": summary(
+            [row["seconds"] for row in result.history],
+            result.evaluation.accuracy,
+            path=trainer.path,
+        ),
+    }
     if run is not None:
         out["classic"] = summary(run.epoch_seconds, run.accuracy())
         classic_s, cnnlab_s = out["classic"]["median_seconds"], out["cnnlab"]["median_seconds"]
@@ -163,35 +204,53 @@ def bench_model(name: str, data_cfg, ds: data.Dataset, device, epochs: int, seed
 
 def print_table(report: dict) -> None:
     m, s = report["machine"], report["settings"]
-    print(f"cnnlab bench  {m['date']}  torch {m['torch_version']}  {m['device']} "
-          f"({m['device_name']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
-          f"load {m['load_average_1min']})")  # fmt: skip
-    print(f"data {s['data']} ({s['train_images']} train / {s['test_images']} test images), "
-          f"batch {s['batch_size']}, Adam lr {s['lr']}, seed {s['seed']}, "
-          f"{s['epochs']} epochs")  # fmt: skip
-    print(f"{'model':8} {'classic s/epoch':>15} {'cnnlab s/epoch':>15} {'speed-up':>9} "
-          f"{'classic acc':>12} {'cnnlab acc':>11}  cnnlab path")  # fmt: skip
+    print(
+        f"cnnlab bench  {m['date']}  torch {m['torch_version']}  {m['device']} "
+        f"({m['device_name']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
+        f"load {m['load_average_1min']})"
+    )
+    print(
+        f"data {s['data']} ({s['train_images']} train / {s['test_images']} test images), "
+        f"batch {s['batch_size']}, Adam lr {s['lr']}, seed {s['seed']}, "
+        f"{s['epochs']} epochs"
+    )
+    print(
+        f"{'model':8} {'classic s/epoch':>15} {'cnnlab s/epoch':>15} {'speed-up':>9} "
+        f"{'classic acc':>12} {'cnnlab acc':>11}  cnnlab path"
+    )
     for r in report["results"]:
         c, b = r.get("classic"), r["cnnlab"]
         classic_s, speedup, classic_acc = (
-            (c["median_seconds"], f"{r['speedup']}x", f"{100 * c['accuracy']:.2f}%") if c
+            (c["median_seconds"], f"{r['speedup']}x", f"{100 * c['accuracy']:.2f}%")
+            if c
             else ("-", "-", "-")
-        )  # fmt: skip
+        )
         cnnlab_acc = f"{100 * b['accuracy']:.2f}%"
-        print(f"{r['model']:8} {classic_s:>15} {b['median_seconds']:>15} {speedup:>9} "
-              f"{classic_acc:>12} {cnnlab_acc:>11}  {b['path']}")  # fmt: skip
-    print(f"s/epoch: median over all {s['epochs']} epochs (the first one included) of the "
-          f"training loop's seconds, evaluation excluded; speed-up = classic / cnnlab")  # fmt: skip
+        print(
+            f"{r['model']:8} {classic_s:>15} {b['median_seconds']:>15} {speedup:>9} "
+            f"{classic_acc:>12} {cnnlab_acc:>11}  {b['path']}"
+        )
+    print(
+        f"s/epoch: median over all {s['epochs']} epochs (the first one included) of the "
+        f"training loop's seconds, evaluation excluded; speed-up = classic / cnnlab"
+    )
 
 
 def main(args: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="cnnlab bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="cnnlab bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--data", default="fashion_mnist",
-                   choices=["fashion_mnist", "mnist", "digits", "synthetic"])  # fmt: skip
-    p.add_argument("--root", default=os.environ.get("CNNLAB_DATA", "data"),
-                   help="data folder (default: $CNNLAB_DATA, else data/)")  # fmt: skip
+    p.add_argument(
+        "--data", default="fashion_mnist", choices=["fashion_mnist", "mnist", "digits", "synthetic"]
+    )
+    p.add_argument(
+        "--root",
+        default=os.environ.get("CNNLAB_DATA", "data"),
+        help="data folder (default: $CNNLAB_DATA, else data/)",
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--models", default="mlp,lenet5", help="comma-separated: mlp,lenet5")
     p.add_argument("--skip-classic", action="store_true", help="time cnnlab's loop only")
@@ -217,13 +276,22 @@ def main(args: list[str]) -> int:
         return 2 if isinstance(e, ConfigError) else 1
     report = {
         "machine": machine_info(device),
-        "settings": {"data": a.data, "train_images": len(ds.y_train),
-                     "test_images": len(ds.y_test), "batch_size": BATCH_SIZE, "lr": LR,
-                     "optimizer": "adam", "seed": a.seed, "epochs": a.epochs,
-                     "median_over": "all epochs, first included; training loop only"},
-        "results": [bench_model(n, data_cfg, ds, device, a.epochs, a.seed, not a.skip_classic)
-                    for n in names],
-    }  # fmt: skip
+        "settings": {
+            "data": a.data,
+            "train_images": len(ds.y_train),
+            "test_images": len(ds.y_test),
+            "batch_size": BATCH_SIZE,
+            "lr": LR,
+            "optimizer": "adam",
+            "seed": a.seed,
+            "epochs": a.epochs,
+            "median_over": "all epochs, first included; training loop only",
+        },
+        "results": [
+            bench_model(n, data_cfg, ds, device, a.epochs, a.seed, not a.skip_classic)
+            for n in names
+        ],
+    }
     print_table(report)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -123,8 +123,11 @@ def check_resumable(saved: dict, current: dict, path: str) -> None:
         for k, v in (flat(val, f"{key}.").items() if isinstance(val, dict) else [(key, val)])
     }
     old, new = flat(saved), flat(current)
-    diff = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(old | new)
-            if old.get(k) != new.get(k)]  # fmt: skip
+    diff = [
+        f"{k}={old.get(k)!r} (now {new.get(k)!r})"
+        for k in sorted(old | new)
+        if old.get(k) != new.get(k)
+    ]
     if diff:
         raise ConfigError(
             f"resume={path} was trained with a different config: {', '.join(diff)}; "
@@ -156,22 +159,33 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None = None) -> di
         check_resumable(resume_state.get("config", {}), comparable_config(cfg), cfg.resume)
 
     ds = data.load(cfg.data)
-    log.info("data %s: %d train / %d test images of %s on %s", cfg.data.name, len(ds.y_train),
-             len(ds.y_test), "x".join(map(str, input_shape)), device)  # fmt: skip
+    log.info(
+        "data %s: %d train / %d test images of %s on %s",
+        cfg.data.name,
+        len(ds.y_train),
+        len(ds.y_test),
+        "x".join(map(str, input_shape)),
+        device,
+    )
     norm = cfg.data.normalize
     model.to(device)
     trainer = Trainer(
         model,
-        data.to_device(ds.x_train, device, norm), ds.y_train.to(device),
-        data.to_device(ds.x_test, device, norm), ds.y_test.to(device),
-        cfg.trainer, device, cfg.seed,
+        data.to_device(ds.x_train, device, norm),
+        ds.y_train.to(device),
+        data.to_device(ds.x_test, device, norm),
+        ds.y_test.to(device),
+        cfg.trainer,
+        device,
+        cfg.seed,
         checkpoint_path=run_dir / "checkpoints" / "last.pt",
         extra_state={"config": comparable_config(cfg)},
-    )  # fmt: skip
+    )
     if resume_state is not None:
         trainer.restore(resume_state)
-        log.info("resumed from %s at epoch %d, step %d", cfg.resume, trainer.epoch,
-                 trainer.step_in_epoch)  # fmt: skip
+        log.info(
+            "resumed from %s at epoch %d, step %d", cfg.resume, trainer.epoch, trainer.step_in_epoch
+        )
     log.info("training path: %s, precision %s", trainer.path, cfg.trainer.precision)
 
     tensorboard = report.TensorBoardLogger(run_dir) if cfg.logger == "tensorboard" else None
@@ -203,7 +217,8 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None = None) -> di
             "train_seconds": round(result.train_seconds, 3),
             "images_per_second": round(result.images_seen / max(result.train_seconds, 1e-9), 1),
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
             else platform.processor() or platform.machine(),
             "seed": cfg.seed,
             "torch_version": torch.__version__,
@@ -212,15 +227,18 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None = None) -> di
             "resumed_from": cfg.resume,
             "started_at": started_at,
             **peak_memory(device),
-        }  # fmt: skip
+        }
         report.write_history(run_dir / "history.csv", result.history)
         if result.history:
             title = f"{cfg.model.name} on {cfg.data.name}"
             report.plot_loss_curve(result.history, run_dir / "loss_curve.png", title)
         if result.evaluation is not None:
             title = f"{cfg.model.name} on {cfg.data.name}: {100 * result.evaluation.accuracy:.2f}%"
-            metrics.update(report.write_evaluation(run_dir, result.evaluation, ds.y_test, ds.x_test,
-                                                   ds.classes, title))  # fmt: skip
+            metrics.update(
+                report.write_evaluation(
+                    run_dir, result.evaluation, ds.y_test, ds.x_test, ds.classes, title
+                )
+            )
         if result.status != "completed":
             metrics["error"] = result.message
         report.write_json(run_dir / "metrics.json", metrics)
@@ -230,10 +248,17 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None = None) -> di
         raise RunFailed("interrupted", result.message, 128 + result.signal)
     if trainer.stop_signal is not None:  # it came after the last step: honour it now
         name = signal.Signals(trainer.stop_signal).name
-        raise RunFailed("interrupted", f"{name} after the run completed; its folder is whole",
-                        128 + trainer.stop_signal)  # fmt: skip
-    log.info("accuracy %.2f%%  f1_macro %.4f  -> %s", 100 * metrics["accuracy"],
-             metrics["f1_macro"], run_dir)  # fmt: skip
+        raise RunFailed(
+            "interrupted",
+            f"{name} after the run completed; its folder is whole",
+            128 + trainer.stop_signal,
+        )
+    log.info(
+        "accuracy %.2f%%  f1_macro %.4f  -> %s",
+        100 * metrics["accuracy"],
+        metrics["f1_macro"],
+        run_dir,
+    )
     return metrics
 
 
@@ -244,9 +269,11 @@ def explain(e: BaseException, cfg: DictConfig) -> tuple[str, int]:
     if isinstance(e, ConfigError):
         return str(e), 2
     if isinstance(e, torch.cuda.OutOfMemoryError):
-        return (f"CUDA ran out of memory with trainer.batch_size={cfg.trainer.batch_size} and "
-                f"trainer.eval_batch_size={cfg.trainer.eval_batch_size}: try smaller batches "
-                f"or a smaller model"), 1  # fmt: skip
+        return (
+            f"CUDA ran out of memory with trainer.batch_size={cfg.trainer.batch_size} and "
+            f"trainer.eval_batch_size={cfg.trainer.eval_batch_size}: try smaller batches "
+            f"or a smaller model"
+        ), 1
     if isinstance(e, data.DataError | CheckpointError):
         return str(e), 1
     return f"{type(e).__name__}: {e}".splitlines()[0], 1
@@ -257,9 +284,17 @@ def record_failure(run_dir: Path, cfg: DictConfig, status: str, message: str) ->
     path = run_dir / "metrics.json"
     if path.is_file():  # the run already wrote its own (diverged, interrupted)
         return
-    report.write_json(path, {"status": status, "model": cfg.model.name, "data": cfg.data.name,
-                             "error": message, "seed": cfg.seed,
-                             "torch_version": torch.__version__})  # fmt: skip
+    report.write_json(
+        path,
+        {
+            "status": status,
+            "model": cfg.model.name,
+            "data": cfg.data.name,
+            "error": message,
+            "seed": cfg.seed,
+            "torch_version": torch.__version__,
+        },
+    )
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -307,8 +342,9 @@ def train_main(args: list[str]) -> int:
         return getattr(e, "exit_code", 130)
     if SweepSummary.failed:
         names = ", ".join(f"{r['run']} ({r['status']})" for r in SweepSummary.failed)
-        print(f"error: {len(SweepSummary.failed)} job(s) did not complete: {names}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {len(SweepSummary.failed)} job(s) did not complete: {names}", file=sys.stderr
+        )
         return 1
     return 0
 
@@ -347,8 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     if argv[0] not in commands:
-        print(f"error: unknown command {argv[0]!r}: choose one of {', '.join(commands)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: unknown command {argv[0]!r}: choose one of {', '.join(commands)}",
+            file=sys.stderr,
+        )
         return 2
     return commands[argv[0]](argv[1:])
 
@@ -359,4 +397,3 @@ def entry() -> None:
 
 if __name__ == "__main__":
     entry()
-

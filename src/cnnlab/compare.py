@@ -27,15 +27,29 @@ RUN_MARKERS = ("metrics.json", "history.csv", ".hydra", "train.log", "checkpoint
 # model, which has its own column). `seed` is here because runs differing only in seed are
 # repeats of one experiment: they are grouped, not given a column.
 NOISE = (
-    "seed", "model.name", "data.root", "data.download", "resume", "logger", "hydra",
-    "trainer.progress", "trainer.log_every", "trainer.checkpoint",
-)  # fmt: skip
+    "seed",
+    "model.name",
+    "data.root",
+    "data.download",
+    "resume",
+    "logger",
+    "hydra",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.checkpoint",
+)
 METRICS = ("params", "conv_layers", "accuracy_%", "f1_macro", "train_seconds", "images_per_second")
 FORMATS = ("table", "csv", "md", "json")
 SORT_ALIASES = {"accuracy": "accuracy_%"}
 # Digits shown in table/md; csv and json keep full precision.
-DECIMALS = {"params": 0, "conv_layers": 0, "accuracy_%": 2, "f1_macro": 4,
-            "train_seconds": 1, "images_per_second": 0}  # fmt: skip
+DECIMALS = {
+    "params": 0,
+    "conv_layers": 0,
+    "accuracy_%": 2,
+    "f1_macro": 4,
+    "train_seconds": 1,
+    "images_per_second": 0,
+}
 
 
 class CompareError(ValueError):

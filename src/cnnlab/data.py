@@ -33,10 +33,30 @@ OFFLINE_HINT = (
     "Debian's dataset-fashion-mnist package"
 )
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]  # fmt: skip
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 DIGITS = [str(i) for i in range(10)]
 
 
@@ -78,12 +98,21 @@ def load(cfg: DataConfig) -> Dataset:
         ds = synthetic(cfg)
     else:
         spec(cfg)  # unknown names fail here with the allowed ones listed
-        loaders = {"mnist": load_idx_dataset, "fashion_mnist": load_idx_dataset,
-                   "cifar10": load_cifar10, "digits": load_digits}  # fmt: skip
+        loaders = {
+            "mnist": load_idx_dataset,
+            "fashion_mnist": load_idx_dataset,
+            "cifar10": load_cifar10,
+            "digits": load_digits,
+        }
         ds = loaders[cfg.name](cfg)
     n_train, n_test = cfg.train_size, cfg.test_size
-    return Dataset(ds.x_train[:n_train], ds.y_train[:n_train],
-                   ds.x_test[:n_test], ds.y_test[:n_test], ds.classes)  # fmt: skip
+    return Dataset(
+        ds.x_train[:n_train],
+        ds.y_train[:n_train],
+        ds.x_test[:n_test],
+        ds.y_test[:n_test],
+        ds.classes,
+    )
 
 
 def to_device(x: torch.Tensor, device: torch.device, normalize) -> torch.Tensor:
@@ -180,22 +209,28 @@ def load_idx_dataset(cfg: DataConfig) -> Dataset:
     if files is None:
         where = f"{raw} (need {', '.join(IDX_FILES)}, plain or .gz)"
         if not cfg.download:
-            raise DataError(f"{cfg.name} files not found in {where} and data.download=false; "
-                            f"{OFFLINE_HINT}")  # fmt: skip
+            raise DataError(
+                f"{cfg.name} files not found in {where} and data.download=false; {OFFLINE_HINT}"
+            )
         try:
             download_idx(cfg, raw)
         except DataError as e:
-            raise DataError(f"{cfg.name} files not found in {where} and the download "
-                            f"failed ({e}); {OFFLINE_HINT}") from None  # fmt: skip
+            raise DataError(
+                f"{cfg.name} files not found in {where} and the download "
+                f"failed ({e}); {OFFLINE_HINT}"
+            ) from None
         files = find_idx_files(raw)
     x_train, y_train, x_test, y_test = (read_idx(p) for p in files)
     for x, y, p in ((x_train, y_train, files[1]), (x_test, y_test, files[3])):
         if len(x) != len(y) or (len(y) and int(y.max()) >= 10):
-            raise DataError(f"{p} does not match its images file (count or labels differ): "
-                            f"delete the folder's files and run again")  # fmt: skip
+            raise DataError(
+                f"{p} does not match its images file (count or labels differ): "
+                f"delete the folder's files and run again"
+            )
     classes = FASHION_CLASSES if cfg.name == "fashion_mnist" else DIGITS
-    return Dataset(x_train.unsqueeze(1), y_train.long(), x_test.unsqueeze(1), y_test.long(),
-                   classes)  # fmt: skip
+    return Dataset(
+        x_train.unsqueeze(1), y_train.long(), x_test.unsqueeze(1), y_test.long(), classes
+    )
 
 
 # ---- other sources -----------------------------------------------------------------------
@@ -209,8 +244,10 @@ def load_cifar10(cfg: DataConfig) -> Dataset:
         test = CIFAR10(cfg.root, train=False, download=cfg.download)
     except (RuntimeError, OSError) as e:
         folder = Path(cfg.root) / "cifar-10-batches-py"
-        raise DataError(f"cifar10 files not found or unreadable in {folder} and the download "
-                        f"failed ({e}); {OFFLINE_HINT}") from None  # fmt: skip
+        raise DataError(
+            f"cifar10 files not found or unreadable in {folder} and the download "
+            f"failed ({e}); {OFFLINE_HINT}"
+        ) from None
 
     def as_tensors(ds):
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
@@ -253,5 +290,6 @@ def synthetic(cfg: SyntheticDataConfig) -> Dataset:
         x = 0.7 * templates[y] + 0.3 * torch.rand(n, c, h, w, generator=g)
         return (x * 255).round().to(torch.uint8), y
 
-    return Dataset(*make(cfg.train_size), *make(cfg.test_size),
-                   [f"class {i}" for i in range(cfg.classes)])  # fmt: skip
+    return Dataset(
+        *make(cfg.train_size), *make(cfg.test_size), [f"class {i}" for i in range(cfg.classes)]
+    )

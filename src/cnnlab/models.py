@@ -120,7 +120,12 @@ class LeNet(nn.Module):
                 last = d == cfg.depth - 1
                 blocks.append(
                     conv_block(
-                        in_ch, out_ch, cfg.kernel_size, stride, padding, cfg.dilation,
+                        in_ch,
+                        out_ch,
+                        cfg.kernel_size,
+                        stride,
+                        padding,
+                        cfg.dilation,
                         norm=block_norm,
                         # ResNet applies the last activation after the shortcut is added
                         activation=None if (cfg.residual and last) else activation,
@@ -193,9 +198,7 @@ def count_params(model: nn.Module) -> int:
 def count_conv_layers(model: nn.Module) -> int:
     """k x k convs: a factorized pair counts once, 1x1 bottlenecks and projections not at all."""
     return sum(
-        1
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d) and pair(m.kernel_size)[0] > 1
+        1 for m in model.modules() if isinstance(m, nn.Conv2d) and pair(m.kernel_size)[0] > 1
     )
 
 

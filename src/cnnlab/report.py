@@ -58,10 +58,14 @@ def per_class_scores(cm: torch.Tensor, classes: list[str]) -> tuple[dict, float]
     denom = precision + recall
     f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), 0.0)
     scores = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]),
-               "f1": float(f1[i]), "support": int(support[i])}
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, name in enumerate(classes)
-    }  # fmt: skip
+    }
     return scores, float(f1.mean())
 
 
@@ -107,8 +111,17 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, titl
     plt = _pyplot()
     size = max(5.0, 0.55 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
-    sns.heatmap(cm.numpy(), annot=True, fmt="d", cmap="Blues", cbar=True, ax=ax,
-                xticklabels=classes, yticklabels=classes, annot_kws={"size": 8})  # fmt: skip
+    sns.heatmap(
+        cm.numpy(),
+        annot=True,
+        fmt="d",
+        cmap="Blues",
+        cbar=True,
+        ax=ax,
+        xticklabels=classes,
+        yticklabels=classes,
+        annot_kws={"size": 8},
+    )
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
     fig.tight_layout()
@@ -132,8 +145,11 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     for ax, i in zip(axes.flat, order.tolist(), strict=False):
         img = images[i].permute(1, 2, 0).numpy()
         ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray")
-        ax.set_title(f"true: {classes[y_true[i]]}\npred: {classes[y_pred[i]]} "
-                     f"({100 * float(confidence[i]):.0f}%)", fontsize=8)  # fmt: skip
+        ax.set_title(
+            f"true: {classes[y_true[i]]}\npred: {classes[y_pred[i]]} "
+            f"({100 * float(confidence[i]):.0f}%)",
+            fontsize=8,
+        )
     if len(order) == 0:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     fig.suptitle("most confident mistakes (true class, predicted class, confidence)", fontsize=9)
@@ -149,8 +165,14 @@ def write_evaluation(run_dir: Path, evaluation, y_test, x_test_uint8, classes, t
     per_class, f1_macro = per_class_scores(cm, classes)
     write_confusion_csv(run_dir / "confusion_matrix.csv", cm, classes)
     plot_confusion_matrix(cm, classes, run_dir / "confusion_matrix.png", title)
-    plot_mistakes(x_test_uint8, y_test.cpu(), evaluation.predictions, evaluation.confidence,
-                  classes, run_dir / "mistakes.png")  # fmt: skip
+    plot_mistakes(
+        x_test_uint8,
+        y_test.cpu(),
+        evaluation.predictions,
+        evaluation.confidence,
+        classes,
+        run_dir / "mistakes.png",
+    )
     return {"accuracy": evaluation.accuracy, "f1_macro": f1_macro, "per_class": per_class}
 
 

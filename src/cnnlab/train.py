@@ -144,8 +144,10 @@ def load_checkpoint(path: Path) -> dict:
                 f"{path} was refused: it holds a pickled Python object ({found[1]}), not only "
                 f"tensors and plain values, and cnnlab loads checkpoints with weights_only=True"
             ) from None
-        raise CheckpointError(f"{path} is truncated or corrupt, or not a torch checkpoint "
-                              f"(unreadable with weights_only=True)") from None  # fmt: skip
+        raise CheckpointError(
+            f"{path} is truncated or corrupt, or not a torch checkpoint "
+            f"(unreadable with weights_only=True)"
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is truncated or corrupt ({first_line})") from None
@@ -199,8 +201,11 @@ def channels_last_pays(model: nn.Module, device: torch.device) -> bool:
     NHWC kernel is slower for few channels (3x at 6 channels), so models with it stay NCHW.
     Same math, other rounding: losses match NCHW to ~1e-7 over the first steps."""
     modules = list(model.modules())
-    return (device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in modules)
-            and not any(isinstance(m, nn.BatchNorm2d) for m in modules))  # fmt: skip
+    return (
+        device.type == "cpu"
+        and any(isinstance(m, nn.Conv2d) for m in modules)
+        and not any(isinstance(m, nn.BatchNorm2d) for m in modules)
+    )
 
 
 def choose_path(cfg: TrainerConfig, device: torch.device) -> str:
@@ -267,8 +272,9 @@ class Trainer:
     ):
         if channels_last_pays(model, device):
             model.to(memory_format=torch.channels_last)  # in place, before the optimizer
-            x_train, x_test = (x.contiguous(memory_format=torch.channels_last)
-                               for x in (x_train, x_test))  # fmt: skip
+            x_train, x_test = (
+                x.contiguous(memory_format=torch.channels_last) for x in (x_train, x_test)
+            )
         self.model, self.cfg, self.device = model, cfg, device
         self.x_train, self.y_train, self.x_test, self.y_test = x_train, y_train, x_test, y_test
         self.checkpoint_path = checkpoint_path
@@ -399,8 +405,14 @@ class Trainer:
             first = self.step_in_epoch  # > 0 when resuming an interrupted epoch
             if first:
                 losses[:first] = self.partial_losses.to(self.device)
-            bar = tqdm(total=steps, initial=first, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                       disable=not self.cfg.progress, leave=False, dynamic_ncols=True)  # fmt: skip
+            bar = tqdm(
+                total=steps,
+                initial=first,
+                desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                disable=not self.cfg.progress,
+                leave=False,
+                dynamic_ncols=True,
+            )
             started, checked = time.perf_counter(), first
             for j in range(first, steps):
                 losses[j] = self.train_step(perm[j * bs : (j + 1) * bs])
@@ -428,30 +440,43 @@ class Trainer:
             self.images_seen += n - min(n, first * bs)
             evaluation = self.evaluate()
             self.epoch, self.step_in_epoch, self.partial_losses = self.epoch + 1, 0, None
-            row = {"epoch": self.epoch, "train_loss": losses.mean().item(),
-                   "test_loss": evaluation.loss, "test_accuracy": evaluation.accuracy,
-                   "seconds": seconds}  # fmt: skip
+            row = {
+                "epoch": self.epoch,
+                "train_loss": losses.mean().item(),
+                "test_loss": evaluation.loss,
+                "test_accuracy": evaluation.accuracy,
+                "seconds": seconds,
+            }
             self.history.append(row)
             log.info(
                 "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_accuracy %.2f%%  %.2fs",
-                self.epoch, self.cfg.epochs, row["train_loss"], row["test_loss"],
-                100 * row["test_accuracy"], seconds,
-            )  # fmt: skip
+                self.epoch,
+                self.cfg.epochs,
+                row["train_loss"],
+                row["test_loss"],
+                100 * row["test_accuracy"],
+                seconds,
+            )
             self.save()
             if on_epoch is not None:
                 on_epoch(row)
         if evaluation is None:  # nothing left to train (a resumed, finished run)
             evaluation = self.evaluate()
-        return FitResult("completed", self.history, evaluation, self.train_seconds,
-                         self.images_seen)  # fmt: skip
+        return FitResult(
+            "completed", self.history, evaluation, self.train_seconds, self.images_seen
+        )
 
     def _diverged(self, value: float, step: int) -> FitResult:
-        kept = (f"the last good checkpoint (epoch {self.epoch}) is kept" if self.epoch
-                else "no epoch had completed, so there is no checkpoint")  # fmt: skip
+        kept = (
+            f"the last good checkpoint (epoch {self.epoch}) is kept"
+            if self.epoch
+            else "no epoch had completed, so there is no checkpoint"
+        )
         message = f"loss became {value} at epoch {self.epoch + 1}, step {step + 1}: stopped; {kept}"
         log.error(message)
-        return FitResult("diverged", self.history, None, self.train_seconds, self.images_seen,
-                         message)  # fmt: skip
+        return FitResult(
+            "diverged", self.history, None, self.train_seconds, self.images_seen, message
+        )
 
     def _interrupted(self, done, losses, epoch_start_state, started) -> FitResult:
         self.train_seconds += time.perf_counter() - started
@@ -461,5 +486,12 @@ class Trainer:
         message = f"{name} at epoch {self.epoch + 1}, step {done}: saved a checkpoint to resume"
         self.save(epoch_start_state)
         log.warning(message)
-        return FitResult("interrupted", self.history, None, self.train_seconds, self.images_seen,
-                         message, self.stop_signal)  # fmt: skip
+        return FitResult(
+            "interrupted",
+            self.history,
+            None,
+            self.train_seconds,
+            self.images_seen,
+            message,
+            self.stop_signal,
+        )
