@@ -228,20 +228,8 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None = None) -> di
             "started_at": started_at,
             **peak_memory(device),
         }
-        report.write_history(run_dir / "history.csv", result.history)
-        if result.history:
-            title = f"{cfg.model.name} on {cfg.data.name}"
-            report.plot_loss_curve(result.history, run_dir / "loss_curve.png", title)
-        if result.evaluation is not None:
-            title = f"{cfg.model.name} on {cfg.data.name}: {100 * result.evaluation.accuracy:.2f}%"
-            metrics.update(
-                report.write_evaluation(
-                    run_dir, result.evaluation, ds.y_test, ds.x_test, ds.classes, title
-                )
-            )
-        if result.status != "completed":
-            metrics["error"] = result.message
-        report.write_json(run_dir / "metrics.json", metrics)
+        title = f"{cfg.model.name} on {cfg.data.name}"
+        report.write_run(run_dir, metrics, result, ds, title)
     if result.status == "diverged":
         raise RunFailed("diverged", result.message, 3)
     if result.status == "interrupted":

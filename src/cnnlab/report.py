@@ -176,6 +176,23 @@ def write_evaluation(run_dir: Path, evaluation, y_test, x_test_uint8, classes, t
     return {"accuracy": evaluation.accuracy, "f1_macro": f1_macro, "per_class": per_class}
 
 
+def write_run(run_dir: Path, metrics: dict, result, dataset, title: str) -> dict:
+    """What a finished or stopped fit leaves: history.csv, loss_curve.png, the evaluation
+    files, and metrics.json last, so that its presence means the rest is there."""
+    write_history(run_dir / "history.csv", result.history)
+    if result.history:
+        plot_loss_curve(result.history, run_dir / "loss_curve.png", title)
+    if result.evaluation is not None:
+        title = f"{title}: {100 * result.evaluation.accuracy:.2f}%"
+        metrics |= write_evaluation(
+            run_dir, result.evaluation, dataset.y_test, dataset.x_test, dataset.classes, title
+        )
+    if result.status != "completed":
+        metrics["error"] = result.message
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
 class TensorBoardLogger:
     """Per-epoch scalars in <run>/tensorboard, for users who compare curves there."""
 
