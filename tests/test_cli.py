@@ -459,3 +459,10 @@ def test_wheel_ships_the_configs_and_finds_them_from_any_folder(tmp_path):
     assert Path(module).is_relative_to(target)  # the installed copy, not the source tree
     assert Path(config_dir) == target / "cnnlab" / "configs"
     assert (model, data_name) == ("mlp", "digits")
+
+
+def test_an_added_key_no_schema_reads_is_refused(tmp_path, run_cli):
+    r = run_cli(tmp_path, "train", "+model.foo=1", "data=synthetic", "trainer.progress=false")
+    assert r.returncode == 2
+    assert "model.foo is not a key" in r.stdout + r.stderr
+    assert "allowed are name, channels, fc, width" in r.stdout + r.stderr

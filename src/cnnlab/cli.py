@@ -9,6 +9,7 @@ wires data, model, trainer and report together.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -91,6 +92,18 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, exit_code: int = 130):
         super().__init__()
         self.exit_code = exit_code
+
+
+def refuse_unknown_keys(cfg: DictConfig) -> None:
+    """Hydra lets `+model.foo=1` add a key to a schema; nothing would read it, so say so."""
+    for group in ("model", "data", "trainer"):
+        allowed = [f.name for f in dataclasses.fields(OmegaConf.get_type(cfg[group]))]
+        extra = [key for key in cfg[group] if key not in allowed]
+        if extra:
+            raise ConfigError(
+                f"{group}.{extra[0]} is not a key of this {group} config: allowed are "
+                f"{', '.join(allowed)}"
+            )
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -291,6 +304,7 @@ def train_command(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        refuse_unknown_keys(cfg)
         plain = OmegaConf.to_object(cfg)
         metrics = train_run(plain, run_dir, hydra_cfg.job.num if multirun else None)
         return metrics["accuracy"]  # what an Optuna sweep maximises
