@@ -276,3 +276,19 @@ def test_summarize_sweep_writes_into_the_sweep(sweep, capsys):
     # multirun.yaml make the sweep folder look like a run
     (sweep / "train.log").write_text("sweep log\n")
     assert len(compare.summarize_sweep(sweep)) == 5
+
+
+def test_run_names_drop_the_overrides_every_job_shares(tmp_path):
+    names = [
+        "0_data=digits,model.channels=[6,16],model.width=1",
+        "1_data=digits,model.channels=[6,16],model.width=2",
+        "2_data=digits,model.channels=[8,16],model.width=2",
+    ]
+    for width, name in enumerate(names, start=1):
+        make_run(tmp_path / name, width=width)  # three configs: three rows
+    rows = compare.compare_table(compare.find_runs([tmp_path]))
+    assert [row["run"] for row in rows] == [
+        "0_model.channels=[6,16],model.width=1",
+        "1_model.channels=[6,16],model.width=2",
+        "2_model.channels=[8,16],model.width=2",
+    ]

@@ -206,12 +206,26 @@ def _table(runs: Iterable, sort: str | None) -> tuple[list[tuple[dict, list[dict
 
 
 def _short_names(paths: list[Path]) -> list[str]:
-    """Paths relative to the folder holding them all: job names for one sweep."""
+    """Paths relative to the folder holding them all: job names for one sweep, less the
+    overrides every job shares (`0_data=digits,model.width=1` -> `0_model.width=1`)."""
     try:
         base = os.path.commonpath([path.parent for path in paths])
     except ValueError:  # nothing given, or relative mixed with absolute paths
         return [str(path) for path in paths]
-    return [Path(os.path.relpath(path, base)).as_posix() for path in paths]
+    names = [Path(os.path.relpath(path, base)).as_posix() for path in paths]
+    jobs = [JOB_NAME.fullmatch(name) for name in names]
+    if len(names) < 2 or not all(jobs):
+        return names
+    # a value may hold commas itself (model.channels=[6,16]): split only before `key=`
+    items = [re.split(r",(?=[\w.+~/-]+=)", job[2]) for job in jobs]
+    shared = set.intersection(*(set(i) for i in items))
+    return [
+        f"{job[1]}_{','.join(i for i in its if i not in shared)}".rstrip("_")
+        for job, its in zip(jobs, items, strict=True)
+    ]
+
+
+JOB_NAME = re.compile(r"(\d+)_(.+)")  # Hydra's sweep subdir: job number, overrides
 
 
 def _canon(value) -> str:
