@@ -9,6 +9,21 @@ from pathlib import Path
 
 import pytest
 
+# every file a completed run folder holds, as design.md lists them
+RUN_FILES = [
+    "metrics.json",
+    "history.csv",
+    "loss_curve.png",
+    "confusion_matrix.png",
+    "confusion_matrix.csv",
+    "mistakes.png",
+    "checkpoints/last.pt",
+    ".hydra/config.yaml",
+    ".hydra/overrides.yaml",
+    ".hydra/hydra.yaml",
+    "train.log",
+]
+
 # the console script installed beside this interpreter (pip install -e . puts it there)
 CNNLAB = Path(sys.executable).with_name("cnnlab")
 # a closed port on this machine: a download attempt fails at once instead of going out

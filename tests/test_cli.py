@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import RUN_FILES
 
 import cnnlab.cli
 from cnnlab import data
@@ -26,19 +27,6 @@ from cnnlab.data import IDX_FILES
 from cnnlab.models import build_model, count_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-RUN_FILES = [
-    "metrics.json",
-    "history.csv",
-    "loss_curve.png",
-    "confusion_matrix.png",
-    "confusion_matrix.csv",
-    "checkpoints/last.pt",
-    ".hydra/config.yaml",
-    ".hydra/overrides.yaml",
-    ".hydra/hydra.yaml",
-    "train.log",
-    "mistakes.png",
-]
 METRICS_KEYS = [
     "status",
     "model",

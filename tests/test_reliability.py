@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import RUN_FILES
 from omegaconf import OmegaConf
 
 from cnnlab import cli, data, train
@@ -38,18 +39,6 @@ from cnnlab.train import CheckpointError, load_checkpoint, save_checkpoint
 
 TIMING_KEYS = {"train_seconds", "images_per_second", "started_at", "peak_rss_mb", "peak_gpu_mb"}
 SMALL = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=32"]
-# a run folder as the design lists it, for a run that completed
-RUN_FILES = [
-    "metrics.json",
-    "history.csv",
-    "loss_curve.png",
-    "confusion_matrix.png",
-    "confusion_matrix.csv",
-    "checkpoints/last.pt",
-    ".hydra/config.yaml",
-    ".hydra/overrides.yaml",
-    "train.log",
-]
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -84,6 +73,14 @@ def cnnlab_train(run_dir: Path, *overrides: str, multirun: bool = False):
         return "KeyboardInterrupt"
     finally:
         sys.argv = argv
+
+
+def train_subprocess(*overrides: str) -> subprocess.CompletedProcess:
+    """`cnnlab train device=cuda ...` in a process of its own (a CUDA context per run)."""
+    command = [sys.executable, "-m", "cnnlab", "train", "device=cuda", "trainer.progress=false"]
+    return subprocess.run(
+        [*command, *overrides], env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300
+    )
 
 
 def metrics_of(run_dir: Path) -> dict:
@@ -338,24 +335,12 @@ def test_deterministic_flag_is_accepted_on_cpu(tmp_path):
 def test_deterministic_cuda_runs_are_identical(tmp_path):
     folders = [tmp_path / "a", tmp_path / "b"]
     for folder in folders:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cnnlab",
-                "train",
-                "device=cuda",
-                "trainer.progress=false",
-                "model=lenet5",
-                *SMALL,
-                "trainer.epochs=2",
-                "trainer.deterministic=true",
-                f"hydra.run.dir={folder}",
-            ],
-            env=SUBPROCESS_ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        proc = train_subprocess(
+            "model=lenet5",
+            *SMALL,
+            "trainer.epochs=2",
+            "trainer.deterministic=true",
+            f"hydra.run.dir={folder}",
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert_same_results(*folders)
@@ -768,8 +753,9 @@ def test_multirun_with_failing_jobs(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert sorted(r["status"] for r in rows) == ["completed", "diverged", "failed", "failed"]
     assert "3 job(s) did not complete" in err
-    for n in (0, 1, 3):
-        assert jobs[n].name in err
+    assert str(sweep) in err
+    for n in (0, 1, 3):  # each failed job by number and the overrides that set it apart
+        assert f"{n}_model.groups={3 if n < 2 else 2}" in err
 
 
 # ---- 11. out of memory ------------------------------------------------------------------
@@ -798,26 +784,14 @@ def test_out_of_memory_run_is_recorded_as_failed(tmp_path, monkeypatch):
 def test_real_cuda_out_of_memory(tmp_path):
     # conv1 with 4096 channels on a batch of 20,000: ~190 GB of activations
     run = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cnnlab",
-            "train",
-            "device=cuda",
-            "trainer.progress=false",
-            "model=lenet5",
-            "model.channels=[4096,16]",
-            "data=synthetic",
-            "data.train_size=20000",
-            "trainer.batch_size=20000",
-            "trainer.epochs=1",
-            f"hydra.run.dir={run}",
-        ],
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = train_subprocess(
+        "model=lenet5",
+        "model.channels=[4096,16]",
+        "data=synthetic",
+        "data.train_size=20000",
+        "trainer.batch_size=20000",
+        "trainer.epochs=1",
+        f"hydra.run.dir={run}",
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     m = metrics_of(run)

@@ -15,6 +15,12 @@ FAST = [
 ]
 
 
+def run_sweep(run_cli, cwd, *overrides):
+    """`cnnlab train -m OVERRIDES` into cwd/outputs/sweep; returns that folder and the result."""
+    sweep = cwd / "outputs" / "sweep"
+    return sweep, run_cli(cwd, "train", "-m", *overrides, f"hydra.sweep.dir={sweep}")
+
+
 def job_folders(sweep):
     return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
 
@@ -22,10 +28,7 @@ def job_folders(sweep):
 @pytest.fixture(scope="module")
 def width_depth_sweep(tmp_path_factory, run_cli):
     cwd = tmp_path_factory.mktemp("sweep")
-    sweep = cwd / "outputs" / "sweep"
-    r = run_cli(
-        cwd, "train", "-m", "model.width=1,2", "model.depth=1,2", *FAST, f"hydra.sweep.dir={sweep}"
-    )
+    sweep, r = run_sweep(run_cli, cwd, "model.width=1,2", "model.depth=1,2", *FAST)
     assert r.returncode == 0, r.stderr[-3000:]
     return sweep, r
 
@@ -93,17 +96,8 @@ def test_compare_out_writes_files(width_depth_sweep, run_cli, tmp_path):
 
 
 def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
-    sweep = tmp_path / "outputs" / "sweep"
     # groups=4 cannot divide LeNet-5's 6 channels: job 1 fails when its model is built
-    r = run_cli(
-        tmp_path,
-        "train",
-        "-m",
-        "model.norm=group",
-        "model.groups=2,4",
-        *FAST,
-        f"hydra.sweep.dir={sweep}",
-    )
+    sweep, r = run_sweep(run_cli, tmp_path, "model.norm=group", "model.groups=2,4", *FAST)
     assert r.returncode == 1
     assert "1_" in r.stderr and "failed" in r.stderr
     rows = {row["run"][:2]: row for row in read_csv(sweep / "comparison.csv")}
@@ -112,10 +106,7 @@ def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
 
 
 def test_experiment_preset_width_depth_runs_four_jobs(tmp_path, run_cli):
-    sweep = tmp_path / "outputs" / "sweep"
-    r = run_cli(
-        tmp_path, "train", "-m", "experiment=width_depth", *FAST, f"hydra.sweep.dir={sweep}"
-    )
+    sweep, r = run_sweep(run_cli, tmp_path, "experiment=width_depth", *FAST)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(job_folders(sweep)) == 4
 
@@ -128,17 +119,14 @@ def needs(module):
 
 @needs("hydra_plugins.hydra_joblib_launcher")
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, run_cli):
-    sweep = tmp_path / "outputs" / "sweep"
-    r = run_cli(
+    sweep, r = run_sweep(
+        run_cli,
         tmp_path,
-        "train",
-        "-m",
         "model=mlp",
         "model.width=0.5,1",
         *FAST,
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={sweep}",
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Joblib" in r.stdout + r.stderr
@@ -147,16 +135,8 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, run_cli):
 
 @needs("hydra_plugins.hydra_submitit_launcher")
 def test_submitit_local_launcher(tmp_path, run_cli):
-    sweep = tmp_path / "outputs" / "sweep"
-    r = run_cli(
-        tmp_path,
-        "train",
-        "-m",
-        "model=mlp",
-        "model.width=0.5,1",
-        *FAST,
-        "hydra/launcher=submitit_local",
-        f"hydra.sweep.dir={sweep}",
+    sweep, r = run_sweep(
+        run_cli, tmp_path, "model=mlp", "model.width=0.5,1", *FAST, "hydra/launcher=submitit_local"
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (sweep / ".submitit").is_dir()
@@ -165,15 +145,8 @@ def test_submitit_local_launcher(tmp_path, run_cli):
 
 @needs("hydra_plugins.hydra_optuna_sweeper")
 def test_optuna_search_maximises_accuracy(tmp_path, run_cli):
-    sweep = tmp_path / "outputs" / "sweep"
-    r = run_cli(
-        tmp_path,
-        "train",
-        "-m",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        *FAST,
-        f"hydra.sweep.dir={sweep}",
+    sweep, r = run_sweep(
+        run_cli, tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2", *FAST
     )
     assert r.returncode == 0, r.stderr[-2000:]
     best = (sweep / "optimization_results.yaml").read_text()

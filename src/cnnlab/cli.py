@@ -328,11 +328,12 @@ def train_command(cfg: DictConfig) -> float | None:
 class SweepSummary(Callback):
     """At the end of a sweep: comparison table and plots in the sweep folder."""
 
-    failed: list[dict] = []
+    failed: list[dict] = []  # read by train_main once Hydra returns
+    sweep_dir: Path | None = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        rows = compare.summarize_sweep(Path(config.hydra.sweep.dir))
-        SweepSummary.failed = compare.failed(rows)
+        SweepSummary.sweep_dir = Path(config.hydra.sweep.dir)
+        SweepSummary.failed = compare.failed(compare.summarize_sweep(SweepSummary.sweep_dir))
 
 
 def train_main(args: list[str]) -> int:
@@ -345,7 +346,9 @@ def train_main(args: list[str]) -> int:
     if SweepSummary.failed:
         names = ", ".join(f"{r['run']} ({r['status']})" for r in SweepSummary.failed)
         print(
-            f"error: {len(SweepSummary.failed)} job(s) did not complete: {names}", file=sys.stderr
+            f"error: {len(SweepSummary.failed)} job(s) did not complete in "
+            f"{SweepSummary.sweep_dir}: {names}",
+            file=sys.stderr,
         )
         return 1
     return 0
