@@ -289,8 +289,7 @@ class Trainer:
         self.autocast = torch.autocast(
             device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16", cache_enabled=False
         )
-        forward = torch.compile(model) if self.path == "compile" else model
-        self.forward = forward
+        self.forward = torch.compile(model) if self.path == "compile" else model
 
         def step(idx: torch.Tensor) -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
