@@ -173,6 +173,10 @@ def test_checkpoint_killed_mid_save_keeps_the_previous_one(tmp_path):
     # the half-written temporary may remain, but never under a name that passes for one
     for leftover in path.parent.iterdir():
         assert leftover == path or (leftover.name.startswith(".") and leftover.suffix != ".pt")
+    # the next save (a resumed run writing its epoch) clears what the killed one left
+    assert any(p.name.endswith(".tmp") for p in path.parent.iterdir())
+    save_checkpoint({"model": {}, "epoch": 2}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
 
 
 def test_checkpoint_write_failure_is_an_error(tmp_path, monkeypatch):

@@ -119,6 +119,8 @@ def save_checkpoint(state: dict, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
+            stale.unlink(missing_ok=True)
     except OSError as e:
         with contextlib.suppress(OSError):  # e.g. the folder itself could not be made
             tmp.unlink(missing_ok=True)
