@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ from cnnlab.config import (
     TrainerConfig,
 )
 from cnnlab.models import build_model
-from cnnlab.train import Trainer, resolve_device, seed_everything
+from cnnlab.train import Trainer, device_name, resolve_device, seed_everything
 
 MODELS = {"mlp": MLPConfig, "lenet5": LeNetConfig}
 BATCH_SIZE, LR = 64, 1e-3  # the chapter's settings
@@ -129,22 +128,11 @@ def synchronize(device: torch.device) -> None:
 
 
 def machine_info(device: torch.device) -> dict:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:  # Linux: the CPU's marketing name
-            with open("/proc/cpuinfo") as f:
-                name = next(
-                    line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
-                )
-        except (OSError, StopIteration):
-            pass
     return {
         "date": datetime.now().isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "device": str(device),
-        "device_name": name,
+        "device_name": device_name(device),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

@@ -112,7 +112,7 @@ def load_run(path: str | os.PathLike) -> dict:
         "reason": None,
         "metrics": {},
         "history": history,
-        "config": _flatten(_read_yaml(path / ".hydra" / "config.yaml", dict)),
+        "config": flatten(_read_yaml(path / ".hydra" / "config.yaml", dict)),
         "overrides": _read_yaml(path / ".hydra" / "overrides.yaml", list),
     }
     file = path / "metrics.json"
@@ -158,12 +158,12 @@ def _read_yaml(file: Path, kind: type):
     return data if isinstance(data, kind) else kind()
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
     """{"model": {"width": 2}} -> {"model.width": 2}; lists stay values."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import pickle
+import platform
 import random
 import re
 import signal
@@ -65,6 +66,19 @@ def resolve_device(name: str) -> torch.device:
             f"{', '.join(available_devices())} (or auto)"
         )
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or on Linux the CPU's marketing name (else the architecture)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def seed_everything(seed: int) -> None:
