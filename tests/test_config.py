@@ -157,6 +157,16 @@ def test_bad_override_fails_at_compose_time_naming_it(override, named):
         assert word in text, f"{word!r} not in the error for {override}:\n{text}"
 
 
+def test_a_wrong_option_lists_the_yaml_files_and_no_schema():
+    for group in REQUIRED:
+        with pytest.raises(HydraException) as e:
+            compose_train(f"{group}=nosuch")
+        text = error_text(e.value)
+        offered = text[text.index("Available options") : text.index("Config search path")]
+        assert all(option in offered for option in options(group)), text
+        assert "schema" not in offered, text
+
+
 def test_mlp_rejects_lenet_only_keys():
     with pytest.raises((HydraException, OmegaConfBaseException)) as e:
         compose_train("model=mlp", "model.depth=2")

@@ -31,6 +31,7 @@ import pytest
 import torch
 import yaml
 from conftest import RUN_FILES
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from cnnlab import cli, data, train
@@ -567,6 +568,8 @@ BAD_INPUT = [
     (["model=nosuch"], ["model/nosuch", "lenet5", "mlp"]),
     (["data=nosuch"], ["data/nosuch", "mnist", "digits"]),
     (["data.name=nosuch"], ["data.name='nosuch'", "mnist", "synthetic"]),
+    (["experiment=widht_depth"], ["experiment/widht_depth", "width_depth"]),
+    (["variant=kernel5"], ["variant/kernel5", "kernel3", "kernel7"]),
     (["model.widht=2"], ["model.widht", "LeNetConfig"]),
     (["trainer.epochs=abc"], ["trainer.epochs", "'abc'", "Integer"]),
     (["trainer.epochs=-1"], ["trainer.epochs=-1", ">= 0"]),
@@ -596,6 +599,37 @@ def test_bad_input_fails_before_any_data_loads(overrides, texts, tmp_path, monke
         assert text in out + err, text
     assert "files not found" not in out + err
     assert list(empty.iterdir()) == []
+
+
+# Hydra's own refusals, said on one line the way cnnlab's are
+COMPOSE_ERRORS = [
+    (["model.width=abc"], ["model.width=abc", "'abc'", "Float"]),
+    (["model=nosuch"], ["model/nosuch", "lenet5, lenet5_deep"]),
+    (["model.widht=2"], ["model.widht", "allowed keys: name, channels"]),
+    (["model.activation=tanh"], ["model.activation=tanh", "relu, leaky_relu, gelu"]),
+    (["model.width=["], ["model.width=[:"]),
+    (["experiment=widht_depth"], ["experiment/widht_depth", "width_depth"]),
+]
+
+
+@pytest.mark.parametrize("overrides,texts", COMPOSE_ERRORS, ids=[o[0] for o, _ in COMPOSE_ERRORS])
+def test_a_bad_override_is_one_error_line_and_exit_2(overrides, texts, tmp_path, capfd):
+    code = cnnlab_train(tmp_path / "run", *overrides)
+    out, err = capfd.readouterr()
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    for text in texts:
+        assert text in lines[0], text
+    assert not (tmp_path / "run").exists()
+    assert "HYDRA_FULL_ERROR" not in os.environ  # borrowed to catch the error, then put back
+
+
+def test_hydra_full_error_still_gives_the_whole_trace(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(HydraException, match="model.width=abc"):
+        cnnlab_train(tmp_path / "run", "model.width=abc")
+    assert os.environ["HYDRA_FULL_ERROR"] == "1"
 
 
 # ---- 8. dataset files: missing, truncated, corrupted; download from a local mirror ------

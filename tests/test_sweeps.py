@@ -3,6 +3,8 @@
 import csv
 import importlib.util
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -140,6 +142,39 @@ def test_submitit_local_launcher(tmp_path, run_cli):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (sweep / ".submitit").is_dir()
+    assert [row["status"] for row in read_csv(sweep / "comparison.csv")] == ["completed"] * 2
+
+
+@needs("hydra_plugins.hydra_submitit_launcher")
+def test_submitit_slurm_launcher_submits_a_job_array(tmp_path, run_cli):
+    """The SLURM path end to end without a cluster: sbatch, srun and sacct are stand-ins
+    (tests/fake_slurm) that run the array's tasks here with the SLURM_* variables a node
+    sets, so submitit's own submission script, job environment and results are used."""
+    slurm = tmp_path / "slurm"
+    fakes = Path(__file__).parent / "fake_slurm"
+    sweep = tmp_path / "outputs" / "sweep"
+    r = run_cli(
+        tmp_path,
+        "train",
+        "-m",
+        "model=mlp",
+        "model.width=0.5,1",
+        *FAST,
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=5",
+        f"hydra.sweep.dir={sweep}",
+        PATH=f"{fakes}{os.pathsep}{os.environ['PATH']}",
+        FAKE_SLURM_DIR=str(slurm),
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    script = (slurm / "job_100").read_text()  # what a cluster's sbatch would have been given
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --partition=gpu" in script
+    assert "#SBATCH --time=5" in script
+    assert sorted((slurm / "sacct.txt").read_text().split()) == sorted(
+        ["100_0|RUNNING|localhost", "100_1|RUNNING|localhost"]
+        + ["100_0|COMPLETED|localhost", "100_1|COMPLETED|localhost"]
+    )
     assert [row["status"] for row in read_csv(sweep / "comparison.csv")] == ["completed"] * 2
 
 

@@ -21,9 +21,11 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from cnnlab import compare, data, report
 from cnnlab.config import ConfigError, TrainConfig, register_configs
@@ -333,10 +335,24 @@ class SweepSummary(Callback):
 def train_main(args: list[str]) -> int:
     sys.argv = ["cnnlab train", *args]
     SweepSummary.failed = []
+    # with HYDRA_FULL_ERROR set, Hydra raises a bad override here instead of printing it
+    # over several lines; a user who set it still gets Hydra's full trace
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         train_command()
     except KeyboardInterrupt as e:  # the run has saved what it could and said so
         return getattr(e, "exit_code", 130)
+    except (HydraException, OmegaConfBaseException) as e:
+        if full_error == "1":
+            raise
+        print(f"error: {compose_error_line(e)}", file=sys.stderr)
+        return 2
+    finally:
+        if full_error is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
     if SweepSummary.failed:
         names = ", ".join(f"{r['run']} ({r['status']})" for r in SweepSummary.failed)
         print(
@@ -346,6 +362,37 @@ def train_main(args: list[str]) -> int:
         )
         return 1
     return 0
+
+
+# lines of Hydra's and OmegaConf's messages that say nothing about this override
+NOISE = ("object_type=", "To append to your config", "See https://", "Set the environment")
+
+
+def compose_error_line(e: BaseException) -> str:
+    """A compose error (and the errors behind it) on one line: the override, what is wrong
+    with it, and what is allowed (a group's options, the enum's values, a schema's keys)."""
+    override = getattr(e, "override", None)  # a parse error names it only here
+    lines, allowed = [f"{override}:"] if override else [], None
+    while e is not None:
+        text = str(e).split("Config search path")[0]  # Hydra's list of its config folders
+        lines += [line.strip() for line in text.splitlines()]
+        schema = getattr(e, "object_type", None)
+        if isinstance(e, ConfigAttributeError | ConfigKeyError) and dataclasses.is_dataclass(
+            schema
+        ):
+            allowed = "allowed keys: " + ", ".join(f.name for f in dataclasses.fields(schema))
+        e = e.__cause__
+    out = []
+    for line in lines:
+        if not line or line.startswith(NOISE):
+            continue
+        if out and out[-1].endswith(":"):  # "Available options in 'model':" then one a line
+            out[-1] += " " + line
+        elif out and out[-1].startswith("Available options"):
+            out[-1] += ", " + line
+        else:
+            out.append(line.rstrip("."))
+    return "; ".join(out + ([allowed] if allowed else []))
 
 
 # ---- compare and bench -------------------------------------------------------------------

@@ -211,8 +211,9 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="model", name="mlp_schema", node=MLPConfig)
-    cs.store(group="model", name="lenet_schema", node=LeNetConfig)
-    cs.store(group="data", name="data_schema", node=DataConfig)
-    cs.store(group="data", name="synthetic_schema", node=SyntheticDataConfig)
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    # in a group of their own, so that `model=` and friends offer only real choices
+    cs.store(group="schema", name="mlp", node=MLPConfig)
+    cs.store(group="schema", name="lenet", node=LeNetConfig)
+    cs.store(group="schema", name="data", node=DataConfig)
+    cs.store(group="schema", name="synthetic_data", node=SyntheticDataConfig)
+    cs.store(group="schema", name="trainer", node=TrainerConfig)
