@@ -5,7 +5,8 @@
 #   EXPERIMENTS=1 adds every experiment preset, ~2 min more).
 # Usage: bash benchmarks/gpu_check.sh OUTDIR   (with Fashion-MNIST under $CNNLAB_DATA)
 # Wheels for packages the GPU image lacks (hydra-core, omegaconf, antlr4, the joblib
-# launcher) are installed from .whl/ when that folder exists.
+# launcher) are installed from .whl/ when that folder exists: benchmarks/gpu_prepare.sh
+# makes it, and .gpudata/ with Fashion-MNIST, on the machine that calls the device tool.
 # DEVICE=cpu DATA=digits runs the same steps on a CPU, to check the script before GPU time
 # is spent on it.
 set -u
