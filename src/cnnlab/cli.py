@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import sys
+from dataclasses import is_dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -376,10 +377,8 @@ def compose_error_line(e: BaseException) -> str:
     while e is not None:
         text = str(e).split("Config search path")[0]  # Hydra's list of its config folders
         lines += [line.strip() for line in text.splitlines()]
-        schema = getattr(e, "object_type", None)
-        if isinstance(e, ConfigAttributeError | ConfigKeyError) and dataclasses.is_dataclass(
-            schema
-        ):
+        schema = getattr(e, "object_type", None)  # the dataclass a misspelled key missed
+        if isinstance(e, ConfigAttributeError | ConfigKeyError) and is_dataclass(schema):
             allowed = "allowed keys: " + ", ".join(f.name for f in dataclasses.fields(schema))
         e = e.__cause__
     out = []
