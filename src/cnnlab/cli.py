@@ -15,7 +15,6 @@ import os
 import resource
 import signal
 import sys
-from dataclasses import is_dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -100,13 +99,17 @@ class Interrupted(KeyboardInterrupt):
 def refuse_unknown_keys(cfg: DictConfig) -> None:
     """Hydra lets `+model.foo=1` add a key to a schema; nothing would read it, so say so."""
     for group in ("model", "data", "trainer"):
-        allowed = [f.name for f in dataclasses.fields(OmegaConf.get_type(cfg[group]))]
+        allowed = schema_keys(OmegaConf.get_type(cfg[group]))
         extra = [key for key in cfg[group] if key not in allowed]
         if extra:
             raise ConfigError(
                 f"{group}.{extra[0]} is not a key of this {group} config: allowed are "
                 f"{', '.join(allowed)}"
             )
+
+
+def schema_keys(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -378,8 +381,9 @@ def compose_error_line(e: BaseException) -> str:
         text = str(e).split("Config search path")[0]  # Hydra's list of its config folders
         lines += [line.strip() for line in text.splitlines()]
         schema = getattr(e, "object_type", None)  # the dataclass a misspelled key missed
-        if isinstance(e, ConfigAttributeError | ConfigKeyError) and is_dataclass(schema):
-            allowed = "allowed keys: " + ", ".join(f.name for f in dataclasses.fields(schema))
+        misspelled = isinstance(e, ConfigAttributeError | ConfigKeyError)
+        if misspelled and dataclasses.is_dataclass(schema):
+            allowed = "allowed keys: " + ", ".join(schema_keys(schema))
         e = e.__cause__
     out = []
     for line in lines:
