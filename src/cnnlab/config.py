@@ -61,6 +61,29 @@ class Logger(StrEnum):
     tensorboard = "tensorboard"
 
 
+# Keys that say how a run runs, not what it trains ("logger" covers logger.*). Run-folder
+# names, compare's columns and groups, and the resume check all leave them out.
+RUN_SETTINGS = (
+    "device",
+    "resume",
+    "logger",
+    "data.root",
+    "data.download",
+    "data.mirror",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.checkpoint",
+    "trainer.eval_batch_size",
+)
+# Repeats of one experiment: runs that differ only in these are grouped (mean, std, n).
+REPEAT_KEYS = ("seed", "seeds")
+
+
+def is_run_setting(key: str) -> bool:
+    """True for a key of RUN_SETTINGS or one below it (logger.tracking_uri)."""
+    return any(key == k or key.startswith(k + ".") for k in RUN_SETTINGS)
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and what is allowed."""
 
