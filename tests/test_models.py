@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 import cnnlab.cli
 from cnnlab.config import ConfigError, LeNetConfig, MLPConfig
+from cnnlab.layers import ACTIVATIONS, NORMS
 from cnnlab.models import build_model, count_conv_layers, count_params, summary
 
 MNIST = (1, 28, 28)
@@ -497,3 +498,12 @@ def test_count_conv_layers(cfg, expected):
 def test_count_conv_layers_of_presets():
     assert count_conv_layers(build_model(compose_model("model=lenet5"), MNIST, 10)) == 2
     assert count_conv_layers(build_model(compose_model("model=lenet5_deep"), MNIST, 10)) == 4
+
+
+def test_each_norm_and_activation_has_its_own_summary():
+    # the summary names layers by class: two choices must never read the same
+    for table, key in ((NORMS, "norm"), (ACTIVATIONS, "activation")):
+        texts = [summary(build_model(lenet(**{key: name}), MNIST, 10)) for name in table]
+        assert len(set(texts)) == len(texts), texts
+    layer, group = (summary(build_model(lenet(norm=n), MNIST, 10)) for n in ("layer", "group"))
+    assert "layernorm" in layer and "groupnorm" in group

@@ -31,19 +31,18 @@ import torchvision.transforms as transforms
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cnnlab import data
+from cnnlab import data, models
 from cnnlab.config import (
     ConfigError,
     DataConfig,
-    LeNetConfig,
-    MLPConfig,
     SyntheticDataConfig,
     TrainerConfig,
 )
 from cnnlab.models import build_model
 from cnnlab.train import Trainer, device_name, resolve_device, seed_everything
 
-MODELS = {"mlp": MLPConfig, "lenet5": LeNetConfig}
+# the default config of each model schema: "mlp" and "lenet5", the chapter's two models
+MODELS = {schema().name: schema for schema in models.MODELS}
 BATCH_SIZE, LR = 64, 1e-3  # the chapter's settings
 
 
@@ -231,9 +230,7 @@ def main(args: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument(
-        "--data", default="fashion_mnist", choices=["fashion_mnist", "mnist", "digits", "synthetic"]
-    )
+    p.add_argument("--data", default="fashion_mnist", choices=list(data.SOURCES))
     p.add_argument(
         "--root",
         default=os.environ.get("CNNLAB_DATA", "data"),

@@ -13,6 +13,7 @@ import math
 import socket
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,38 +74,35 @@ class Dataset:
     classes: list[str]
 
 
-# name -> (input shape, class names); known without reading any file, so a model can be
-# built and checked before the data loads.
-SPECS: dict[str, tuple[tuple[int, int, int], list[str]]] = {
-    "mnist": ((1, 28, 28), DIGITS),
-    "fashion_mnist": ((1, 28, 28), FASHION_CLASSES),
-    "cifar10": ((3, 32, 32), CIFAR10_CLASSES),
-    "digits": ((1, 28, 28), DIGITS),
-}
+@dataclass(frozen=True)
+class Source:
+    """A dataset name's two jobs: its input shape and class names, known without reading a
+    file (so a model can be built and checked before any data loads), and its loader."""
+
+    spec: Callable[[DataConfig], tuple[tuple[int, ...], list[str]]]
+    load: Callable[[DataConfig], Dataset]
 
 
-def spec(cfg: DataConfig) -> tuple[tuple[int, int, int], list[str]]:
-    if isinstance(cfg, SyntheticDataConfig):
-        return tuple(cfg.shape), [f"class {i}" for i in range(cfg.classes)]
-    if cfg.name not in SPECS:
-        raise ConfigError(
-            f"data.name={cfg.name!r} is not allowed: choose one of {', '.join(SPECS)}, synthetic"
-        )
-    return SPECS[cfg.name]
+def fixed(shape: tuple[int, ...], classes: list[str]):
+    return lambda cfg: (shape, classes)
+
+
+def synthetic_spec(cfg: SyntheticDataConfig) -> tuple[tuple[int, ...], list[str]]:
+    return tuple(cfg.shape), [f"class {i}" for i in range(cfg.classes)]
+
+
+def spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
+    return source(cfg.name).spec(cfg)
+
+
+def source(name: str) -> Source:
+    if name not in SOURCES:
+        raise ConfigError(f"data.name={name!r} is not allowed: choose one of {', '.join(SOURCES)}")
+    return SOURCES[name]
 
 
 def load(cfg: DataConfig) -> Dataset:
-    if isinstance(cfg, SyntheticDataConfig):
-        ds = synthetic(cfg)
-    else:
-        spec(cfg)  # unknown names fail here with the allowed ones listed
-        loaders = {
-            "mnist": load_idx_dataset,
-            "fashion_mnist": load_idx_dataset,
-            "cifar10": load_cifar10,
-            "digits": load_digits,
-        }
-        ds = loaders[cfg.name](cfg)
+    ds = source(cfg.name).load(cfg)
     n_train, n_test = cfg.train_size, cfg.test_size
     return Dataset(
         ds.x_train[:n_train],
@@ -290,6 +288,14 @@ def synthetic(cfg: SyntheticDataConfig) -> Dataset:
         x = 0.7 * templates[y] + 0.3 * torch.rand(n, c, h, w, generator=g)
         return (x * 255).round().to(torch.uint8), y
 
-    return Dataset(
-        *make(cfg.train_size), *make(cfg.test_size), [f"class {i}" for i in range(cfg.classes)]
-    )
+    return Dataset(*make(cfg.train_size), *make(cfg.test_size), synthetic_spec(cfg)[1])
+
+
+# Every dataset name, declared once: the config, bench and the CLI read them from here.
+SOURCES: dict[str, Source] = {
+    "mnist": Source(fixed((1, 28, 28), DIGITS), load_idx_dataset),
+    "fashion_mnist": Source(fixed((1, 28, 28), FASHION_CLASSES), load_idx_dataset),
+    "cifar10": Source(fixed((3, 32, 32), CIFAR10_CLASSES), load_cifar10),
+    "digits": Source(fixed((1, 28, 28), DIGITS), load_digits),
+    "synthetic": Source(synthetic_spec, synthetic),
+}

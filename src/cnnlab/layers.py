@@ -10,28 +10,41 @@ from collections.abc import Callable
 
 from torch import nn
 
-ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
-    "relu": lambda slope: nn.ReLU(),
-    "leaky_relu": lambda slope: nn.LeakyReLU(slope),
-    "gelu": lambda slope: nn.GELU(),
+from cnnlab.config import Activation, Norm, Pool
+
+# Each table is keyed by the config's enum, where the names are declared; a test checks
+# that every member has its entry. The layer summary (models.summary) names layers by their
+# class, so a new entry needs no other change.
+ACTIVATIONS: dict[Activation, Callable[[float], nn.Module]] = {
+    Activation.relu: lambda slope: nn.ReLU(),
+    Activation.leaky_relu: lambda slope: nn.LeakyReLU(slope),
+    Activation.gelu: lambda slope: nn.GELU(),
 }
 
-POOLS: dict[str, type[nn.Module] | None] = {
-    "max": nn.MaxPool2d,
-    "avg": nn.AvgPool2d,
-    "none": None,
+POOLS: dict[Pool, type[nn.Module] | None] = {
+    Pool.max: nn.MaxPool2d,
+    Pool.avg: nn.AvgPool2d,
+    Pool.none: None,
 }
 
-# Each entry builds a norm for `c` channels. "layer" is GroupNorm with one group: it
-# normalises over (C, H, W) of each sample, which is what Layer Norm means for feature maps
-# (nn.LayerNorm would need the spatial size fixed in advance). LRN uses AlexNet's settings.
-NORMS: dict[str, Callable[[int, int], nn.Module] | None] = {
-    "none": None,
-    "batch": lambda c, groups: nn.BatchNorm2d(c),
-    "layer": lambda c, groups: nn.GroupNorm(1, c),
-    "instance": lambda c, groups: nn.InstanceNorm2d(c, affine=True),
-    "group": lambda c, groups: nn.GroupNorm(groups, c),
-    "lrn": lambda c, groups: nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0),
+
+class LayerNorm2d(nn.GroupNorm):
+    """Layer Norm for feature maps: GroupNorm with one group normalises (C, H, W) of each
+    sample, which nn.LayerNorm could only do with the spatial size fixed in advance."""
+
+    def __init__(self, channels: int):
+        super().__init__(1, channels)
+
+
+# Each entry builds a norm for `c` channels (`groups` is read by group norm only). LRN uses
+# AlexNet's settings.
+NORMS: dict[Norm, Callable[[int, int], nn.Module] | None] = {
+    Norm.none: None,
+    Norm.batch: lambda c, groups: nn.BatchNorm2d(c),
+    Norm.layer: lambda c, groups: LayerNorm2d(c),
+    Norm.instance: lambda c, groups: nn.InstanceNorm2d(c, affine=True),
+    Norm.group: lambda c, groups: nn.GroupNorm(groups, c),
+    Norm.lrn: lambda c, groups: nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0),
 }
 
 

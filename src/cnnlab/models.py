@@ -8,6 +8,8 @@ work fails before training with the knob, its value and the input size in the me
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -203,27 +205,25 @@ def count_conv_layers(model: nn.Module) -> int:
 
 
 def summary(model: nn.Module) -> str:
-    """One line naming each layer in order, e.g. 'conv1-6k5x5 relu maxpool ... fc84-10'."""
+    """One line naming each layer in order, e.g. 'conv1-6k5x5 relu maxpool ... fc84-10'.
+
+    Convs and dense layers show their sizes; every other layer is named by its class
+    (MaxPool2d -> maxpool, LayerNorm2d -> layernorm), so a layer added to a table in
+    layers.py is summarised without a change here."""
     parts = []
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.modules.conv._ConvNd):
             k = "x".join(map(str, m.kernel_size))
             extra = "".join(
-                f" {n}{v[0] if v[0] == v[1] else v}"
+                f" {n}{v[0] if len(set(v)) == 1 else 'x'.join(map(str, v))}"
                 for n, v in (("s", m.stride), ("d", m.dilation))
-                if v != (1, 1)
+                if set(v) != {1}
             )
             parts.append(f"conv{m.in_channels}-{m.out_channels}k{k}{extra}")
         elif isinstance(m, nn.Linear):
             parts.append(f"fc{m.in_features}-{m.out_features}")
         elif isinstance(m, Residual):
             parts.append("residual:")
-        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm | nn.InstanceNorm2d):
-            parts.append(type(m).__name__.replace("2d", "").lower())
-        elif isinstance(m, nn.LocalResponseNorm):
-            parts.append("lrn")
-        elif isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
-            parts.append(type(m).__name__.replace("Pool2d", "pool").lower())
-        elif isinstance(m, nn.ReLU | nn.LeakyReLU | nn.GELU):
-            parts.append(type(m).__name__.lower())
+        elif not any(m.children()) and not isinstance(m, nn.Flatten | nn.Identity):
+            parts.append(re.sub(r"[123]d$", "", type(m).__name__).lower())
     return " ".join(parts)
