@@ -8,7 +8,8 @@ settings (batch 64, Adam 1e-3) on the same data, in one process on one device:
            step. Its shuffle is drawn the way cnnlab draws its own (one randperm per epoch
            from a generator seeded alike, on the same device), so both see the same batches
            and their accuracies differ only by float rounding, not by luck;
-  cnnlab:  cnnlab.train.Trainer, which picks its own fast path (eager, CUDA graph, ...).
+  cnnlab:  cnnlab.train's start_run and train_epoch, the step and epoch every run uses
+           (its own fast path: eager, CUDA graph, ...).
 Epochs alternate between the two (classic 1, cnnlab 1, classic 2, ...), so a change in
 the machine's background load hits both. An epoch's time is its training loop only
 (evaluation excluded), measured after the device has finished its work.
@@ -39,7 +40,16 @@ from cnnlab.config import (
     TrainerConfig,
 )
 from cnnlab.models import build_model
-from cnnlab.train import Trainer, device_name, resolve_device, seed_everything
+from cnnlab.train import (
+    StopRequest,
+    TrainData,
+    device_name,
+    evaluate,
+    resolve_device,
+    seed_everything,
+    start_run,
+    train_epoch,
+)
 
 # the default config of each model schema: "mlp" and "lenet5", the chapter's two models
 MODELS = {schema().name: schema for schema in models.MODELS}
@@ -149,7 +159,7 @@ def summary(seconds: list[float], accuracy: float, **extra) -> dict:
 
 def bench_model(
     name: str, data_cfg, ds: data.Dataset, device, epochs: int, seed: int, classic: bool
-) -> dict:
+):
     input_shape, classes = data.spec(data_cfg)
     norm = data_cfg.normalize
 
@@ -158,29 +168,25 @@ def bench_model(
         return build_model(MODELS[name](), input_shape, len(classes)).to(device)
 
     run = ClassicRun(fresh_model(), ds, norm, device, seed) if classic else None
-    cfg = TrainerConfig(epochs=0, batch_size=BATCH_SIZE, lr=LR, progress=False, checkpoint=False)
-    trainer = Trainer(
-        fresh_model(),
+    cfg = TrainerConfig(epochs=epochs, batch_size=BATCH_SIZE, lr=LR, progress=False)
+    tensors = TrainData(
         data.to_device(ds.x_train, device, norm),
         ds.y_train.to(device),
         data.to_device(ds.x_test, device, norm),
         ds.y_test.to(device),
-        cfg,
-        device,
-        seed,
     )
-    for epoch in range(1, epochs + 1):
+    state, step, tensors, path = start_run(fresh_model(), tensors, cfg, device, seed)
+    seconds, stop = [], StopRequest()
+    for _ in range(epochs):
         if run is not None:
             run.epoch()
-        cfg.epochs = epoch  # fit() goes on from the epoch it reached: one more epoch
-        result = trainer.fit()
+        started = time.perf_counter()
+        train_epoch(state, step, len(tensors.x_train), cfg, stop)
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
     out = {
         "model": name,
-        "cnnlab": summary(
-            [row["seconds"] for row in result.history],
-            result.evaluation.accuracy,
-            path=trainer.path,
-        ),
+        "cnnlab": summary(seconds, evaluate(state.model, tensors, cfg).accuracy, path=path),
     }
     if run is not None:
         out["classic"] = summary(run.epoch_seconds, run.accuracy())

@@ -1,9 +1,10 @@
 """The `cnnlab` command: train (through Hydra), compare, bench.
 
-`cnnlab train [overrides]` hands its arguments to Hydra untouched, so every Hydra flag
-works (--help, --cfg job, -m, hydra.run.dir=...). This is the only module that knows
-about Hydra: it turns the composed config into the plain dataclasses of config.py and
-wires data, model, trainer and report together.
+`cnnlab train [overrides]` hands its arguments to Hydra, so every Hydra flag works (--help,
+--cfg job, -m, hydra.run.dir=...); it first composes and checks the config of every job, so
+that bad input fails before anything is written. This is the only module that knows about
+Hydra: it turns the composed config into the plain dataclasses of config.py and wires data,
+model, training and report together.
 """
 
 from __future__ import annotations
@@ -20,23 +21,42 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from cnnlab import compare, data, report
-from cnnlab.config import ConfigError, TrainConfig, register_configs
+from cnnlab import data, report
+from cnnlab.config import (
+    RESUMABLE_CHANGES,
+    RUN_SETTINGS,
+    ConfigError,
+    TrainConfig,
+    flatten,
+    is_run_setting,
+    register_configs,
+)
 from cnnlab.models import build_model, count_conv_layers, count_params, summary
+from cnnlab.outcome import EXIT_CODES, Outcome, RunError, Status
 from cnnlab.train import (
-    CheckpointError,
-    Trainer,
+    RunState,
+    StopRequest,
+    TrainData,
+    choose_path,
     device_name,
+    fit,
     load_checkpoint,
+    numerics,
     resolve_device,
+    save_checkpoint,
     seed_everything,
+    start_run,
 )
 
 log = logging.getLogger("cnnlab")
@@ -75,25 +95,20 @@ def unique_dir(path: str) -> str:
 
 # cached, so each process resolves a folder once; Hydra copies the cache into sweep jobs
 OmegaConf.register_new_resolver("cnnlab.unique", unique_dir, use_cache=True, replace=True)
+# run-folder names leave out the run settings and the presets that only set up a sweep
+OmegaConf.register_new_resolver(
+    "cnnlab.not_in_run_names",
+    lambda: [*RUN_SETTINGS, "experiment", "hparams_search"],
+    replace=True,
+)
 register_configs()
 
 
-# ---- train -------------------------------------------------------------------------------
+# ---- checking a config before anything is written -------------------------------------
 
 
-class RunFailed(Exception):
-    def __init__(self, status: str, message: str, exit_code: int):
-        super().__init__(message)
-        self.status, self.exit_code = status, exit_code
-
-
-class Interrupted(KeyboardInterrupt):
-    """Carries an interrupted run's exit code (130 SIGINT, 143 SIGTERM) out through Hydra;
-    a KeyboardInterrupt, so it stops a sweep too."""
-
-    def __init__(self, exit_code: int = 130):
-        super().__init__()
-        self.exit_code = exit_code
+def schema_keys(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
 
 
 def refuse_unknown_keys(cfg: DictConfig) -> None:
@@ -108,15 +123,77 @@ def refuse_unknown_keys(cfg: DictConfig) -> None:
             )
 
 
-def schema_keys(schema: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(schema)]
+def resume_config(cfg: TrainConfig) -> dict:
+    """What a checkpoint must agree on to be resumed: all but the run settings and what a
+    resume may change."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    return {
+        key: value
+        for key, value in flatten(tree).items()
+        if not is_run_setting(key) and key not in RESUMABLE_CHANGES
+    }
+
+
+def check_resumable(saved: dict, current: dict, path: str) -> None:
+    diff = [
+        f"{k}={saved.get(k)!r} (now {current.get(k)!r})"
+        for k in sorted(saved | current)
+        if saved.get(k) != current.get(k)
+    ]
+    if diff:
+        raise ConfigError(
+            f"resume={path} was trained with a different config: {', '.join(diff)}; pass the "
+            f"same overrides as the original run (only {', '.join(RESUMABLE_CHANGES)} may change)"
+        )
+
+
+def check_config(cfg: DictConfig) -> TrainConfig:
+    """The config as dataclasses, with every check that needs no data: ranges, the data
+    source's shape, the model built on the meta device (no memory, no time), the device,
+    and the checkpoint to resume. Raises a RunError with status bad_input."""
+    refuse_unknown_keys(cfg)
+    plain = OmegaConf.to_object(cfg)
+    input_shape, classes = data.spec(plain.data)
+    with torch.device("meta"):
+        build_model(plain.model, input_shape, len(classes))
+    choose_path(plain.trainer, resolve_device(plain.device))
+    if plain.resume:
+        saved = load_checkpoint(plain.resume).get("config", {})
+        check_resumable(saved, resume_config(plain), plain.resume)
+    return plain
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def composed_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
+    """The config of every job the command will run, composed as Hydra will compose it.
+    A sweeper other than Hydra's basic one (Optuna) picks its values as it goes: then only
+    the fixed part is composed here, and each trial is checked when it runs."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="train"):
+        if not multirun:
+            return [compose("train", overrides=fixed)]
+        sweeper = compose("train", overrides=fixed, return_hydra_config=True).hydra.sweeper
+        if sweeper._target_ != BASIC_SWEEPER:
+            return [compose("train", overrides=fixed)]
+        params = [f"{k}={v}" for k, v in (sweeper.params or {}).items()] + list(overrides)
+        jobs = BasicSweeper.split_arguments(parser.parse_overrides(params), None)[0]
+        return [compose("train", overrides=list(job)) for job in jobs]
+
+
+# ---- train -------------------------------------------------------------------------------
 
 
 def peak_memory(device: torch.device) -> dict:
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    out = {"peak_rss_mb": round(rss_kb / 1024, 1)}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    out = {"peak_rss_mb": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
     if device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    elif device.type == "mps":  # MPS keeps no peak: what its driver holds at the end
+        out["mps_allocated_mb"] = round(torch.mps.driver_allocated_memory() / 2**20, 1)
     return out
 
 
@@ -127,99 +204,58 @@ def pick_device(name: str, job_num: int | None) -> torch.device:
     return resolve_device(name)
 
 
-def comparable_config(cfg: TrainConfig) -> dict:
-    """What a checkpoint must agree on to be resumed: the model and the data."""
-    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
-    for key in ("root", "download", "mirror"):
-        d["data"].pop(key, None)
-    return {"model": d["model"], "data": d["data"], "seed": d["seed"]}
-
-
-def check_resumable(saved: dict, current: dict, path: str) -> None:
-    old, new = compare.flatten(saved), compare.flatten(current)
-    diff = [
-        f"{k}={old.get(k)!r} (now {new.get(k)!r})"
-        for k in sorted(old | new)
-        if old.get(k) != new.get(k)
-    ]
-    if diff:
-        raise ConfigError(
-            f"resume={path} was trained with a different config: {', '.join(diff)}; "
-            f"pass the same model, data and seed overrides as the original run"
-        )
-
-
-def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None = None) -> dict:
-    """One training run into run_dir. Returns metrics; raises RunFailed or another error."""
+def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None) -> tuple[dict, Outcome]:
+    """One training run into run_dir: its metrics, and the outcome the process reports."""
     started_at = datetime.now().isoformat(timespec="seconds")
-    # cuDNN may pick convolution algorithms that accumulate with atomics, and two runs of
-    # the same seed then drift apart; the deterministic ones cost LeNet-5 on an H100 about
-    # 0.06 s an epoch (0.25 -> 0.31 s), a price worth a seed that repeats
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    if cfg.trainer.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
-        torch.use_deterministic_algorithms(True)
-    if cfg.trainer.precision == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     device = pick_device(cfg.device, job_num)
     input_shape, classes = data.spec(cfg.data)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, input_shape, len(classes))
+    model = build_model(cfg.model, input_shape, len(classes)).to(device)
     params, layers = count_params(model), summary(model)
     log.info("model %s: %s parameters | %s", cfg.model.name, f"{params:,}", layers)
 
-    resume_state, config = None, comparable_config(cfg)
-    if cfg.resume:
-        resume_state = load_checkpoint(Path(cfg.resume))
-        check_resumable(resume_state.get("config", {}), config, cfg.resume)
-
     ds = data.load(cfg.data)
+    shape = "x".join(map(str, input_shape))
     log.info(
-        "data %s: %d train / %d test images of %s on %s",
-        cfg.data.name,
-        len(ds.y_train),
-        len(ds.y_test),
-        "x".join(map(str, input_shape)),
-        device,
+        "data %s: %d train / %d test of %s on %s",
+        *(cfg.data.name, len(ds.y_train), len(ds.y_test), shape, device),
     )
     norm = cfg.data.normalize
-    model.to(device)
-    trainer = Trainer(
-        model,
+    tensors = TrainData(
         data.to_device(ds.x_train, device, norm),
         ds.y_train.to(device),
         data.to_device(ds.x_test, device, norm),
         ds.y_test.to(device),
-        cfg.trainer,
-        device,
-        cfg.seed,
-        checkpoint_path=run_dir / "checkpoints" / "last.pt",
-        extra_state={"config": config},
     )
-    if resume_state is not None:
-        trainer.restore(resume_state)
-        log.info(
-            "resumed from %s at epoch %d, step %d", cfg.resume, trainer.epoch, trainer.step_in_epoch
-        )
-    log.info("training path: %s, precision %s", trainer.path, cfg.trainer.precision)
+    checkpoint, config = run_dir / "checkpoints" / "last.pt", resume_config(cfg)
+
+    def save(state: RunState) -> None:
+        if cfg.trainer.checkpoint:
+            save_checkpoint({**state.state_dict(), "config": config}, checkpoint)
 
     tensorboard = report.TensorBoardLogger(run_dir) if cfg.logger == "tensorboard" else None
 
-    def on_epoch(row):
-        report.write_history(run_dir / "history.csv", trainer.history)
+    def on_epoch(row: dict) -> None:
+        report.write_history(run_dir / "history.csv", state.history)
         if tensorboard:
             tensorboard(row)
 
-    # a signal that comes after training waits until the run folder is whole
-    with trainer.catching_signals():
+    stop = StopRequest()
+    with numerics(cfg.trainer) as flags, stop.catching():  # a late signal waits for the files
+        state, step, tensors, path = start_run(model, tensors, cfg.trainer, device, cfg.seed)
+        if cfg.resume:
+            state.load_state_dict(load_checkpoint(cfg.resume), cfg.trainer.lr)
+            log.info(
+                "resumed from %s at epoch %d, image %d", cfg.resume, state.epoch, state.position
+            )
+        log.info("training path: %s, precision %s", path, cfg.trainer.precision)
         try:
-            result = trainer.fit(on_epoch)
+            outcome, evaluation = fit(state, step, tensors, cfg.trainer, stop, save, on_epoch)
         finally:
             if tensorboard:
                 tensorboard.close()
-
         metrics = {
-            "status": result.status,
+            "status": str(outcome.status),
             "model": cfg.model.name,
             "data": cfg.data.name,
             "params": params,
@@ -228,101 +264,78 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None = None) -> di
             "accuracy": None,
             "f1_macro": None,
             "per_class": None,
-            "epochs_completed": len(result.history),
-            "train_seconds": round(result.train_seconds, 3),
-            "images_per_second": round(result.images_seen / max(result.train_seconds, 1e-9), 1),
+            "epochs_completed": state.epoch,
+            "images_seen": state.images_seen,
+            "train_seconds": round(state.train_seconds, 3),
+            "images_per_second": round(state.images_seen / max(state.train_seconds, 1e-9), 1),
             "device": str(device),
             "device_name": device_name(device),
             "seed": cfg.seed,
             "torch_version": torch.__version__,
-            "path": trainer.path,
+            "path": path,
             "precision": str(cfg.trainer.precision),
+            "numerics": flags,
             "resumed_from": cfg.resume,
             "started_at": started_at,
             **peak_memory(device),
+            **({"error": outcome.message} if outcome.status != Status.completed else {}),
         }
         title = f"{cfg.model.name} on {cfg.data.name}"
-        report.write_run(run_dir, metrics, result, ds, title)
-    if result.status == "diverged":
-        raise RunFailed("diverged", result.message, 3)
-    if result.status == "interrupted":
-        raise RunFailed("interrupted", result.message, 128 + result.signal)
-    if trainer.stop_signal is not None:  # it came after the last step: honour it now
-        name = signal.Signals(trainer.stop_signal).name
-        raise RunFailed(
-            "interrupted",
-            f"{name} after the run completed; its folder is whole",
-            128 + trainer.stop_signal,
+        report.write_run(run_dir, metrics, state.history, evaluation, ds, title)
+    if outcome.status == Status.completed and stop.signal is not None:
+        name = signal.Signals(stop.signal).name
+        outcome = Outcome(Status.interrupted, f"{name} after the run completed", stop.signal)
+        log.warning("%s; its folder is whole", outcome.message)
+    if metrics["accuracy"] is not None:
+        log.info(
+            "accuracy %.2f%%  f1_macro %.4f  -> %s",
+            *(100 * metrics["accuracy"], metrics["f1_macro"], run_dir),
         )
-    log.info(
-        "accuracy %.2f%%  f1_macro %.4f  -> %s",
-        100 * metrics["accuracy"],
-        metrics["f1_macro"],
-        run_dir,
-    )
-    return metrics
+    return metrics, outcome
 
 
-def explain(e: BaseException, cfg: DictConfig) -> tuple[str, int]:
-    """A one-line message and exit code for an error that stopped a run."""
-    if isinstance(e, RunFailed):
-        return str(e), e.exit_code
-    if isinstance(e, ConfigError):
-        return str(e), 2
-    if isinstance(e, torch.cuda.OutOfMemoryError):
-        return (
+def run_job(cfg: DictConfig, run_dir: Path, job_num: int | None) -> tuple[dict, Outcome]:
+    """train_run, and whatever stops it, a metrics.json that says how the run ended."""
+    try:
+        return train_run(check_config(cfg), run_dir, job_num)
+    except KeyboardInterrupt:  # before training set its own signal handlers
+        outcome = Outcome(Status.interrupted, "interrupted before training started")
+    except RunError as e:
+        outcome = Outcome(e.status, str(e))
+    except torch.cuda.OutOfMemoryError:
+        outcome = Outcome(
+            Status.failed,
             f"CUDA ran out of memory with trainer.batch_size={cfg.trainer.batch_size} and "
             f"trainer.eval_batch_size={cfg.trainer.eval_batch_size}: try smaller batches "
-            f"or a smaller model"
-        ), 1
-    if isinstance(e, data.DataError | CheckpointError):
-        return str(e), 1
-    return f"{type(e).__name__}: {e}".splitlines()[0], 1
-
-
-def record_failure(run_dir: Path, cfg: DictConfig, status: str, message: str) -> None:
-    """metrics.json for a run that stopped before its report; keeps what was written."""
-    path = run_dir / "metrics.json"
-    if path.is_file():  # the run already wrote its own (diverged, interrupted)
-        return
-    report.write_json(
-        path,
-        {
-            "status": status,
-            "model": cfg.model.name,
-            "data": cfg.data.name,
-            "error": message,
-            "seed": cfg.seed,
-            "torch_version": torch.__version__,
-        },
-    )
+            f"or a smaller model",
+        )
+    except Exception as e:
+        log.exception("run failed")  # an unexpected error: keep the traceback in train.log
+        outcome = Outcome(Status.failed, f"{type(e).__name__}: {e}".splitlines()[0])
+    log.error("error: %s", outcome.message)
+    metrics = {
+        "status": str(outcome.status),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "error": outcome.message,
+        "seed": cfg.seed,
+        "torch_version": torch.__version__,
+    }
+    report.write_json(run_dir / "metrics.json", metrics)
+    return metrics, outcome
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def train_command(cfg: DictConfig) -> float | None:
+def train_command(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    try:
-        refuse_unknown_keys(cfg)
-        plain = OmegaConf.to_object(cfg)
-        metrics = train_run(plain, run_dir, hydra_cfg.job.num if multirun else None)
-        return metrics["accuracy"]  # what an Optuna sweep maximises
-    except KeyboardInterrupt:
-        record_failure(run_dir, cfg, "interrupted", "interrupted before training started")
-        raise
-    except Exception as e:
-        message, code = explain(e, cfg)
-        status = e.status if isinstance(e, RunFailed) else "failed"
-        if not isinstance(e, RunFailed | ConfigError | data.DataError | CheckpointError):
-            log.exception("run failed")  # an unexpected error: keep the traceback in train.log
-        log.error("error: %s", message)
-        record_failure(run_dir, cfg, status, message)
-        if status == "interrupted":
-            raise Interrupted(code) from None
-        if multirun:
-            return float("nan")  # one failed job never stops the others
-        sys.exit(code)
+    job_num = hydra_cfg.job.num if multirun else None
+    metrics, outcome = run_job(cfg, Path(hydra_cfg.runtime.output_dir), job_num)
+    # an interrupt stops a sweep; any other job that did not complete lets the others run
+    # (the sweep reports it at the end), while a single run exits with its own code
+    if outcome.status == Status.interrupted or (outcome.exit_code and not multirun):
+        sys.exit(outcome.exit_code)
+    return metrics["accuracy"] if metrics.get("accuracy") is not None else float("nan")
 
 
 class SweepSummary(Callback):
@@ -332,31 +345,30 @@ class SweepSummary(Callback):
     sweep_dir: Path | None = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from cnnlab import compare  # pandas and seaborn: only when a sweep ends
+
         SweepSummary.sweep_dir = Path(config.hydra.sweep.dir)
         SweepSummary.failed = compare.failed(compare.summarize_sweep(SweepSummary.sweep_dir))
 
 
 def train_main(args: list[str]) -> int:
+    """Compose and check every job's config first: bad input is one `error:` line and exit
+    2 before anything is written. Then Hydra runs the jobs; a run that does not complete
+    exits with its own code from inside (train_command)."""
+    hydra_args = get_args_parser().parse_args(args)
+    hydra_only = (hydra_args.help, hydra_args.hydra_help, hydra_args.cfg, hydra_args.info)
+    if not any(hydra_only) and not hydra_args.shell_completion:
+        try:
+            for job in composed_jobs(hydra_args.overrides, hydra_args.multirun):
+                check_config(job)
+        except (HydraException, OmegaConfBaseException, RunError) as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" and not isinstance(e, RunError):
+                raise
+            print(f"error: {compose_error_line(e)}", file=sys.stderr)
+            return EXIT_CODES[Status.bad_input]
     sys.argv = ["cnnlab train", *args]
     SweepSummary.failed = []
-    # with HYDRA_FULL_ERROR set, Hydra raises a bad override here instead of printing it
-    # over several lines; a user who set it still gets Hydra's full trace
-    full_error = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        train_command()
-    except KeyboardInterrupt as e:  # the run has saved what it could and said so
-        return getattr(e, "exit_code", 130)
-    except (HydraException, OmegaConfBaseException) as e:
-        if full_error == "1":
-            raise
-        print(f"error: {compose_error_line(e)}", file=sys.stderr)
-        return 2
-    finally:
-        if full_error is None:
-            del os.environ["HYDRA_FULL_ERROR"]
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = full_error
+    train_command()
     if SweepSummary.failed:
         names = ", ".join(f"{r['run']} ({r['status']})" for r in SweepSummary.failed)
         print(
@@ -364,8 +376,8 @@ def train_main(args: list[str]) -> int:
             f"{SweepSummary.sweep_dir}: {names}",
             file=sys.stderr,
         )
-        return 1
-    return 0
+        return EXIT_CODES[Status.failed]
+    return EXIT_CODES[Status.completed]
 
 
 # lines of Hydra's and OmegaConf's messages that say nothing about this override
@@ -416,6 +428,8 @@ def compare_main(args: list[str]) -> int:
             args = [*args[:i], f"--sort={args[i + 1]}", *args[i + 2 :]]
             break
     a = p.parse_args(args)
+    from cnnlab import compare  # pandas and seaborn: not for every command
+
     return compare.compare_command(a.paths, sort=a.sort, fmt=a.format, out=a.out)
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from cnnlab.outcome import RunError, Status
+
 
 class Activation(StrEnum):
     relu = "relu"
@@ -42,12 +44,6 @@ class Optimizer(StrEnum):
     adam = "adam"
     adamw = "adamw"
     sgd = "sgd"
-
-
-class Switch(StrEnum):
-    auto = "auto"
-    true = "true"
-    false = "false"
 
 
 class Precision(StrEnum):
@@ -84,8 +80,27 @@ def is_run_setting(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RUN_SETTINGS)
 
 
-class ConfigError(ValueError):
+# What a resumed run may change: how long it trains, its learning rate, and its batch size
+# (it goes on at the image of the epoch where it stopped). Everything else that is not a
+# run setting must match the checkpoint.
+RESUMABLE_CHANGES = ("trainer.epochs", "trainer.lr", "trainer.batch_size")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"model": {"width": 2}} -> {"model.width": 2}; lists stay values."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class ConfigError(RunError, ValueError):
     """A config value that cannot work; the message names the key, the value and what is allowed."""
+
+    status = Status.bad_input
 
 
 def _positive(key: str, value, allow_zero: bool = False) -> None:
@@ -203,7 +218,9 @@ class TrainerConfig:
     lr: float = 0.001
     progress: bool = True
     log_every: int = 50  # steps between reads of the loss (each read syncs with the device)
-    cuda_graph: Switch = Switch.auto  # capture the whole training step on CUDA
+    # capture the whole training step on CUDA: auto | true | false (a str, not an enum: the
+    # command line reads true and false as booleans, which an enum of strings refuses)
+    cuda_graph: str = "auto"
     compile: bool = False
     precision: Precision = Precision.fp32
     deterministic: bool = False
@@ -215,6 +232,11 @@ class TrainerConfig:
         _positive("trainer.eval_batch_size", self.eval_batch_size)
         _positive("trainer.lr", self.lr)
         _positive("trainer.log_every", self.log_every)
+        self.cuda_graph = str(self.cuda_graph).lower()  # True from the command line -> "true"
+        if self.cuda_graph not in ("auto", "true", "false"):
+            raise ConfigError(
+                f"trainer.cuda_graph={self.cuda_graph} is not allowed: use auto, true or false"
+            )
 
 
 @dataclass
@@ -226,6 +248,10 @@ class TrainConfig:
     seed: int = 0
     resume: str | None = None  # a run folder or a checkpoint file
     logger: Logger = Logger.none
+
+    def __post_init__(self):
+        if not 0 <= self.seed < 2**32:  # what numpy's and torch's seeding accept
+            raise ConfigError(f"seed={self.seed} is not allowed: it must be in 0..{2**32 - 1}")
 
 
 def register_configs() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import ConfigError, DataConfig, SyntheticDataConfig
+from cnnlab.outcome import RunError
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -61,7 +62,7 @@ CIFAR10_CLASSES = [
 DIGITS = [str(i) for i in range(10)]
 
 
-class DataError(RuntimeError):
+class DataError(RunError):
     """Data that cannot be had; the message names the file or folder and the remedy."""
 
 

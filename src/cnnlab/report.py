@@ -82,18 +82,17 @@ def write_confusion_csv(path: Path, cm: torch.Tensor, classes: list[str]) -> Non
 # ---- plots -------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A figure without pyplot: no global backend to switch and no figure registry to
+    leak, so plotting is safe in a notebook, a sweep's process or a headless job."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure(figsize=(6, 4))
+    ax = fig.subplots()
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (mean per epoch)")
     ax.plot(epochs, [r["test_loss"] for r in history], "s--", label="test loss")
@@ -103,16 +102,15 @@ def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, title: str) -> None:
     """Counts as an annotated heatmap. Drawn with matplotlib alone: seaborn's heatmap looks
     the same, but importing seaborn (with pandas and scipy.stats) took 1.4 s of each run."""
-    plt = _pyplot()
     k = len(classes)
     size = max(5.0, 0.55 * k + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = _figure(figsize=(size + 1, size))
+    ax = fig.subplots()
     counts = cm.numpy()
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)  # as tall as the matrix
@@ -125,7 +123,6 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, titl
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: int = 16) -> int:
@@ -133,12 +130,12 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
 
     `images` are the uint8 test images (N x C x H x W). Returns how many were shown.
     """
-    plt = _pyplot()
     wrong = (y_pred != y_true).nonzero().flatten()
     order = wrong[confidence[wrong].argsort(descending=True)][:n]
     cols = 4
     rows = max(1, (len(order) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows), squeeze=False)
+    fig = _figure(figsize=(2.3 * cols, 2.5 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, order.tolist(), strict=False):
@@ -154,7 +151,6 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     fig.suptitle("most confident mistakes (true class, predicted class, confidence)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return len(order)
 
 
@@ -175,19 +171,18 @@ def write_evaluation(run_dir: Path, evaluation, y_test, x_test_uint8, classes, t
     return {"accuracy": evaluation.accuracy, "f1_macro": f1_macro, "per_class": per_class}
 
 
-def write_run(run_dir: Path, metrics: dict, result, dataset, title: str) -> dict:
-    """What a finished or stopped fit leaves: history.csv, loss_curve.png, the evaluation
-    files, and metrics.json last, so that its presence means the rest is there."""
-    write_history(run_dir / "history.csv", result.history)
-    if result.history:
-        plot_loss_curve(result.history, run_dir / "loss_curve.png", title)
-    if result.evaluation is not None:
-        title = f"{title}: {100 * result.evaluation.accuracy:.2f}%"
+def write_run(run_dir: Path, metrics: dict, history, evaluation, dataset, title: str) -> dict:
+    """What a finished or stopped run leaves: history.csv, loss_curve.png, the evaluation
+    files (when there is an evaluation), and metrics.json last, so that its presence means
+    the rest is there."""
+    write_history(run_dir / "history.csv", history)
+    if history:
+        plot_loss_curve(history, run_dir / "loss_curve.png", title)
+    if evaluation is not None:
+        title = f"{title}: {100 * evaluation.accuracy:.2f}%"
         metrics |= write_evaluation(
-            run_dir, result.evaluation, dataset.y_test, dataset.x_test, dataset.classes, title
+            run_dir, evaluation, dataset.y_test, dataset.x_test, dataset.classes, title
         )
-    if result.status != "completed":
-        metrics["error"] = result.message
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 

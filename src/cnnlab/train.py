@@ -1,10 +1,16 @@
-"""Fit, evaluate, checkpoint and resume. No file formats here but the checkpoint's.
+"""Training: a run's state, one epoch, the loop that calls it, evaluation and checkpoints.
 
-The data already sit on the device (data.py); an epoch is a seeded on-device permutation
-cut into slices. The loss of every step goes into a device buffer and is read only every
-`log_every` steps, so the host never waits on the device in between. On CUDA the whole
-step (batch gather, forward, backward, Adam) is captured once and replayed as a CUDA graph,
-which removes the per-kernel launch cost that dominates a model as small as LeNet-5.
+nanoGPT's shape: everything a run is lives in one `RunState` (model, optimiser, every random
+state, where the epoch stands in images, history) with one save and one load;
+`train_epoch` steps through the rest of the current epoch; `fit` is the loop that calls it,
+evaluates and checkpoints. No file formats here but the checkpoint's.
+
+Where the speed comes from (figures in the README): the data already sit on the device
+(data.py) and an epoch is a seeded on-device permutation cut into slices; the loss of every
+step goes into a device buffer that is read every `log_every` steps, so the host never
+waits on the device in between; on CUDA the whole step (batch gather, forward, backward,
+Adam) is captured once and replayed as a CUDA graph, which removes the per-kernel launch
+cost that dominates a model as small as LeNet-5.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab.config import ConfigError, TrainerConfig
+from cnnlab.config import ConfigError, Optimizer, TrainerConfig
+from cnnlab.outcome import Outcome, RunError, Status
 
 log = logging.getLogger(__name__)
 
 
-# ---- device and seeds --------------------------------------------------------------------
+# ---- device, numerics and seeds ----------------------------------------------------------
 
 
 def available_devices() -> list[str]:
@@ -81,6 +88,55 @@ def device_name(device: torch.device) -> str:
         return platform.processor() or platform.machine()
 
 
+def current_numerics() -> dict[str, bool]:
+    """The flags that decide how float32 math runs, as metrics.json records them."""
+    return {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+
+
+@contextlib.contextmanager
+def numerics(cfg: TrainerConfig):
+    """Set every numeric flag both ways for one run and put the old values back after.
+
+    Hydra's basic launcher runs all jobs of a sweep in one process, so a flag one job turns
+    on must not outlive it. cuDNN's TF32 is on by default in torch: "fp32" turns it off.
+    cuDNN is always held to deterministic algorithms: its fastest ones accumulate with
+    atomics, and two runs of one seed then drift apart; on an H100 that costs LeNet-5
+    0.25 -> 0.31 s an epoch, a price worth a seed that repeats.
+    """
+    saved = (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    tf32 = cfg.precision == "tf32"
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # matmul TF32 or not
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield current_numerics()
+    finally:
+        precision, cudnn_tf32, algorithms, warn_only, deterministic, benchmark = saved
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = (
+            deterministic,
+            benchmark,
+        )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -94,31 +150,76 @@ def _plain(obj):
     return obj.tolist() if isinstance(obj, np.ndarray) else obj
 
 
-def rng_state(data_generator: torch.Generator) -> dict:
-    """Every random state a run depends on, as tensors and plain values (weights_only-safe)."""
-    return {
-        "python": random.getstate(),
-        "numpy": _plain(np.random.get_state(legacy=False)),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "data": data_generator.get_state(),
-    }
+# ---- the run state -----------------------------------------------------------------------
 
 
-def set_rng_state(state: dict, data_generator: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # takes the key as a list as well
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    data_generator.set_state(state["data"])
+@dataclass
+class RunState:
+    """Everything a run is at one moment: what trains, every random state, and where the
+    current epoch stands, counted in images so that a resume with another batch size
+    goes on at the very image where the run stopped."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data_rng: torch.Generator  # draws each epoch's permutation
+    epoch: int = 0  # epochs completed
+    position: int = 0  # images of the current epoch's permutation already stepped on
+    epoch_rng: torch.Tensor | None = None  # data_rng at this epoch's start: replays its order
+    partial_losses: list[float] = field(default_factory=list)  # this epoch's steps so far
+    history: list[dict] = field(default_factory=list)
+    images_seen: int = 0  # over the whole resume chain
+    train_seconds: float = 0.0
+
+    def state_dict(self) -> dict:
+        """Tensors and plain values only, so it loads with torch.load(weights_only=True)."""
+        mid_epoch = self.position > 0
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "position": self.position,
+            "partial_losses": list(self.partial_losses),
+            "history": self.history,
+            "images_seen": self.images_seen,
+            "train_seconds": self.train_seconds,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": _plain(np.random.get_state(legacy=False)),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "data": self.epoch_rng if mid_epoch else self.data_rng.get_state(),
+            },
+            "torch_version": str(torch.__version__),  # a str subclass that pickles as a class
+        }
+
+    def load_state_dict(self, state: dict, lr: float) -> None:
+        """Restore a checkpoint; `lr` is the learning rate to go on with (it may change)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # fused Adam walks its state in the parameters' memory order: state saved with
+        # another layout (NCHW on CUDA, NHWC on CPU) is copied into this one's
+        for param, param_state in self.optimizer.state.items():
+            for key, value in param_state.items():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    param_state[key] = torch.empty_like(param).copy_(value)
+        self.epoch, self.position = state["epoch"], state["position"]
+        self.partial_losses = list(state["partial_losses"])
+        self.history = list(state["history"])
+        self.images_seen, self.train_seconds = state["images_seen"], state["train_seconds"]
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])  # takes the key as a list as well
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.data_rng.set_state(rng["data"])
+        self.epoch_rng = rng["data"] if self.position else None
 
 
-# ---- checkpoints -------------------------------------------------------------------------
-
-
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(RunError):
+    """A checkpoint that cannot be written (the run failed), or read (resume= is bad input)."""
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -144,11 +245,15 @@ def save_checkpoint(state: dict, path: Path) -> None:
 def load_checkpoint(path: Path) -> dict:
     """Tensors and plain values only: a pickled object (code that would run on load) is
     refused, and a truncated or corrupt file is an error that names it."""
+
+    def refuse(message: str) -> CheckpointError:
+        return CheckpointError(f"resume={path}: {message}", Status.bad_input)
+
     path = Path(path)
     if path.is_dir():  # a run folder
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
-        raise CheckpointError(f"resume={path}: no such checkpoint (give a run folder or a .pt)")
+        raise refuse("no such checkpoint (give a run folder or a .pt file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -156,57 +261,41 @@ def load_checkpoint(path: Path) -> dict:
         # unpickling error is a file that is damaged or not a torch checkpoint at all
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if found:
-            raise CheckpointError(
-                f"{path} was refused: it holds a pickled Python object ({found[1]}), not only "
-                f"tensors and plain values, and cnnlab loads checkpoints with weights_only=True"
+            raise refuse(
+                f"{path} holds a pickled Python object ({found[1]}), not only tensors and "
+                f"plain values, and cnnlab loads checkpoints with weights_only=True"
             ) from None
-        raise CheckpointError(
+        raise refuse(
             f"{path} is truncated or corrupt, or not a torch checkpoint "
             f"(unreadable with weights_only=True)"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is truncated or corrupt ({first_line})") from None
+        raise refuse(f"{path} is truncated or corrupt ({first_line})") from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-        raise CheckpointError(f"{path} is not a cnnlab checkpoint (no model or epoch entry)")
+        raise refuse(f"{path} is not a cnnlab checkpoint (no model or epoch entry)")
     return state
 
 
-# ---- training ----------------------------------------------------------------------------
+# ---- one step ----------------------------------------------------------------------------
 
-
-@dataclass
-class Evaluation:
-    loss: float
-    accuracy: float
-    predictions: torch.Tensor  # on the CPU
-    confidence: torch.Tensor  # softmax probability of the predicted class
-
-
-@dataclass
-class FitResult:
-    status: str  # completed | diverged | interrupted
-    history: list[dict] = field(default_factory=list)
-    evaluation: Evaluation | None = None
-    train_seconds: float = 0.0
-    images_seen: int = 0
-    message: str = ""
-    signal: int | None = None  # the signal that interrupted the run
+OPTIMIZERS: dict[Optimizer, type[torch.optim.Optimizer]] = {
+    Optimizer.adam: torch.optim.Adam,
+    Optimizer.adamw: torch.optim.AdamW,
+    Optimizer.sgd: torch.optim.SGD,
+}
 
 
 def make_optimizer(model: nn.Module, cfg: TrainerConfig, device: torch.device, graph: bool):
-    params = model.parameters()
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    if device.type == "cuda":
-        # fused: one kernel for the whole update; capturable: its step count stays on the
-        # GPU, which graph capture needs
-        return cls(params, lr=cfg.lr, fused=True, capturable=graph)
-    # CPU: the fused kernel too (one op for all parameters instead of about ten per
-    # parameter); the same update to float rounding. On the 2-core CPU, steps of batch 64
-    # timed interleaved with the default (two runs): MLP 1.23x, LeNet-5 1.03-1.17x faster.
-    return cls(params, lr=cfg.lr, fused=device.type == "cpu")
+    cls = OPTIMIZERS[cfg.optimizer]
+    if cls is torch.optim.SGD:
+        return cls(model.parameters(), lr=cfg.lr, momentum=0.9)
+    # fused: one kernel for the whole update, on CUDA and on the CPU (one op for all
+    # parameters instead of about ten per parameter; the same update to float rounding;
+    # 2-core CPU, batch 64: MLP 1.23x, LeNet-5 1.03-1.17x faster). capturable: the step
+    # count stays on the GPU, which graph capture needs.
+    fused = device.type in ("cuda", "cpu")
+    return cls(model.parameters(), lr=cfg.lr, fused=fused, capturable=graph)
 
 
 def channels_last_pays(model: nn.Module, device: torch.device) -> bool:
@@ -235,6 +324,12 @@ def choose_path(cfg: TrainerConfig, device: torch.device) -> str:
             f"optimizer={cfg.optimizer}): use trainer.cuda_graph=auto"
         )
     return "cuda_graph" if graph_ok and cfg.cuda_graph != "false" else "eager"
+
+
+def autocast(cfg: TrainerConfig, device: torch.device):
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16", cache_enabled=False
+    )
 
 
 class GraphedStep:
@@ -272,241 +367,228 @@ class GraphedStep:
         return self.loss
 
 
-class Trainer:
-    def __init__(
-        self,
-        model: nn.Module,
-        x_train: torch.Tensor,
-        y_train: torch.Tensor,
-        x_test: torch.Tensor,
-        y_test: torch.Tensor,
-        cfg: TrainerConfig,
-        device: torch.device,
-        seed: int = 0,
-        checkpoint_path: Path | None = None,
-        extra_state: dict | None = None,
-    ):
-        if channels_last_pays(model, device):
-            model.to(memory_format=torch.channels_last)  # in place, before the optimizer
-            x_train, x_test = (
-                x.contiguous(memory_format=torch.channels_last) for x in (x_train, x_test)
-            )
-        self.model, self.cfg, self.device = model, cfg, device
-        self.x_train, self.y_train, self.x_test, self.y_test = x_train, y_train, x_test, y_test
-        self.checkpoint_path = checkpoint_path
-        self.extra_state = extra_state or {}  # stored in checkpoints (config, for resume checks)
-        self.path = choose_path(cfg, device)
-        self.optimizer = make_optimizer(model, cfg, device, graph=self.path == "cuda_graph")
-        self.data_generator = torch.Generator(device=device).manual_seed(seed)
-        self.epoch, self.step_in_epoch, self.history = 0, 0, []
-        self.partial_losses: torch.Tensor | None = None  # losses of an interrupted epoch
-        self.train_seconds, self.images_seen = 0.0, 0
-        self.stop_signal: int | None = None
-        self.autocast = torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16", cache_enabled=False
+@dataclass
+class TrainData:
+    """The normalised training and test tensors, already on the training device."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def start_run(
+    model: nn.Module, data: TrainData, cfg: TrainerConfig, device: torch.device, seed: int
+) -> tuple[RunState, Callable[[torch.Tensor], torch.Tensor], TrainData, str]:
+    """A fresh run state, its training step and the data in the layout the step wants.
+
+    Returns (state, step, data, path): step(idx) trains on x_train[idx] and returns the
+    loss as a device tensor; path is eager, compile or cuda_graph.
+    """
+    if channels_last_pays(model, device):
+        model.to(memory_format=torch.channels_last)  # in place, before the optimiser
+        data = TrainData(
+            data.x_train.contiguous(memory_format=torch.channels_last),
+            data.y_train,
+            data.x_test.contiguous(memory_format=torch.channels_last),
+            data.y_test,
         )
-        self.forward = torch.compile(model) if self.path == "compile" else model
+    path = choose_path(cfg, device)
+    optimizer = make_optimizer(model, cfg, device, graph=path == "cuda_graph")
+    state = RunState(model, optimizer, torch.Generator(device=device).manual_seed(seed))
+    forward = torch.compile(model) if path == "compile" else model
+    amp = autocast(cfg, device)
 
-        def step(idx: torch.Tensor) -> torch.Tensor:
-            self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast:
-                loss = F.cross_entropy(self.forward(self.x_train[idx]), self.y_train[idx])
-            loss.backward()
-            self.optimizer.step()
-            return loss.detach()
+    def step(idx: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with amp:
+            loss = F.cross_entropy(forward(data.x_train[idx]), data.y_train[idx])
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
 
-        self.train_step = (
-            GraphedStep(step, cfg.batch_size, device) if self.path == "cuda_graph" else step
-        )
+    if path == "cuda_graph":
+        step = GraphedStep(step, cfg.batch_size, device)
+    return state, step, data, path
 
-    # -- state ----------------------------------------------------------------------------
 
-    def state(self, epoch_start_data_state: torch.Tensor | None = None) -> dict:
-        rng = rng_state(self.data_generator)
-        if epoch_start_data_state is not None:  # mid-epoch: replay this epoch's permutation
-            rng["data"] = epoch_start_data_state
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step_in_epoch,
-            "partial_losses": self.partial_losses,
-            "history": self.history,
-            "rng": rng,
-            "train_seconds": self.train_seconds,
-            "images_seen": self.images_seen,
-            "torch_version": str(torch.__version__),  # a str subclass that pickles as a class
-            **self.extra_state,
-        }
+# ---- an epoch, evaluation and the loop ---------------------------------------------------
 
-    def restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # a resumed run may change trainer.lr
-            group["lr"] = self.cfg.lr
-        # fused Adam walks its state in the parameters' memory order: state saved with
-        # another layout (NCHW on CUDA, NHWC on CPU) is copied into this one's
-        for param, param_state in self.optimizer.state.items():
-            for key, value in param_state.items():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    param_state[key] = torch.empty_like(param).copy_(value)
-        self.epoch, self.step_in_epoch = state["epoch"], state.get("step", 0)
-        self.partial_losses = state.get("partial_losses")
-        self.history = list(state["history"])
-        self.train_seconds = state.get("train_seconds", 0.0)
-        self.images_seen = state.get("images_seen", 0)
-        set_rng_state(state["rng"], self.data_generator)
 
-    def save(self, epoch_start_data_state=None) -> None:
-        if self.checkpoint_path is not None and self.cfg.checkpoint:
-            save_checkpoint(self.state(epoch_start_data_state), self.checkpoint_path)
+class StopRequest:
+    """Inside `catching()`, SIGINT and SIGTERM only note the signal: the loop stops at its
+    next check and saves a checkpoint, and a caller can finish its files first."""
 
-    # -- loops ----------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def evaluate(self) -> Evaluation:
-        self.model.eval()
-        total_loss = torch.zeros((), device=self.device)
-        preds, confs = [], []
-        for i in range(0, len(self.x_test), self.cfg.eval_batch_size):
-            x = self.x_test[i : i + self.cfg.eval_batch_size]
-            y = self.y_test[i : i + self.cfg.eval_batch_size]
-            with self.autocast:
-                logits = self.model(x).float()
-            total_loss += F.cross_entropy(logits, y, reduction="sum")
-            conf, pred = logits.softmax(1).max(1)
-            preds.append(pred)
-            confs.append(conf)
-        self.model.train()
-        predictions = torch.cat(preds).cpu()
-        n = max(1, len(self.y_test))
-        accuracy = (predictions == self.y_test.cpu()).sum().item() / n
-        return Evaluation(total_loss.item() / n, accuracy, predictions, torch.cat(confs).cpu())
+    def __init__(self):
+        self.signal: int | None = None
 
     @contextlib.contextmanager
-    def catching_signals(self):
-        """Inside, SIGINT and SIGTERM only set stop_signal: the loop stops at the next step
-        and saves a checkpoint, and a caller can finish writing its files first."""
+    def catching(self):
+        def note(signum, frame):
+            self.signal = signum  # a second signal just asks again: no harm done
+
         previous = {}
-
-        def request_stop(signum, frame):
-            self.stop_signal = signum  # a second signal just asks again: no harm done
-
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, request_stop)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                previous[sig] = signal.signal(sig, note)
         try:
-            yield
+            yield self
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def fit(self, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
-        """Train until cfg.epochs; stop early on a non-finite loss or SIGINT/SIGTERM."""
-        with self.catching_signals():
-            return self._fit(on_epoch)
 
-    def _fit(self, on_epoch) -> FitResult:
-        n, bs = len(self.x_train), self.cfg.batch_size
-        steps = (n + bs - 1) // bs
-        evaluation = None
-        self.model.train()
-        while self.epoch < self.cfg.epochs:
-            epoch_start_state = self.data_generator.get_state()
-            perm = torch.randperm(n, device=self.device, generator=self.data_generator)
-            losses = torch.empty(steps, device=self.device)
-            first = self.step_in_epoch  # > 0 when resuming an interrupted epoch
-            if first:
-                losses[:first] = self.partial_losses.to(self.device)
-            bar = tqdm(
-                total=steps,
-                initial=first,
-                desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                disable=not self.cfg.progress,
-                leave=False,
-                dynamic_ncols=True,
-            )
-            started, checked = time.perf_counter(), first
-            for j in range(first, steps):
-                losses[j] = self.train_step(perm[j * bs : (j + 1) * bs])
-                if (j + 1) % self.cfg.log_every and j + 1 < steps and self.stop_signal is None:
-                    continue
-                # one host-device sync per log_every steps: the running loss and a NaN check
-                total, finite = torch.stack(
-                    [losses[: j + 1].sum(), torch.isfinite(losses[checked : j + 1]).all()]
-                ).tolist()
-                if not finite:
-                    bar.close()
-                    bad = checked + int((~torch.isfinite(losses[checked : j + 1])).nonzero()[0])
-                    return self._diverged(float(losses[bad]), bad)
-                checked = j + 1
-                bar.update(j + 1 - bar.n)
-                bar.set_postfix(loss=f"{total / (j + 1):.4f}", refresh=False)
-                if self.stop_signal is not None:
-                    bar.close()
-                    return self._interrupted(j + 1, losses, epoch_start_state, started)
-            bar.close()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - started
-            self.train_seconds += seconds
-            self.images_seen += n - min(n, first * bs)
-            evaluation = self.evaluate()
-            self.epoch, self.step_in_epoch, self.partial_losses = self.epoch + 1, 0, None
-            row = {
-                "epoch": self.epoch,
-                "train_loss": losses.mean().item(),
-                "test_loss": evaluation.loss,
-                "test_accuracy": evaluation.accuracy,
-                "seconds": seconds,
-            }
-            self.history.append(row)
-            log.info(
-                "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_accuracy %.2f%%  %.2fs",
-                self.epoch,
-                self.cfg.epochs,
-                row["train_loss"],
-                row["test_loss"],
-                100 * row["test_accuracy"],
-                seconds,
-            )
-            self.save()
-            if on_epoch is not None:
-                on_epoch(row)
-        if evaluation is None:  # nothing left to train (a resumed, finished run)
-            evaluation = self.evaluate()
-        return FitResult(
-            "completed", self.history, evaluation, self.train_seconds, self.images_seen
-        )
+def train_epoch(
+    state: RunState, step: Callable, n: int, cfg: TrainerConfig, stop: StopRequest
+) -> float | Outcome:
+    """Step through the rest of the current epoch, from image `state.position` of its
+    permutation. Returns the epoch's mean training loss once it is done (the state then
+    stands at the start of the next epoch), or the Outcome that ended it early: a
+    non-finite loss, or a stop signal (the state then stands where it stopped)."""
+    device, bs = state.data_rng.device, cfg.batch_size
+    if state.position == 0:
+        state.epoch_rng = state.data_rng.get_state()
+    else:  # resuming mid-epoch: draw this epoch's permutation again
+        state.data_rng.set_state(state.epoch_rng)
+    perm = torch.randperm(n, device=device, generator=state.data_rng)
+    starts = range(state.position, n, bs)
+    losses = torch.empty(len(starts), device=device)
+    done = len(state.partial_losses)  # steps taken before a resume
+    bar = tqdm(
+        total=done + len(starts),
+        initial=done,
+        desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+        disable=not cfg.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    checked = 0  # losses[:checked] are known to be finite
+    with bar:
+        for j, start in enumerate(starts):
+            losses[j] = step(perm[start : start + bs])
+            last = j + 1 == len(starts)
+            if (j + 1) % cfg.log_every and not last and stop.signal is None:
+                continue
+            # one host-device sync per log_every steps: the running loss and a NaN check
+            total, finite = torch.stack(
+                [losses[: j + 1].sum(), torch.isfinite(losses[checked : j + 1]).all()]
+            ).tolist()
+            if not finite:
+                bad = checked + int((~torch.isfinite(losses[checked : j + 1])).nonzero()[0])
+                return diverged(state, float(losses[bad]), done + bad)
+            state.images_seen += min(n, start + bs) - starts[checked]
+            checked = j + 1
+            state.position = min(n, start + bs)
+            bar.update(done + j + 1 - bar.n)
+            running = (sum(state.partial_losses) + total) / (done + j + 1)
+            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+            if stop.signal is not None and not last:
+                state.partial_losses += losses[: j + 1].tolist()
+                return interrupted(state, n, stop.signal)
+    epoch_losses = state.partial_losses + losses.tolist()
+    state.epoch, state.position, state.partial_losses = state.epoch + 1, 0, []
+    return sum(epoch_losses) / len(epoch_losses)
 
-    def _diverged(self, value: float, step: int) -> FitResult:
-        kept = (
-            f"the last good checkpoint (epoch {self.epoch}) is kept"
-            if self.epoch
-            else "no epoch had completed, so there is no checkpoint"
-        )
-        message = f"loss became {value} at epoch {self.epoch + 1}, step {step + 1}: stopped; {kept}"
-        log.error(message)
-        return FitResult(
-            "diverged", self.history, None, self.train_seconds, self.images_seen, message
-        )
 
-    def _interrupted(self, done, losses, epoch_start_state, started) -> FitResult:
-        self.train_seconds += time.perf_counter() - started
-        self.images_seen += (done - self.step_in_epoch) * self.cfg.batch_size
-        self.step_in_epoch, self.partial_losses = done, losses[:done].cpu()
-        name = signal.Signals(self.stop_signal).name
-        message = f"{name} at epoch {self.epoch + 1}, step {done}: saved a checkpoint to resume"
-        self.save(epoch_start_state)
-        log.warning(message)
-        return FitResult(
-            "interrupted",
-            self.history,
-            None,
-            self.train_seconds,
-            self.images_seen,
-            message,
-            self.stop_signal,
+def interrupted(state: RunState, n: int, sig: int) -> Outcome:
+    name = signal.Signals(sig).name
+    where = f"epoch {state.epoch + 1}, image {state.position} of {n}"
+    return Outcome(Status.interrupted, f"{name} at {where}: saved a checkpoint to resume", sig)
+
+
+def diverged(state: RunState, value: float, step: int) -> Outcome:
+    kept = (
+        f"the last good checkpoint (epoch {state.epoch}) is kept"
+        if state.epoch
+        else "no epoch had completed, so there is no checkpoint"
+    )
+    message = f"loss became {value} at epoch {state.epoch + 1}, step {step + 1}: stopped; {kept}"
+    return Outcome(Status.diverged, message)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    predictions: torch.Tensor  # on the CPU
+    confidence: torch.Tensor  # softmax probability of the predicted class
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TrainData, cfg: TrainerConfig) -> Evaluation:
+    model.eval()
+    amp = autocast(cfg, data.x_test.device)
+    total_loss = torch.zeros((), device=data.x_test.device)
+    preds, confs = [], []
+    for i in range(0, len(data.x_test), cfg.eval_batch_size):
+        x = data.x_test[i : i + cfg.eval_batch_size]
+        y = data.y_test[i : i + cfg.eval_batch_size]
+        with amp:
+            logits = model(x).float()
+        total_loss += F.cross_entropy(logits, y, reduction="sum")
+        conf, pred = logits.softmax(1).max(1)
+        preds.append(pred)
+        confs.append(conf)
+    model.train()
+    predictions = torch.cat(preds).cpu()
+    n = max(1, len(data.y_test))
+    accuracy = (predictions == data.y_test.cpu()).sum().item() / n
+    return Evaluation(total_loss.item() / n, accuracy, predictions, torch.cat(confs).cpu())
+
+
+def fit(
+    state: RunState,
+    step: Callable,
+    data: TrainData,
+    cfg: TrainerConfig,
+    stop: StopRequest,
+    save: Callable[[RunState], None] = lambda state: None,
+    on_epoch: Callable[[dict], None] = lambda row: None,
+) -> tuple[Outcome, Evaluation | None]:
+    """Train until cfg.epochs: each epoch, evaluate, log a row, `save`, call `on_epoch`.
+
+    Stops early on a non-finite loss (the last good checkpoint is kept) or a stop signal
+    (a checkpoint of the exact position is saved). Returns the outcome and the last
+    evaluation (None when stopped early)."""
+    state.model.train()
+    evaluation = None
+    while state.epoch < cfg.epochs:
+        started = time.perf_counter()
+        if stop.signal is None:
+            ended = train_epoch(state, step, len(data.x_train), cfg, stop)
+        else:  # it came during the last step of the epoch before
+            ended = interrupted(state, len(data.x_train), stop.signal)
+        if data.x_train.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        state.train_seconds += seconds
+        if isinstance(ended, Outcome):
+            if ended.status == Status.interrupted:
+                save(state)
+                log.warning(ended.message)
+            else:
+                log.error(ended.message)
+            return ended, None
+        evaluation = evaluate(state.model, data, cfg)
+        row = {
+            "epoch": state.epoch,
+            "train_loss": ended,
+            "test_loss": evaluation.loss,
+            "test_accuracy": evaluation.accuracy,
+            "seconds": seconds,
+        }
+        state.history.append(row)
+        log.info(
+            "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_accuracy %.2f%%  %.2fs",
+            state.epoch,
+            cfg.epochs,
+            row["train_loss"],
+            row["test_loss"],
+            100 * row["test_accuracy"],
+            seconds,
         )
+        save(state)
+        on_epoch(row)
+    if evaluation is None:  # a resumed, finished run (or 0 epochs): evaluate it as it is
+        evaluation = evaluate(state.model, data, cfg)
+    return Outcome(Status.completed), evaluation
