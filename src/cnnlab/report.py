@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
+from cnnlab.inspection import CONVS, conv_stages, effective_receptive_field, per_axis
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds"]
 
@@ -251,10 +254,6 @@ def first_layer_weights(model, input_shape=None) -> tuple[str, torch.Tensor]:
     and has no picture to show), else the first dense layer with each row reshaped to the
     input (channels, *spatial): what the MLP's units look for, its "templates".
     """
-    from torch import nn
-
-    from cnnlab.inspection import CONVS
-
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, CONVS)]
     if convs:
         name, conv = next(((n, m) for n, m in convs if m.weight[0, 0].numel() > 1), convs[0])
@@ -325,8 +324,6 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
     (and runs given the same images) compare by eye. Returns the number of stages; draws
     nothing and returns 0 for a model without convs.
     """
-    from cnnlab.inspection import conv_stages
-
     stages = conv_stages(model)
     if not stages:
         return 0
@@ -388,3 +385,48 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return len(stages)
+
+
+def plot_effective_receptive_field(
+    model, images: torch.Tensor, receptive_field, path: Path
+) -> bool:
+    """erf.png: the effective receptive field (the input gradient of the last feature map's
+    centre unit, averaged over `images`) with the theoretical `receptive_field` (int or
+    per axis, as inspect_model gives it) outlined. Returns False, drawing nothing, for a
+    model without convs."""
+    from matplotlib.patches import Rectangle
+
+    erf = effective_receptive_field(model, images)
+    if erf is None:
+        return False
+    rf = per_axis(receptive_field, erf.ndim)
+    erf = (erf / (erf.max() or 1.0)).numpy()
+    # the theoretical field sits where the gradient is non-zero (seen by some image)
+    seen = [
+        np.flatnonzero(erf.max(axis=tuple(a for a in range(erf.ndim) if a != i)))
+        for i in range(erf.ndim)
+    ]
+    centre = [
+        (s[0] + s[-1]) / 2 if len(s) else (n - 1) / 2 for s, n in zip(seen, erf.shape, strict=True)
+    ]
+    fig = _figure(4.5, 4 if erf.ndim == 2 else 2.8)
+    ax = fig.add_subplot()
+    title = "x".join(map(str, rf))
+    if erf.ndim == 2:
+        im = ax.imshow(erf, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="|gradient| / max")
+        corner = (centre[1] - rf[1] / 2, centre[0] - rf[0] / 2)
+        ax.add_patch(Rectangle(corner, rf[1], rf[0], fill=False, ec="cyan", ls="--", lw=1.5))
+        ax.set(xlim=(-0.5, erf.shape[1] - 0.5), ylim=(erf.shape[0] - 0.5, -0.5))
+    else:
+        ax.plot(erf, color="black")
+        ax.axvspan(centre[0] - rf[0] / 2, centre[0] + rf[0] / 2, color="cyan", alpha=0.3)
+        ax.set(xlabel="input position", ylabel="|gradient| / max")
+    ax.set_title(
+        f"effective receptive field of the centre unit, {len(images)} images\n"
+        f"dashed / shaded: the theoretical field, {title}",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
