@@ -129,14 +129,10 @@ def test_inspection_leaves_the_model_as_it_was():
     model = build_model(LeNetConfig(norm="batch"), MNIST, 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     inspect_model(model, MNIST)
-    report.plot_feature_maps(model, torch.randn(2, *MNIST), _null_png())
+    report.plot_feature_maps(model, torch.randn(2, *MNIST), io.BytesIO())  # nothing on disk
     assert model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), f"{key} changed"
-
-
-def _null_png():
-    return io.BytesIO()  # savefig takes a file object; nothing on disk
 
 
 # ---- formats -----------------------------------------------------------------------------
