@@ -68,6 +68,8 @@ commands:
                       (-m for sweeps, --help for Hydra's help, --cfg job to print the config)
   compare PATH ...    compare run and sweep folders: one table, optional plots (--help)
   bench [ARGS]        time epochs: cnnlab's loop against the classic DataLoader one (--help)
+  inspect [overrides] the model train would build, per layer: shape, parameters, MACs,
+                      receptive field; reads no data (--format table|md|csv|json)
 
 Exit codes: 0 ok, 1 failed, 2 bad input, 3 diverged, 130/143 interrupted.
 """
@@ -439,9 +441,56 @@ def bench_main(args: list[str]) -> int:
     return bench.main(args)
 
 
+def inspect_main(args: list[str]) -> int:
+    """`cnnlab inspect [overrides] [--format F]`: the model that `cnnlab train` would build
+    with the same overrides, layer by layer. Trains nothing and reads no dataset file: a
+    data preset knows its input shape and class count."""
+    from hydra import compose, initialize_config_dir
+
+    from cnnlab.inspection import format_inspection, inspect_model
+
+    p = argparse.ArgumentParser(
+        prog="cnnlab inspect",
+        description="Per layer: output shape, parameters, MACs, receptive field and jump of "
+        "the model that `cnnlab train` builds with the same overrides.",
+        exit_on_error=False,
+    )
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train")
+    p.add_argument("--format", default="table", choices=["table", "md", "csv", "json"])
+    try:
+        a, unknown = p.parse_known_intermixed_args(args)  # overrides after --format too
+        if unknown:
+            raise argparse.ArgumentError(
+                None, f"{unknown[0]} is not an option of inspect: give overrides and --format"
+            )
+    except argparse.ArgumentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose("train", overrides=a.overrides)
+        refuse_unknown_keys(cfg)
+        plain = OmegaConf.to_object(cfg)
+        input_shape, classes = data.spec(plain.data)
+        model = build_model(plain.model, input_shape, len(classes))
+    except (HydraException, OmegaConfBaseException, ConfigError) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message = str(e) if isinstance(e, ConfigError) else compose_error_line(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    print(format_inspection(inspect_model(model, input_shape), a.format))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"train": train_main, "compare": compare_main, "bench": bench_main}
+    commands = {
+        "train": train_main,
+        "compare": compare_main,
+        "bench": bench_main,
+        "inspect": inspect_main,
+    }
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
