@@ -17,6 +17,8 @@ RUN_FILES = [
     "confusion_matrix.png",
     "confusion_matrix.csv",
     "mistakes.png",
+    "filters.png",
+    "feature_maps.png",
     "checkpoints/last.pt",
     ".hydra/config.yaml",
     ".hydra/overrides.yaml",

@@ -28,6 +28,10 @@ from cnnlab.models import build_model, count_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRICS_KEYS = [
+    "images_seen",
+    "numerics",
+    "macs",
+    "receptive_field",
     "status",
     "model",
     "data",
@@ -233,7 +237,10 @@ def test_run_folder_has_every_file(lenet_run):
     assert not list(folder.rglob("*.tmp")), "a temporary file was left behind"
 
 
-@pytest.mark.parametrize("name", ["loss_curve.png", "confusion_matrix.png", "mistakes.png"])
+@pytest.mark.parametrize(
+    "name",
+    ["loss_curve.png", "confusion_matrix.png", "mistakes.png", "filters.png", "feature_maps.png"],
+)
 def test_plots_are_png_images(lenet_run, name):
     from PIL import Image
 
@@ -250,7 +257,8 @@ def test_metrics_json_has_every_key_with_sane_values(lenet_metrics):
     assert not [k for k in METRICS_KEYS if k not in m], m.keys()
     assert m["status"] == "completed"
     assert (m["model"], m["data"]) == ("lenet5", "digits")
-    assert m["params"] == 44426
+    assert (m["params"], m["macs"], m["receptive_field"]) == (44426, 281640, 16)
+    assert m["images_seen"] == 2 * 1347  # two epochs of digits' training images
     assert 0 <= m["accuracy"] <= 1 and 0 <= m["f1_macro"] <= 1
     assert m["accuracy"] > 0.2  # two epochs on digits learn something (chance is 0.1)
     assert m["epochs_completed"] == 2
@@ -341,6 +349,17 @@ def test_train_log_has_a_line_per_epoch(lenet_run):
     log = (lenet_run["folder"] / "train.log").read_text()
     for epoch in (1, 2):
         assert re.search(rf"epoch {epoch}/2\b.*loss.*accuracy", log), log
+    # the inspect table, with its totals row
+    assert re.search(r"total\s+44,426\s+281,640\s+16", log), log
+
+
+def test_pictures_false_leaves_the_pictures_out(tmp_path, run_cli):
+    args = ["model=mlp", "data=synthetic", "trainer.epochs=1", "trainer.progress=false"]
+    result = run_cli(tmp_path, "train", *args, "pictures=false", "hydra.run.dir=run")
+    assert result.returncode == 0, output(result)
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert not (tmp_path / "run" / "filters.png").exists()
+    assert not (tmp_path / "run" / "feature_maps.png").exists()
 
 
 def test_mlp_end_to_end(tmp_path, run_cli):
@@ -356,9 +375,11 @@ def test_mlp_end_to_end(tmp_path, run_cli):
     assert result.returncode == 0, output(result)
     (folder,) = run_folders(tmp_path)
     assert re.fullmatch(r"\d{2}-\d{2}-\d{2}_mlp(-\d+)?", folder.name), folder.name
-    assert not [name for name in RUN_FILES if not (folder / name).is_file()]
+    # an MLP has no conv stage to show: every file but feature_maps.png
+    assert [name for name in RUN_FILES if not (folder / name).is_file()] == ["feature_maps.png"]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert (metrics["status"], metrics["model"], metrics["params"]) == ("completed", "mlp", 101770)
+    assert metrics["macs"] == 101632
     assert metrics["epochs_completed"] == 1 and 0 <= metrics["accuracy"] <= 1
     state = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
     build_model(MLPConfig(), (1, 28, 28), 10).load_state_dict(state["model"])

@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from torch import nn
 
 from cnnlab import data, report
 from cnnlab.config import (
@@ -42,7 +43,8 @@ from cnnlab.config import (
     is_run_setting,
     register_configs,
 )
-from cnnlab.models import build_model, count_conv_layers, count_params, summary
+from cnnlab.inspection import format_inspection, inspect_model
+from cnnlab.models import build_model, count_conv_layers, summary
 from cnnlab.outcome import EXIT_CODES, Outcome, RunError, Status
 from cnnlab.train import (
     RunState,
@@ -206,29 +208,52 @@ def pick_device(name: str, job_num: int | None) -> torch.device:
     return resolve_device(name)
 
 
+def load_tensors(cfg: TrainConfig, device: torch.device) -> tuple[data.Dataset, TrainData]:
+    """The dataset as loaded (uint8, for the report) and normalised on the device."""
+    ds = data.load(cfg.data)
+    shape = "x".join(map(str, ds.x_train.shape[1:]))
+    log.info(
+        "data %s: %d train / %d test of %s on %s",
+        *(cfg.data.name, len(ds.y_train), len(ds.y_test), shape, device),
+    )
+    norm = cfg.data.normalize
+    return ds, TrainData(
+        data.to_device(ds.x_train, device, norm),
+        ds.y_train.to(device),
+        data.to_device(ds.x_test, device, norm),
+        ds.y_test.to(device),
+    )
+
+
+def describe_model(cfg: TrainConfig, model: nn.Module, input_shape: tuple) -> dict:
+    """The model's figures for metrics.json; its inspect table goes into train.log."""
+    info, layers = inspect_model(model, input_shape), summary(model)
+    log.info("model %s: %s parameters | %s", cfg.model.name, f"{info['params']:,}", layers)
+    log.info("layers (cnnlab inspect):\n%s", format_inspection(info, "table"))
+    return {
+        "params": info["params"],
+        "macs": info["macs"],
+        "receptive_field": info["receptive_field"],
+        "conv_layers": count_conv_layers(model),
+        "layers": layers,
+    }
+
+
+def draw_pictures(model: nn.Module, tensors: TrainData, input_shape: tuple, run_dir: Path):
+    """filters.png and feature_maps.png, from the same first test images every run."""
+    report.plot_filters(model, run_dir / "filters.png", input_shape)
+    report.plot_feature_maps(model, tensors.x_test[:4], run_dir / "feature_maps.png")
+
+
 def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None) -> tuple[dict, Outcome]:
     """One training run into run_dir: its metrics, and the outcome the process reports."""
     started_at = datetime.now().isoformat(timespec="seconds")
     device = pick_device(cfg.device, job_num)
     input_shape, classes = data.spec(cfg.data)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, input_shape, len(classes)).to(device)
-    params, layers = count_params(model), summary(model)
-    log.info("model %s: %s parameters | %s", cfg.model.name, f"{params:,}", layers)
-
-    ds = data.load(cfg.data)
-    shape = "x".join(map(str, input_shape))
-    log.info(
-        "data %s: %d train / %d test of %s on %s",
-        *(cfg.data.name, len(ds.y_train), len(ds.y_test), shape, device),
-    )
-    norm = cfg.data.normalize
-    tensors = TrainData(
-        data.to_device(ds.x_train, device, norm),
-        ds.y_train.to(device),
-        data.to_device(ds.x_test, device, norm),
-        ds.y_test.to(device),
-    )
+    model = build_model(cfg.model, input_shape, len(classes))
+    described = describe_model(cfg, model, input_shape)
+    ds, tensors = load_tensors(cfg, device)
     checkpoint, config = run_dir / "checkpoints" / "last.pt", resume_config(cfg)
 
     def save(state: RunState) -> None:
@@ -244,12 +269,13 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None) -> tuple[dic
 
     stop = StopRequest()
     with numerics(cfg.trainer) as flags, stop.catching():  # a late signal waits for the files
-        state, step, tensors, path = start_run(model, tensors, cfg.trainer, device, cfg.seed)
+        state, step, tensors, path = start_run(
+            model.to(device), tensors, cfg.trainer, device, cfg.seed
+        )
         if cfg.resume:
             state.load_state_dict(load_checkpoint(cfg.resume), cfg.trainer.lr)
-            log.info(
-                "resumed from %s at epoch %d, image %d", cfg.resume, state.epoch, state.position
-            )
+            at = (state.epoch, state.position)
+            log.info("resumed from %s at epoch %d, image %d", cfg.resume, *at)
         log.info("training path: %s, precision %s", path, cfg.trainer.precision)
         try:
             outcome, evaluation = fit(state, step, tensors, cfg.trainer, stop, save, on_epoch)
@@ -260,9 +286,7 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None) -> tuple[dic
             "status": str(outcome.status),
             "model": cfg.model.name,
             "data": cfg.data.name,
-            "params": params,
-            "conv_layers": count_conv_layers(model),
-            "layers": layers,
+            **described,
             "accuracy": None,
             "f1_macro": None,
             "per_class": None,
@@ -282,6 +306,8 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None) -> tuple[dic
             **peak_memory(device),
             **({"error": outcome.message} if outcome.status != Status.completed else {}),
         }
+        if cfg.pictures:
+            draw_pictures(model, tensors, input_shape, run_dir)
         title = f"{cfg.model.name} on {cfg.data.name}"
         report.write_run(run_dir, metrics, state.history, evaluation, ds, title)
     if outcome.status == Status.completed and stop.signal is not None:
@@ -363,11 +389,8 @@ def train_main(args: list[str]) -> int:
         try:
             for job in composed_jobs(hydra_args.overrides, hydra_args.multirun):
                 check_config(job)
-        except (HydraException, OmegaConfBaseException, RunError) as e:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1" and not isinstance(e, RunError):
-                raise
-            print(f"error: {compose_error_line(e)}", file=sys.stderr)
-            return EXIT_CODES[Status.bad_input]
+        except BAD_INPUT as e:
+            return refuse_bad_input(e)
     sys.argv = ["cnnlab train", *args]
     SweepSummary.failed = []
     train_command()
@@ -380,6 +403,18 @@ def train_main(args: list[str]) -> int:
         )
         return EXIT_CODES[Status.failed]
     return EXIT_CODES[Status.completed]
+
+
+BAD_INPUT = (HydraException, OmegaConfBaseException, RunError)
+
+
+def refuse_bad_input(e: BaseException) -> int:
+    """One `error:` line on stderr and the bad-input exit code; a user who set
+    HYDRA_FULL_ERROR=1 gets Hydra's whole trace instead."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" and not isinstance(e, RunError):
+        raise e
+    print(f"error: {compose_error_line(e)}", file=sys.stderr)
+    return EXIT_CODES[Status.bad_input]
 
 
 # lines of Hydra's and OmegaConf's messages that say nothing about this override
@@ -445,10 +480,6 @@ def inspect_main(args: list[str]) -> int:
     """`cnnlab inspect [overrides] [--format F]`: the model that `cnnlab train` would build
     with the same overrides, layer by layer. Trains nothing and reads no dataset file: a
     data preset knows its input shape and class count."""
-    from hydra import compose, initialize_config_dir
-
-    from cnnlab.inspection import format_inspection, inspect_model
-
     p = argparse.ArgumentParser(
         prog="cnnlab inspect",
         description="Per layer: output shape, parameters, MACs, receptive field and jump of "
@@ -467,18 +498,11 @@ def inspect_main(args: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose("train", overrides=a.overrides)
-        refuse_unknown_keys(cfg)
-        plain = OmegaConf.to_object(cfg)
-        input_shape, classes = data.spec(plain.data)
-        model = build_model(plain.model, input_shape, len(classes))
-    except (HydraException, OmegaConfBaseException, ConfigError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        message = str(e) if isinstance(e, ConfigError) else compose_error_line(e)
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        cfg = check_config(composed_jobs(a.overrides, multirun=False)[0])
+    except BAD_INPUT as e:
+        return refuse_bad_input(e)
+    input_shape, classes = data.spec(cfg.data)
+    model = build_model(cfg.model, input_shape, len(classes))
     print(format_inspection(inspect_model(model, input_shape), a.format))
     return 0
 

@@ -70,6 +70,7 @@ RUN_SETTINGS = (
     "trainer.log_every",
     "trainer.checkpoint",
     "trainer.eval_batch_size",
+    "pictures",
 )
 # Repeats of one experiment: runs that differ only in these are grouped (mean, std, n).
 REPEAT_KEYS = ("seed", "seeds")
@@ -248,6 +249,7 @@ class TrainConfig:
     seed: int = 0
     resume: str | None = None  # a run folder or a checkpoint file
     logger: Logger = Logger.none
+    pictures: bool = True  # filters.png and feature_maps.png (off for large sweeps)
 
     def __post_init__(self):
         if not 0 <= self.seed < 2**32:  # what numpy's and torch's seeding accept

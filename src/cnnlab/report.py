@@ -85,16 +85,16 @@ def write_confusion_csv(path: Path, cm: torch.Tensor, classes: list[str]) -> Non
 # ---- plots -------------------------------------------------------------------------------
 
 
-def _figure(**kwargs):
+def _figure(width: float, height: float):
     """A figure without pyplot: no global backend to switch and no figure registry to
     leak, so plotting is safe in a notebook, a sweep's process or a headless job."""
     from matplotlib.figure import Figure
 
-    return Figure(**kwargs)
+    return Figure(figsize=(width, height))
 
 
 def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
-    fig = _figure(figsize=(6, 4))
+    fig = _figure(6, 4)
     ax = fig.subplots()
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (mean per epoch)")
@@ -112,7 +112,7 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, titl
     the same, but importing seaborn (with pandas and scipy.stats) took 1.4 s of each run."""
     k = len(classes)
     size = max(5.0, 0.55 * k + 2)
-    fig = _figure(figsize=(size + 1, size))
+    fig = _figure(size + 1, size)
     ax = fig.subplots()
     counts = cm.numpy()
     image = ax.imshow(counts, cmap="Blues")
@@ -137,7 +137,7 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     order = wrong[confidence[wrong].argsort(descending=True)][:n]
     cols = 4
     rows = max(1, (len(order) + cols - 1) // cols)
-    fig = _figure(figsize=(2.3 * cols, 2.5 * rows))
+    fig = _figure(2.3 * cols, 2.5 * rows)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -210,13 +210,6 @@ class TensorBoardLogger:
 # ---- what the filters see ------------------------------------------------------------------
 
 MAX_TILES = 64  # filters.png shows at most this many kernels
-
-
-def _figure(width: float, height: float):
-    # the Figure API keeps no global pyplot state; savefig picks the Agg canvas itself
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height))
 
 
 def _colormap(name: str, gaps: str):
