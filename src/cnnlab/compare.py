@@ -124,7 +124,7 @@ def _read_history(file: Path) -> pd.DataFrame:
     try:
         text = file.read_text()
         history = pd.read_csv(file).apply(pd.to_numeric, errors="coerce")
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError):
+    except (OSError, ValueError):  # pandas' parser errors and UnicodeDecodeError are ValueErrors
         return pd.DataFrame()
     # A run killed mid-write leaves a cut last line: keep the rows before it.
     return history if text.endswith("\n") else history.iloc[:-1]
@@ -210,8 +210,10 @@ def _group(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     table["run"] += (" (+" + others.astype(str) + ")").where(others > 0, "")
     table["n"] = groups.size()
     mean, std = groups[NUMBERS].mean(), groups[NUMBERS].std()
+    # where the seeds agree (params), the value itself: no "± 0", no 10.800000000000001
+    mean = mean.mask(std == 0, groups[NUMBERS].first())
     mean[INTEGERS] = mean[INTEGERS].round().astype("Int64")
-    std = std.where(std > 0).dropna(axis=1, how="all")  # no "± 0" where seeds agree (params)
+    std = std.where(std > 0).dropna(axis=1, how="all")
     table = table.join(mean).join(std.add_suffix("_std"))
     shown = [col for col in METRICS if col not in OPTIONAL or table[col].notna().any()]
     columns = ["run", "model", *keys]
@@ -302,7 +304,10 @@ def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
     if fmt == "csv":
         return table.to_csv(index=False)
     if fmt == "json":  # json has no NaN: a missing or diverged value is null
-        return table.to_json(orient="records", indent=2, double_precision=15)
+        # not to_json: it writes 10.8 as 10.800000000000001, or cuts every value to 10 digits
+        return json.dumps(
+            table.astype(object).where(table.notna(), None).to_dict("records"), indent=2
+        )
     if table.empty:
         return "(no runs)"
     shown = pd.DataFrame({col: _texts(table, col) for col in table if not col.endswith("_std")})
@@ -375,6 +380,7 @@ PLOT = {"kind": "line", "errorbar": "sd", "legend": "full", "height": 4, "aspect
 
 def _plot_accuracy(seeds: pd.DataFrame, keys: list[str], file: Path) -> None:
     import seaborn as sns
+    from matplotlib.ticker import EngFormatter
 
     data, roles = _roles(seeds.dropna(subset=["params", "accuracy_%"]), keys)
     measures = ["params"] + ["macs"] * bool(data["macs"].notna().any())
@@ -390,9 +396,9 @@ def _plot_accuracy(seeds: pd.DataFrame, keys: list[str], file: Path) -> None:
         **PLOT,
         **roles,
     )
-    if (data["value"] > 0).all():
-        grid.set(xscale="log")
-    grid.set_axis_labels(" or ".join(measures) + " (log scale)", "test accuracy (%)")
+    grid.set_axis_labels(" or ".join(measures), "test accuracy (%)")
+    for axes in grid.axes.flat:
+        axes.xaxis.set_major_formatter(EngFormatter())  # 50 k, 1 M
     _save(grid, file)
 
 
