@@ -300,7 +300,8 @@ def _is_numeric(column: pd.Series) -> bool:
 def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
     """The table as aligned text, csv, GitHub markdown or json. csv and json keep every
     column (x and x_std, full precision); table and md show "mean ± std"."""
-    _check_format(fmt)
+    if fmt not in FORMATS:
+        raise CompareError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fmt == "csv":
         return table.to_csv(index=False)
     if fmt == "json":  # json has no NaN: a missing or diverged value is null
@@ -332,11 +333,6 @@ def _texts(table: pd.DataFrame, col: str) -> pd.Series:
         std = table[col + "_std"].map(lambda value: f" ± {value:,.{digits}f}", na_action="ignore")
         texts += std.fillna("")
     return texts
-
-
-def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise CompareError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
 
 
 # ---------------------------------------------------------------- files and plots
@@ -431,15 +427,14 @@ def compare_command(paths, sort: str | None = None, fmt: str = "table", out=None
     """`cnnlab compare`: 0 once the table is printed (failed runs are rows, not errors),
     2 for a bad argument."""
     try:
-        _check_format(fmt)
         runs = [load_run(path) for path in find_runs(paths)]
         if not runs:
             raise CompareError(f"no run folders in: {', '.join(map(str, paths))}")
-        table = compare_table(runs, sort)
+        text = format_table(compare_table(runs, sort), fmt)
     except CompareError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_table(table, fmt))
+    print(text)
     if out is not None:
         write_summary(runs, out, sort)
         # stderr, so that `--format json --out DIR > table.json` stays valid json
