@@ -4,6 +4,8 @@ import csv
 import io
 import json
 import statistics
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -23,8 +25,12 @@ def make_run(
     status="completed",
     error=None,
     epochs=2,
+    seeds=None,
+    **extra,
 ):
-    """A run folder as `cnnlab train` leaves it: metrics.json, history.csv, .hydra/."""
+    """A run folder as `cnnlab train` leaves it: metrics.json, history.csv, .hydra/.
+    seeds=[accuracy, ...]: a multi-seed run (seeds 0, 1, ...) with these accuracies;
+    extra: more metrics (macs, receptive_field)."""
     (folder / ".hydra").mkdir(parents=True)
     config = {
         "device": "cpu",
@@ -44,6 +50,8 @@ def make_run(
         },
         "trainer": {"epochs": epochs, "batch_size": 64, "lr": 0.001, "progress": True},
     }
+    if seeds:
+        config["seeds"] = list(range(len(seeds)))
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     overrides = [f"model.width={width}", f"model.depth={depth}", f"seed={seed}"]
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -65,11 +73,34 @@ def make_run(
     }
     if error:
         metrics["error"] = error
+    if seeds:
+        per_seed = [
+            {"seed": s, "accuracy": a, "f1_macro": a - 0.01, "status": "completed"}
+            for s, a in enumerate(seeds)
+        ]
+        std = statistics.stdev(seeds)
+        metrics.update(seeds=list(range(len(seeds))), per_seed=per_seed, accuracy_std=std)
+        metrics.update(accuracy=statistics.mean(seeds), f1_macro=statistics.mean(seeds) - 0.01)
+        metrics.update(f1_macro_std=std)
+    metrics.update(extra)
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    lines = ["epoch,train_loss,test_loss,test_accuracy,seconds"]
-    lines += [f"{e},{1 / e:.3f},{1.2 / e:.3f},{accuracy:.3f},0.5" for e in range(1, epochs + 1)]
+    if seeds:  # one row per epoch and seed
+        lines = ["epoch,seed,train_loss,test_loss,test_accuracy,seconds"]
+        lines += [
+            f"{e},{s},{1 / e:.3f},{(1.2 + s / 10) / e:.3f},{a:.3f},0.5"
+            for e in range(1, epochs + 1)
+            for s, a in enumerate(seeds)
+        ]
+    else:
+        lines = ["epoch,train_loss,test_loss,test_accuracy,seconds"]
+        lines += [f"{e},{1 / e:.3f},{1.2 / e:.3f},{accuracy:.3f},0.5" for e in range(1, epochs + 1)]
     (folder / "history.csv").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def table_rows(*folders, sort=None):
+    """compare_table over the runs in folders, as one dict per row."""
+    return compare.compare_table(compare.find_runs(folders), sort=sort).to_dict("records")
 
 
 # width x depth: parameters grow with both, as in the chapter's exercise
@@ -109,7 +140,7 @@ def test_find_runs_unknown_path(tmp_path):
 
 @pytest.mark.parametrize("fmt", compare.FORMATS)
 def test_four_rows_in_every_format(sweep, fmt):
-    text = compare.format_rows(compare.compare_table(compare.find_runs([sweep])), fmt)
+    text = compare.format_table(compare.compare_table(compare.find_runs([sweep])), fmt)
     if fmt == "json":
         rows = json.loads(text)
     elif fmt == "csv":
@@ -123,10 +154,12 @@ def test_four_rows_in_every_format(sweep, fmt):
 
 
 def test_columns_are_the_differing_config_keys(sweep):
-    rows = compare.compare_table(compare.find_runs([sweep]))
+    rows = table_rows(sweep)
     columns = list(rows[0])
     assert columns[:4] == ["run", "model", "model.width", "model.depth"]
-    assert columns[4:] == [*compare.METRICS, "status"]  # no n (no seeds), no reason (no failure)
+    # no macs or receptive_field (no run has them), no n (no seeds), no reason (no failure)
+    metrics = [m for m in compare.METRICS if m not in compare.OPTIONAL]
+    assert columns[4:] == [*metrics, "status"]
     for same_or_noise in ("model.kernel_size", "trainer.epochs", "data.root", "seed", "device"):
         assert same_or_noise not in columns
     assert [row["run"] for row in rows] == [
@@ -139,19 +172,34 @@ def test_columns_are_the_differing_config_keys(sweep):
 
 def test_table_and_markdown_show_percent_with_two_decimals(sweep):
     rows = compare.compare_table(compare.find_runs([sweep]))
+    assert "macs" not in rows and "receptive_field" not in rows
     for fmt in ("table", "md"):
-        text = compare.format_rows(rows, fmt)
+        text = compare.format_table(rows, fmt)
         assert "accuracy_%" in text and "93.00" in text and "44,426" in text
 
 
 def test_sort_ascending_and_descending(sweep):
     runs = compare.find_runs([sweep])
-    ascending = [row["params"] for row in compare.compare_table(runs, sort="params")]
+    ascending = list(compare.compare_table(runs, sort="params")["params"])
     assert ascending == sorted(GRID.values())
-    descending = [row["params"] for row in compare.compare_table(runs, sort="-params")]
+    descending = list(compare.compare_table(runs, sort="-params")["params"])
     assert descending == sorted(GRID.values(), reverse=True)
-    best = compare.compare_table(runs, sort="-accuracy")[0]  # alias of accuracy_%
+    best = compare.compare_table(runs, sort="-accuracy").iloc[0]  # alias of accuracy_%
     assert best["accuracy_%"] == pytest.approx(93.0)
+
+
+def test_sort_text_in_natural_order_numbers_as_numbers_blanks_last(tmp_path):
+    for job, width in enumerate([0.5, 0.25, 2, 1, 0.75, 3, 1.5, 4, 8, 16, 0.125]):
+        make_run(tmp_path / f"{job}_model.width={width}", width=width, accuracy=0.9 - job / 100)
+    (tmp_path / "11_model.width=32").mkdir()  # no config, no metrics: blank width
+    runs = compare.find_runs([tmp_path])
+    widths = list(compare.compare_table(runs, sort="model.width")["model.width"])
+    assert widths[:-1] == [0.125, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 8, 16]
+    assert widths[-1] is None
+    names = list(compare.compare_table(runs, sort="-run")["run"])
+    assert names[:3] == ["11_model.width=32", "10_model.width=0.125", "9_model.width=16"]
+    accuracies = list(compare.compare_table(runs, sort="-accuracy")["accuracy_%"])
+    assert accuracies[0] == pytest.approx(90.0) and accuracies[-1] != accuracies[-1]  # NaN
 
 
 def test_unknown_sort_key_and_format(sweep):
@@ -159,7 +207,7 @@ def test_unknown_sort_key_and_format(sweep):
     with pytest.raises(ValueError, match="'speed'.*params"):
         compare.compare_table(compare.find_runs([sweep]), sort="speed")
     with pytest.raises(ValueError, match="'xml'.*table, csv, md, json"):
-        compare.format_rows(rows, "xml")
+        compare.format_table(rows, "xml")
 
 
 def test_failed_run_is_a_row_with_its_reason(sweep):
@@ -169,11 +217,12 @@ def test_failed_run_is_a_row_with_its_reason(sweep):
         status="failed",
         error="CUDA out of memory.\nTried to allocate 2 GiB",
     )
-    rows = compare.compare_table(compare.find_runs([sweep]))
+    table = compare.compare_table(compare.find_runs([sweep]))
+    rows = table.to_dict("records")
     assert len(rows) == 5
     assert rows[-1]["status"] == "failed"
     assert rows[-1]["reason"] == "CUDA out of memory. Tried to allocate 2 GiB"  # one line
-    assert compare.failed(rows) == [rows[-1]]
+    assert [row["run"] for row in compare.failed(table)] == [rows[-1]["run"]]
 
 
 def test_partial_metrics_and_empty_folder_are_listed_with_reasons(tmp_path, sweep, capsys):
@@ -181,7 +230,7 @@ def test_partial_metrics_and_empty_folder_are_listed_with_reasons(tmp_path, swee
     text = (broken / "metrics.json").read_text()
     (broken / "metrics.json").write_text(text[: len(text) // 2])  # killed while writing
     (sweep / "5_model.width=8,model.depth=1").mkdir()  # died before writing anything
-    rows = {row["run"]: row for row in compare.compare_table(compare.find_runs([sweep]))}
+    rows = {row["run"]: row for row in table_rows(sweep)}
     assert len(rows) == 6
     partial = rows["4_model.width=4,model.depth=1"]
     assert partial["status"] == "unreadable" and "metrics.json" in partial["reason"]
@@ -202,7 +251,7 @@ def test_broken_history_and_missing_metrics(tmp_path):
     loaded = compare.load_run(run)
     assert loaded["status"] == "missing"
     assert loaded["reason"].startswith("no metrics.json")
-    assert [h["epoch"] for h in loaded["history"]] == [1.0, 2.0]
+    assert list(loaded["history"]["epoch"]) == [1, 2]
     assert loaded["config"]["model.width"] == 1.0
     assert "seed=0" in loaded["overrides"]
 
@@ -214,31 +263,31 @@ def test_seeds_are_grouped_into_mean_and_std(tmp_path):
     make_run(tmp_path / "3_model.width=2", width=2, params=120000)  # a different setting
     rows = compare.compare_table(compare.find_runs([tmp_path]))
     assert len(rows) == 2
-    group, single = rows
+    group, single = rows.to_dict("records")
     assert group["n"] == 3 and single["n"] == 1
     assert group["run"] == "0_seed=0 (+2)"
     percents = [100 * a for a in accuracies]
-    assert group["accuracy_%"].mean == pytest.approx(statistics.mean(percents))
-    assert group["accuracy_%"].std == pytest.approx(statistics.stdev(percents))
+    assert group["accuracy_%"] == pytest.approx(statistics.mean(percents))
+    assert group["accuracy_%_std"] == pytest.approx(statistics.stdev(percents))
     assert group["params"] == 44426  # the same in every seed: a plain value, no "± 0"
-    assert "seed" not in group
+    assert "params_std" not in group and "seed" not in group
 
-    table = compare.format_rows(rows, "table")
+    table = compare.format_table(rows, "table")
     mean, std = statistics.mean(percents), statistics.stdev(percents)
     assert f"{mean:.2f} ± {std:.2f}" in table
-    parsed = list(csv.DictReader(io.StringIO(compare.format_rows(rows, "csv"))))
+    parsed = list(csv.DictReader(io.StringIO(compare.format_table(rows, "csv"))))
     assert float(parsed[0]["accuracy_%"]) == pytest.approx(mean)
     assert float(parsed[0]["accuracy_%_std"]) == pytest.approx(std)
     assert parsed[1]["accuracy_%_std"] == ""
-    assert json.loads(compare.format_rows(rows, "json"))[0]["n"] == 3
+    assert json.loads(compare.format_table(rows, "json"))[0]["n"] == 3
 
 
 def test_write_summary_files_and_plots(tmp_path, sweep):
     (sweep / "1_model.width=1,model.depth=2" / "history.csv").unlink()  # skipped in the plot
     (sweep / "4_model.width=4,model.depth=1").mkdir()  # no metrics: skipped in the plot
     out = tmp_path / "summary"
-    rows = compare.write_summary(compare.find_runs([sweep]), out)
-    assert len(rows) == 5
+    table = compare.write_summary(compare.find_runs([sweep]), out)
+    assert len(table) == 5
     with open(out / "comparison.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 5
     assert (out / "comparison.md").read_text().count("| 0_model.width=1,model.depth=1 |") == 1
@@ -286,9 +335,88 @@ def test_run_names_drop_the_overrides_every_job_shares(tmp_path):
     ]
     for width, name in enumerate(names, start=1):
         make_run(tmp_path / name, width=width)  # three configs: three rows
-    rows = compare.compare_table(compare.find_runs([tmp_path]))
-    assert [row["run"] for row in rows] == [
+    assert [row["run"] for row in table_rows(tmp_path)] == [
         "0_model.channels=[6,16],model.width=1",
         "1_model.channels=[6,16],model.width=2",
         "2_model.channels=[8,16],model.width=2",
     ]
+
+
+def test_a_multi_seed_run_is_mean_std_and_n(tmp_path):
+    accuracies = [0.91, 0.92, 0.94, 0.95]
+    make_run(tmp_path / "multi", seeds=accuracies, params=44426)
+    (row,) = table_rows(tmp_path)
+    percents = [100 * a for a in accuracies]
+    assert row["run"] == "multi" and row["n"] == 4
+    assert row["accuracy_%"] == pytest.approx(statistics.mean(percents))
+    assert row["accuracy_%_std"] == pytest.approx(statistics.stdev(percents))
+    assert row["f1_macro_std"] == pytest.approx(statistics.stdev(accuracies))
+    assert row["params"] == 44426 and "params_std" not in row  # the run's own value
+    table = compare.format_table(compare.compare_table([tmp_path / "multi"]))
+    mean, std = statistics.mean(percents), statistics.stdev(percents)
+    assert f"{mean:.2f} ± {std:.2f}" in table
+
+
+def test_multi_seed_and_single_seed_runs_of_one_config_share_a_row(tmp_path):
+    multi, single = [0.91, 0.92, 0.94, 0.95], [0.90, 0.97]
+    make_run(tmp_path / "0_seeds=4", seeds=multi)
+    for seed, accuracy in enumerate(single, start=1):
+        make_run(tmp_path / f"{seed}_seed={seed}", seed=seed, accuracy=accuracy)
+    make_run(tmp_path / "3_model.width=2", width=2, seeds=[0.8, 0.82])  # another config
+    rows = table_rows(tmp_path)
+    assert [(row["run"], row["n"]) for row in rows] == [
+        ("0_seeds=4 (+2)", 6),
+        ("3_model.width=2", 2),
+    ]
+    percents = [100 * a for a in multi + single]  # the six seeds, each counted once
+    assert rows[0]["accuracy_%"] == pytest.approx(statistics.mean(percents))
+    assert rows[0]["accuracy_%_std"] == pytest.approx(statistics.stdev(percents))
+    assert list(rows[0])[:3] == ["run", "model", "model.width"]  # seed, seeds: no columns
+
+
+def test_macs_and_receptive_field_columns_after_params(tmp_path, capsys):
+    make_run(tmp_path / "0_a", params=44426, macs=289_886, receptive_field=16)
+    make_run(tmp_path / "1_b", width=2, params=120000, macs=1_100_000, receptive_field=[5, 9])
+    make_run(tmp_path / "2_c", width=3, params=200000)  # an older run without them
+    rows = table_rows(tmp_path)
+    assert list(rows[0])[3:7] == ["params", "macs", "receptive_field", "conv_layers"]
+    assert [row["receptive_field"] for row in rows[:2]] == ["16", "5x9"]
+    text = compare.format_table(compare.compare_table(compare.find_runs([tmp_path])))
+    assert "289,886" in text and "5x9" in text
+
+    runs = [tmp_path / "0_a", tmp_path / "1_b"]
+    assert compare.compare_command(runs, fmt="json") == 0
+    parsed = json.loads(capsys.readouterr().out)
+    assert [row["macs"] for row in parsed] == [289_886, 1_100_000]
+
+
+def png_size(file):
+    """(width, height) of a PNG, from its IHDR chunk."""
+    data = file.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plots_of_multi_seed_runs_with_macs_and_a_facet_per_third_key(tmp_path):
+    runs = tmp_path / "runs"
+    for job, (width, depth) in enumerate(GRID):
+        folder = runs / f"{job}_w{width}d{depth}"
+        make_run(folder, width=width, depth=depth, seeds=[0.9, 0.92], macs=1000 * width * depth)
+    table = compare.write_summary(compare.find_runs([runs]), tmp_path / "two_keys")
+    assert list(table["n"]) == [2] * 4
+    accuracy = png_size(tmp_path / "two_keys" / "accuracy_vs_params.png")
+    losses = png_size(tmp_path / "two_keys" / "loss_curves.png")
+    assert accuracy[1] > 1.5 * losses[1]  # two rows of panels: against params and MACs
+    # a third varied key: one panel per value, side by side
+    make_run(runs / "4_w1d1k3", width=1, depth=1, seeds=[0.9, 0.91])
+    config = runs / "4_w1d1k3" / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("kernel_size: 5", "kernel_size: 3"))
+    compare.write_summary(compare.find_runs([runs]), tmp_path / "three_keys")
+    assert png_size(tmp_path / "three_keys" / "loss_curves.png")[0] > 1.5 * losses[0]
+
+
+def test_importing_compare_loads_pandas_but_not_seaborn_torch_or_hydra():
+    code = "import sys, cnnlab.compare; print(sorted(m for m in ('pandas', 'seaborn', "
+    code += "'matplotlib', 'torch', 'hydra') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['pandas']"

@@ -1,66 +1,48 @@
 """Compare run folders: one table and two plots for a sweep or any set of runs.
 
 A run folder is what `cnnlab train` writes (metrics.json, history.csv, .hydra/); a sweep
-folder holds one run folder per job. Everything here reads plain JSON, CSV and YAML and
-imports neither Hydra nor torch, so it also works on a laptop holding copies of results.
-Bad folders are data, not errors: a run that failed, died or left a broken file becomes a
-row with its status and a reason. Only bad arguments raise (CompareError).
+folder holds one run folder per job. Nothing here imports Hydra or torch, and seaborn only
+when a plot is drawn. Bad folders are data, not errors: a run that failed, died or left a
+broken file becomes a row with its status and a reason. Only bad arguments raise.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
-import statistics
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
 
+import pandas as pd
 import yaml
 
+from cnnlab.config import REPEAT_KEYS, is_run_setting
+
 RUN_MARKERS = ("metrics.json", "history.csv", ".hydra", "train.log", "checkpoints")
-# Config keys that differ between runs without changing what was trained (or that name the
-# model, which has its own column). `seed` is here because runs differing only in seed are
-# repeats of one experiment: they are grouped, not given a column.
-NOISE = (
-    "seed",
-    "model.name",
-    "data.root",
-    "data.download",
-    "resume",
-    "logger",
-    "hydra",
-    "trainer.progress",
-    "trainer.log_every",
-    "trainer.checkpoint",
-)
-METRICS = ("params", "conv_layers", "accuracy_%", "f1_macro", "train_seconds", "images_per_second")
-FORMATS = ("table", "csv", "md", "json")
-SORT_ALIASES = {"accuracy": "accuracy_%"}
-# Digits shown in table/md; csv and json keep full precision.
-DECIMALS = {
+# The metric columns in the order shown, with the digits that table and md show (csv and json
+# keep full precision). macs and receptive_field are shown only when a run has them.
+METRICS = {
     "params": 0,
+    "macs": 0,
+    "receptive_field": None,  # text: "16", or "5x9" when the axes differ
     "conv_layers": 0,
     "accuracy_%": 2,
     "f1_macro": 4,
     "train_seconds": 1,
     "images_per_second": 0,
 }
+OPTIONAL = ("macs", "receptive_field")
+NUMBERS = [column for column, digits in METRICS.items() if digits is not None]  # averaged
+INTEGERS = ["params", "macs", "conv_layers"]
+FORMATS = ("table", "csv", "md", "json")
+SORT_ALIASES = {"accuracy": "accuracy_%"}
+JOB_NAME = re.compile(r"(\d+)_(.+)")  # Hydra's sweep subdir: job number, overrides
 
 
 class CompareError(ValueError):
     """A bad argument (unknown path, sort key or format); the CLI prints it as one line."""
-
-
-class Stat(NamedTuple):
-    """Mean and sample standard deviation of a metric over runs that differ only in seed."""
-
-    mean: float
-    std: float
 
 
 # ---------------------------------------------------------------- finding and reading runs
@@ -118,8 +100,9 @@ def load_run(path: str | os.PathLike) -> dict:
     file = path / "metrics.json"
     if not file.exists():
         # With a history the run was killed (or is still running) after some epochs.
-        epochs = f" ({len(history)} epochs in history.csv)" if history else ""
-        return {**run, "reason": "no metrics.json" + epochs}
+        epochs = history["epoch"].nunique() if "epoch" in history else 0
+        note = f" ({epochs} epochs in history.csv)" if epochs else ""
+        return {**run, "reason": "no metrics.json" + note}
     try:
         text = file.read_text()
         metrics = json.loads(text) if text.strip() else None
@@ -136,18 +119,15 @@ def load_run(path: str | os.PathLike) -> dict:
     return {**run, "metrics": metrics, "status": status, "reason": reason}
 
 
-def _read_history(file: Path) -> list[dict]:
-    rows: list[dict] = []
+def _read_history(file: Path) -> pd.DataFrame:
+    """history.csv as numbers (a multi-seed run adds a seed column); empty if unreadable."""
     try:
-        with file.open(newline="") as f:
-            for record in csv.DictReader(f):
-                try:
-                    rows.append({key: float(value) for key, value in record.items() if key})
-                except (TypeError, ValueError):  # a truncated last line: keep the rows before it
-                    break
-    except (OSError, UnicodeDecodeError, csv.Error):
-        pass
-    return rows
+        text = file.read_text()
+        history = pd.read_csv(file).apply(pd.to_numeric, errors="coerce")
+    except (OSError, ValueError):  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+        return pd.DataFrame()
+    # A run killed mid-write leaves a cut last line: keep the rows before it.
+    return history if text.endswith("\n") else history.iloc[:-1]
 
 
 def _read_yaml(file: Path, kind: type):
@@ -172,37 +152,75 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 # ---------------------------------------------------------------- the table
 
 
-def compare_table(runs: Iterable, sort: str | None = None) -> list[dict]:
-    """One row per run (or per group of runs differing only in seed); see _table."""
-    return [row for row, _ in _table(runs, sort)[0]]
+def compare_table(runs: Iterable, sort: str | None = None) -> pd.DataFrame:
+    """One row per experiment: the seeds of runs that differ only in REPEAT_KEYS (and of a
+    multi-seed run) give each metric x as its mean, x_std where they differ, and n.
+    `runs`: run folders, or what load_run returned for them."""
+    return _tables(runs, sort)[1]
 
 
-def _table(runs: Iterable, sort: str | None) -> tuple[list[tuple[dict, list[dict]]], list[str]]:
-    """Rows paired with the runs behind them, and the config keys that differ."""
+def _tables(runs: Iterable, sort: str | None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The per-seed frame, the grouped table and the config keys that differ."""
     runs = [run if isinstance(run, dict) else load_run(run) for run in runs]
     names = _short_names([run["path"] for run in runs])
-    runs = [{**run, "name": name} for run, name in zip(runs, names, strict=True)]
     keys = _differing_keys(runs)
-    groups = _group_by_config(runs)
-    grouped = any(len(group) > 1 for group in groups)
-    table = []
-    for group in groups:
-        first = group[0]
+    seeds = _seed_rows(runs, names, keys)
+    return seeds, _sorted(_group(seeds, keys), sort), keys
+
+
+def _seed_rows(runs: list[dict], names: list[str], keys: list[str]) -> pd.DataFrame:
+    """One row per trained seed: a run, or each seed of a multi-seed run."""
+    records = []
+    for index, (run, name) in enumerate(zip(runs, names, strict=True)):
+        metrics, config = run["metrics"], run["config"]
+        model = metrics.get("model") or config.get("model.name")
+        group = index  # runs that did not complete keep a row of their own
+        if run["status"] == "completed" and config:
+            settings = {k: _canon(v) for k, v in config.items() if not _is_repeat_or_setting(k)}
+            group = json.dumps([model, settings], sort_keys=True)
         row = {
-            "run": first["name"] + (f" (+{len(group) - 1})" if len(group) > 1 else ""),
-            "model": first["metrics"].get("model") or first["config"].get("model.name"),
+            **{"folder": index, "group": group, "run": name, "model": model},
+            **{key: config.get(key) for key in keys},
+            **{column: metrics.get(column) for column in NUMBERS},
+            "receptive_field": _receptive_field(metrics.get("receptive_field")),
+            **{"status": run["status"], "reason": run["reason"]},
         }
-        row.update({key: first["config"].get(key) for key in keys})
-        row.update({col: _aggregate([_metric(run, col) for run in group]) for col in METRICS})
-        if grouped:
-            row["n"] = len(group)
-        row.update(status=first["status"], reason=first["reason"])
-        table.append((row, group))
-    if not any(row["reason"] for row, _ in table):
-        for row, _ in table:
-            del row["reason"]
-    columns = ["run", "model", *keys, *METRICS] + ["n"] * grouped + ["status", "reason"]
-    return (_sorted(table, sort, columns) if sort else table), keys
+        # a multi-seed run: accuracy and F1 of each seed, the other metrics of the run
+        for seed in metrics.get("per_seed") or [metrics]:
+            records.append(
+                {**row, "accuracy_%": seed.get("accuracy"), "f1_macro": seed.get("f1_macro")}
+            )
+    frame = pd.DataFrame(records, dtype=object)  # object: config values keep their types
+    frame[NUMBERS] = frame[NUMBERS].apply(pd.to_numeric, errors="coerce")  # bad values: NaN
+    frame["accuracy_%"] *= 100
+    return frame
+
+
+def _receptive_field(value) -> str | None:
+    """16 or [16, 16] -> "16"; [5, 9] -> "5x9"."""
+    if isinstance(value, list):
+        return "x".join(dict.fromkeys(map(str, value)))
+    return None if value is None else str(value)
+
+
+def _group(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    groups = seeds.groupby("group", sort=False)
+    table = groups[["run", "model", *keys, "receptive_field", "status", "reason"]].first()
+    others = groups["folder"].nunique() - 1
+    table["run"] += (" (+" + others.astype(str) + ")").where(others > 0, "")
+    table["n"] = groups.size()
+    mean, std = groups[NUMBERS].mean(), groups[NUMBERS].std()
+    # where the seeds agree (params), the value itself: no "± 0", no 10.800000000000001
+    mean = mean.mask(std == 0, groups[NUMBERS].first())
+    mean[INTEGERS] = mean[INTEGERS].round().astype("Int64")
+    std = std.where(std > 0).dropna(axis=1, how="all")
+    table = table.join(mean).join(std.add_suffix("_std"))
+    shown = [col for col in METRICS if col not in OPTIONAL or table[col].notna().any()]
+    columns = ["run", "model", *keys]
+    columns += [c for col in shown for c in (col, col + "_std") if c in table]
+    columns += ["n"] * bool((table["n"] > 1).any()) + ["status"]
+    columns += ["reason"] * bool(table["reason"].notna().any())
+    return table[columns].reset_index(drop=True)
 
 
 def _short_names(paths: list[Path]) -> list[str]:
@@ -225,9 +243,6 @@ def _short_names(paths: list[Path]) -> list[str]:
     ]
 
 
-JOB_NAME = re.compile(r"(\d+)_(.+)")  # Hydra's sweep subdir: job number, overrides
-
-
 def _canon(value) -> str:
     """A comparable form of a config value: 1 and 1.0 are the same setting."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -235,8 +250,8 @@ def _canon(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _is_noise(key: str) -> bool:
-    return any(key == noise or key.startswith(noise + ".") for noise in NOISE)
+def _is_repeat_or_setting(key: str) -> bool:
+    return key in REPEAT_KEYS or is_run_setting(key)
 
 
 def _differing_keys(runs: list[dict]) -> list[str]:
@@ -249,208 +264,160 @@ def _differing_keys(runs: list[dict]) -> list[str]:
     return [
         key
         for key in keys
-        if not _is_noise(key)
+        if not _is_repeat_or_setting(key)
+        and key != "model.name"  # the model column
         and all(key in config for config in configs)
         and len({_canon(config[key]) for config in configs}) > 1
     ]
 
 
-def _group_by_config(runs: list[dict]) -> list[list[dict]]:
-    groups: dict = {}
-    for index, run in enumerate(runs):
-        key: object = index  # runs that did not complete keep a row of their own
-        if run["status"] == "completed" and run["config"]:
-            settings = {k: _canon(v) for k, v in run["config"].items() if not _is_noise(k)}
-            key = (run["metrics"].get("model"), tuple(sorted(settings.items())))
-        groups.setdefault(key, []).append(run)
-    return list(groups.values())
-
-
-def _metric(run: dict, column: str):
-    value = run["metrics"].get("accuracy" if column == "accuracy_%" else column)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    return value * 100 if column == "accuracy_%" else value
-
-
-def _aggregate(values: list):
-    values = [value for value in values if value is not None]
-    if not values:
-        return None
-    if len(set(values)) == 1:  # e.g. params: the same for every seed, so no "± 0"
-        return values[0]
-    return Stat(statistics.mean(values), statistics.stdev(values))
-
-
-def _sorted(table: list, sort: str, columns: list[str]) -> list:
-    desc = sort.startswith("-")
+def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
+    if not sort:
+        return table
     column = sort.lstrip("-")
     column = SORT_ALIASES.get(column, column)
-    if column not in columns:
-        raise CompareError(f"unknown sort key {sort!r}; columns: {', '.join(columns)}")
+    if column not in table:
+        raise CompareError(f"unknown sort key {sort!r}; columns: {', '.join(table.columns)}")
+    table = table.sort_values(column, ascending=not sort.startswith("-"), key=_sort_key)
+    return table.reset_index(drop=True)  # blanks (and NaN, e.g. a diverged loss) last
 
-    def value(item):
-        v = item[0].get(column)
-        v = v.mean if isinstance(v, Stat) else v
-        return None if v is None or v != v else v  # v != v: NaN, e.g. a diverged loss
 
-    def key(item):  # numbers before text, text in natural order (job 10 after job 2)
-        v = value(item)
-        return (0, v, []) if isinstance(v, (int, float)) else (1, 0, _natural(str(v)))
+def _sort_key(column: pd.Series) -> pd.Series:
+    """Numbers as numbers, anything else in natural order (job 10 after job 2)."""
+    if _is_numeric(column):
+        return column.astype(float)
+    return column.map(lambda value: _natural(str(value)), na_action="ignore")
 
-    present = sorted((item for item in table if value(item) is not None), key=key, reverse=desc)
-    return present + [item for item in table if value(item) is None]  # blanks last either way
+
+def _is_numeric(column: pd.Series) -> bool:
+    kind = pd.api.types.infer_dtype(column, skipna=True)
+    return kind in ("integer", "floating", "mixed-integer-float", "empty")
 
 
 # ---------------------------------------------------------------- output formats
 
 
-def format_rows(rows: list[dict], fmt: str = "table") -> str:
-    """rows as an aligned text table, csv, GitHub markdown or json."""
-    _check_format(fmt)
-    if fmt in ("csv", "json"):  # machine formats: a grouped value is two columns, x and x_std
-        plain = _split_stats(rows)
-        if fmt == "json":
-            # json has no NaN: a diverged run's value is simply unknown
-            finite = [{k: None if v != v else v for k, v in row.items()} for row in plain]
-            return json.dumps(finite, indent=2)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(plain[0]) if plain else [])
-        writer.writeheader()
-        writer.writerows(plain)
-        return buffer.getvalue().replace("\r\n", "\n")
-    if not rows:
-        return "(no runs)"
-    columns = list(rows[0])
-    cells = [[_cell(row[col], col) for col in columns] for row in rows]
-    number = (int, float, Stat)  # right-aligned
-    numeric = [all(isinstance(r[c], number) for r in rows if r[c] is not None) for c in columns]
-    if fmt == "md":
-        lines = ["| " + " | ".join(columns) + " |"]
-        lines.append("|" + "|".join("---:" if num else "---" for num in numeric) + "|")
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
-        return "\n".join(lines)
-    widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)]
-
-    def line(texts):
-        cells = zip(texts, widths, numeric, strict=True)
-        padded = (text.rjust(w) if num else text.ljust(w) for text, w, num in cells)
-        return "  ".join(padded).rstrip()
-
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
-
-
-def _check_format(fmt: str) -> None:
+def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
+    """The table as aligned text, csv, GitHub markdown or json. csv and json keep every
+    column (x and x_std, full precision); table and md show "mean ± std"."""
     if fmt not in FORMATS:
         raise CompareError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "json":  # json has no NaN: a missing or diverged value is null
+        # not to_json: it writes 10.8 as 10.800000000000001, or cuts every value to 10 digits
+        return json.dumps(
+            table.astype(object).where(table.notna(), None).to_dict("records"), indent=2
+        )
+    if table.empty:
+        return "(no runs)"
+    shown = pd.DataFrame({col: _texts(table, col) for col in table if not col.endswith("_std")})
+    if fmt == "md":
+        shown = shown.apply(lambda texts: texts.str.replace("|", "\\|"))
+    align = ["right" if _is_numeric(table[col]) else "left" for col in shown]
+    text = shown.to_markdown(
+        index=False,
+        tablefmt="pipe" if fmt == "md" else "simple",
+        disable_numparse=True,  # the cells are already formatted
+        colalign=align,
+    )
+    return "\n".join(line.rstrip() for line in text.splitlines())
 
 
-def _split_stats(rows: list[dict]) -> list[dict]:
-    stat_columns = {col for row in rows for col, value in row.items() if isinstance(value, Stat)}
-    plain_rows = []
-    for row in rows:
-        plain = {}
-        for col, value in row.items():
-            plain[col] = value.mean if isinstance(value, Stat) else value
-            if col in stat_columns:
-                plain[col + "_std"] = value.std if isinstance(value, Stat) else None
-        plain_rows.append(plain)
-    return plain_rows
-
-
-def _cell(value, column: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, Stat):
-        return f"{_cell(value.mean, column)} ± {_cell(value.std, column)}"
-    if column in DECIMALS and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:,.{DECIMALS[column]}f}"
-    return str(value)
+def _texts(table: pd.DataFrame, col: str) -> pd.Series:
+    digits = METRICS.get(col)
+    if digits is None:
+        return table[col].map(str, na_action="ignore").fillna("")
+    texts = table[col].map(lambda value: f"{value:,.{digits}f}", na_action="ignore").fillna("")
+    if col + "_std" in table:
+        std = table[col + "_std"].map(lambda value: f" ± {value:,.{digits}f}", na_action="ignore")
+        texts += std.fillna("")
+    return texts
 
 
 # ---------------------------------------------------------------- files and plots
 
 
-def write_summary(runs: Iterable, out_dir: str | os.PathLike, sort: str | None = None) -> list:
-    """comparison.csv, comparison.md and two plots in out_dir; returns the rows."""
+def write_summary(runs: Iterable, out_dir: str | os.PathLike, sort: str | None = None):
+    """comparison.csv, comparison.md and two plots in out_dir; returns the table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table, keys = _table(runs, sort)
-    rows = [row for row, _ in table]
+    runs = [run if isinstance(run, dict) else load_run(run) for run in runs]
+    seeds, table, keys = _tables(runs, sort)
     # The tables first: if a plot fails, the numbers are already on disk.
-    (out / "comparison.csv").write_text(format_rows(rows, "csv"))
+    table.to_csv(out / "comparison.csv", index=False)
     images = "![accuracy vs parameters](accuracy_vs_params.png)\n\n![test loss](loss_curves.png)"
-    (out / "comparison.md").write_text(format_rows(rows, "md") + "\n\n" + images + "\n")
-    labels = _labels(rows, keys)
-    _plot_accuracy(rows, labels, out / "accuracy_vs_params.png")
-    _plot_losses(table, labels, out / "loss_curves.png")
-    return rows
+    (out / "comparison.md").write_text(format_table(table, "md") + "\n\n" + images + "\n")
+    # The plots show completed runs (the table has the others), told apart by what varies.
+    seeds = seeds[seeds["status"] == "completed"]
+    keys = [key for key in ["model", *keys] if seeds[key].map(_canon).nunique() > 1]
+    _plot_accuracy(seeds, keys, out / "accuracy_vs_params.png")
+    _plot_losses(runs, seeds, keys, out / "loss_curves.png")
+    return table
 
 
-def _labels(rows: list[dict], keys: list[str]) -> list[str]:
-    """What tells the runs apart, e.g. 'width=2.0, depth=1', for legends and point labels."""
-    short = {key: key.rsplit(".", 1)[-1] for key in keys}
-    if len(set(short.values())) < len(keys):  # data.name and model.name would both be 'name'
-        short = {key: key for key in keys}
-    show_model = len({row["model"] for row in rows if row["model"]}) > 1
-    labels = []
-    for row in rows:
-        parts = [str(row["model"])] * show_model
-        parts += [f"{short[key]}={_cell(row[key], key)}" for key in keys if row[key] is not None]
-        label = ", ".join(parts) or row["run"]
-        labels.append(label + (f" [{row['status']}]" if row["status"] != "completed" else ""))
-    return labels
+def _roles(data: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, dict]:
+    """seaborn's hue, style and facet column for the varied keys. A fourth key and beyond
+    join the hue, so that no two configurations are ever averaged together."""
+    data = data.assign(**{key: data[key].map(str) for key in keys})  # lists, None: labels
+    roles = dict(zip(("style", "col"), keys[1:3], strict=False))
+    hue_keys = keys[:1] + keys[3:]
+    if hue_keys:
+        roles["hue"] = ", ".join(hue_keys)
+        data[roles["hue"]] = data[hue_keys].agg(", ".join, axis=1)
+    # a marker per style where there is one (most points stand alone), else dots
+    roles |= {"markers": True} if "style" in roles else {"marker": "o"}
+    return data, roles
 
 
-def _figure(title: str, xlabel: str, ylabel: str):
-    # Figure without pyplot: no global backend switch and no figure registry to leak,
-    # so this is safe inside a notebook, a Hydra callback or a headless cluster job.
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    axes = figure.subplots()
-    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    axes.grid(True, alpha=0.3)
-    return figure, axes
+# What both plots share: lines over seeds as mean and standard deviation.
+PLOT = {"kind": "line", "errorbar": "sd", "legend": "full", "height": 4, "aspect": 1.3}
 
 
-def _plot_accuracy(rows: list[dict], labels: list[str], file: Path) -> None:
-    figure, axes = _figure("Test accuracy vs parameters", "parameters (log scale)", "accuracy (%)")
-    xs = []
-    for row, label in zip(rows, labels, strict=True):
-        params, accuracy = row["params"], row["accuracy_%"]
-        if params is None or accuracy is None:
-            continue  # a failed or unreadable run has no point to draw
-        x = params.mean if isinstance(params, Stat) else params
-        y, error = (accuracy.mean, accuracy.std) if isinstance(accuracy, Stat) else (accuracy, 0)
-        axes.errorbar(x, y, yerr=error or None, fmt="o", capsize=3)
-        axes.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        xs.append(x)
-    if xs and min(xs) > 0:
-        axes.set_xscale("log")
-        axes.margins(x=0.25)  # room for the labels of the outermost points
-    elif not xs:
-        axes.text(0.5, 0.5, "no params and accuracy", ha="center", transform=axes.transAxes)
-    figure.savefig(file, dpi=120)
+def _plot_accuracy(seeds: pd.DataFrame, keys: list[str], file: Path) -> None:
+    import seaborn as sns
+    from matplotlib.ticker import EngFormatter
+
+    data, roles = _roles(seeds.dropna(subset=["params", "accuracy_%"]), keys)
+    measures = ["params"] + ["macs"] * bool(data["macs"].notna().any())
+    # one row of panels per x measure: parameters, and MACs when the runs have them
+    data = data.melt(id_vars=list(data.columns.drop(measures)), value_vars=measures, var_name="x")
+    grid = sns.relplot(
+        data.dropna(subset=["value"]),
+        x="value",
+        y="accuracy_%",
+        row="x" if len(measures) > 1 else None,
+        err_style="bars",
+        facet_kws={"sharex": "row"},
+        **PLOT,
+        **roles,
+    )
+    grid.set_axis_labels(" or ".join(measures), "test accuracy (%)")
+    for axes in grid.axes.flat:
+        axes.xaxis.set_major_formatter(EngFormatter())  # 50 k, 1 M
+    _save(grid, file)
 
 
-def _plot_losses(table: list, labels: list[str], file: Path) -> None:
-    figure, axes = _figure("Test loss per epoch", "epoch", "test loss")
-    for index, ((_, group), label) in enumerate(zip(table, labels, strict=True)):
-        # The seeds of one group share a colour and a single legend entry.
-        for run in group:
-            history = [h for h in run["history"] if "epoch" in h and "test_loss" in h]
-            if history:
-                epochs = [h["epoch"] for h in history]
-                losses = [h["test_loss"] for h in history]
-                axes.plot(epochs, losses, marker=".", color=f"C{index % 10}", label=label)
-                label = "_nolegend_"
-    if axes.lines:
+def _plot_losses(runs: list[dict], seeds: pd.DataFrame, keys: list[str], file: Path) -> None:
+    import seaborn as sns
+
+    columns = seeds.drop_duplicates("folder").set_index("folder")[keys].map(str)
+    curves = [pd.DataFrame(columns=["epoch", "test_loss"])]  # an empty plot if no history
+    curves += [runs[f]["history"].assign(**columns.loc[f].to_dict()) for f in columns.index]
+    data, roles = _roles(pd.concat(curves, ignore_index=True), keys)
+    # the seeds of one configuration (runs, or seeds in one run) become a mean and a band
+    grid = sns.relplot(data, x="epoch", y="test_loss", **PLOT, **roles)
+    grid.set_axis_labels("epoch", "test loss")
+    for axes in grid.axes.flat:
         axes.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
-        axes.legend(fontsize="small")
-    else:
-        axes.text(0.5, 0.5, "no history.csv in these runs", ha="center", transform=axes.transAxes)
-    figure.savefig(file, dpi=120)
+    _save(grid, file)
+
+
+def _save(grid, file: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    grid.savefig(file, dpi=120)
+    plt.close(grid.figure)  # pyplot keeps every open figure: a long sweep would leak them
 
 
 # ---------------------------------------------------------------- entry points
@@ -460,15 +427,14 @@ def compare_command(paths, sort: str | None = None, fmt: str = "table", out=None
     """`cnnlab compare`: 0 once the table is printed (failed runs are rows, not errors),
     2 for a bad argument."""
     try:
-        _check_format(fmt)
         runs = [load_run(path) for path in find_runs(paths)]
         if not runs:
             raise CompareError(f"no run folders in: {', '.join(map(str, paths))}")
-        rows = compare_table(runs, sort)
+        text = format_table(compare_table(runs, sort), fmt)
     except CompareError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_rows(rows, fmt))
+    print(text)
     if out is not None:
         write_summary(runs, out, sort)
         # stderr, so that `--format json --out DIR > table.json` stays valid json
@@ -476,19 +442,19 @@ def compare_command(paths, sort: str | None = None, fmt: str = "table", out=None
     return 0
 
 
-def summarize_sweep(sweep_dir: str | os.PathLike) -> list[dict]:
+def summarize_sweep(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     """End of a multirun: the summary files into the sweep folder, the table to stdout."""
     sweep_dir = Path(sweep_dir)
     runs = [load_run(path) for path in find_runs([sweep_dir])] if sweep_dir.is_dir() else []
     if not runs:
         print(f"no job folders in {sweep_dir}")
-        return []
-    rows = write_summary(runs, sweep_dir)
-    print(format_rows(rows, "table"))
+        return pd.DataFrame(columns=["run", "status"])
+    table = write_summary(runs, sweep_dir)
+    print(format_table(table, "table"))
     print(f"sweep summary: {sweep_dir / 'comparison.md'}")
-    return rows
+    return table
 
 
-def failed(rows: list[dict]) -> list[dict]:
+def failed(table: pd.DataFrame) -> list[dict]:
     """The rows whose run did not complete (failed, diverged, interrupted, missing, ...)."""
-    return [row for row in rows if row["status"] != "completed"]
+    return table[table["status"] != "completed"].to_dict("records")
