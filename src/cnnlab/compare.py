@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from cnnlab.config import REPEAT_KEYS, is_run_setting
+from cnnlab.config import REPEAT_KEYS, flatten, is_run_setting
 
 RUN_MARKERS = ("metrics.json", "history.csv", ".hydra", "train.log", "checkpoints")
 # The metric columns in the order shown, with the digits that table and md show (csv and json
@@ -136,17 +136,6 @@ def _read_yaml(file: Path, kind: type):
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return kind()
     return data if isinstance(data, kind) else kind()
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"model": {"width": 2}} -> {"model.width": 2}; lists stay values."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 # ---------------------------------------------------------------- the table
