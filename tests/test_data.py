@@ -4,6 +4,7 @@ and the normalisation arithmetic against torchvision's ToTensor + Normalize."""
 
 import gzip
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -234,3 +235,18 @@ def test_cifar10_missing_files_name_the_folder_and_the_alternatives(tmp_path):
     message = str(e.value)
     assert str(tmp_path / "cifar-10-batches-py") in message
     assert "data=digits" in message and "\n" not in message
+
+
+def test_digits_are_cached_and_the_cache_gives_the_same_split(tmp_path, monkeypatch):
+    first = data.load(DataConfig(name="digits", root=str(tmp_path)))
+    assert (tmp_path / "digits" / "digits_28x28_v1.pt").is_file()
+    # a second load must not need scikit-learn at all
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    again = data.load(DataConfig(name="digits", root=str(tmp_path)))
+    for a, b in zip(
+        (first.x_train, first.y_train, first.x_test, first.y_test),
+        (again.x_train, again.y_train, again.x_test, again.y_test),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
