@@ -10,6 +10,7 @@ model, training and report together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -33,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from torch import nn
 
-from cnnlab import data, report
+from cnnlab import data, loggers, report
 from cnnlab.config import (
     RESUMABLE_CHANGES,
     RUN_SETTINGS,
@@ -117,7 +118,7 @@ def schema_keys(schema: type) -> list[str]:
 
 def refuse_unknown_keys(cfg: DictConfig) -> None:
     """Hydra lets `+model.foo=1` add a key to a schema; nothing would read it, so say so."""
-    for group in ("model", "data", "trainer"):
+    for group in ("model", "data", "trainer", "logger"):
         allowed = schema_keys(OmegaConf.get_type(cfg[group]))
         extra = [key for key in cfg[group] if key not in allowed]
         if extra:
@@ -245,8 +246,11 @@ def draw_pictures(model: nn.Module, tensors: TrainData, input_shape: tuple, run_
     report.plot_feature_maps(model, tensors.x_test[:4], run_dir / "feature_maps.png")
 
 
-def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None) -> tuple[dict, Outcome]:
-    """One training run into run_dir: its metrics, and the outcome the process reports."""
+def train_run(
+    cfg: TrainConfig, run_dir: Path, job_num: int | None, sweep_dir: Path | None = None
+) -> tuple[dict, Outcome]:
+    """One training run into run_dir (a job of the sweep in sweep_dir, if given): its
+    metrics, and the outcome the process reports."""
     started_at = datetime.now().isoformat(timespec="seconds")
     device = pick_device(cfg.device, job_num)
     input_shape, classes = data.spec(cfg.data)
@@ -260,15 +264,15 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None) -> tuple[dic
         if cfg.trainer.checkpoint:
             save_checkpoint({**state.state_dict(), "config": config}, checkpoint)
 
-    tensorboard = report.TensorBoardLogger(run_dir) if cfg.logger == "tensorboard" else None
+    run_logger = loggers.open_logger(cfg, run_dir, sweep_dir)
 
     def on_epoch(row: dict) -> None:
         report.write_history(run_dir / "history.csv", state.history)
-        if tensorboard:
-            tensorboard(row)
+        run_logger(row)
 
     stop = StopRequest()
-    with numerics(cfg.trainer) as flags, stop.catching():  # a late signal waits for the files
+    # a late signal waits for the files; the tracker closes last, after final()
+    with numerics(cfg.trainer) as flags, stop.catching(), contextlib.closing(run_logger):
         state, step, tensors, path = start_run(
             model.to(device), tensors, cfg.trainer, device, cfg.seed
         )
@@ -277,11 +281,7 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None) -> tuple[dic
             at = (state.epoch, state.position)
             log.info("resumed from %s at epoch %d, image %d", cfg.resume, *at)
         log.info("training path: %s, precision %s", path, cfg.trainer.precision)
-        try:
-            outcome, evaluation = fit(state, step, tensors, cfg.trainer, stop, save, on_epoch)
-        finally:
-            if tensorboard:
-                tensorboard.close()
+        outcome, evaluation = fit(state, step, tensors, cfg.trainer, stop, save, on_epoch)
         metrics = {
             "status": str(outcome.status),
             "model": cfg.model.name,
@@ -310,6 +310,7 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None) -> tuple[dic
             draw_pictures(model, tensors, input_shape, run_dir)
         title = f"{cfg.model.name} on {cfg.data.name}"
         report.write_run(run_dir, metrics, state.history, evaluation, ds, title)
+        run_logger.final(metrics, run_dir)
     if outcome.status == Status.completed and stop.signal is not None:
         name = signal.Signals(stop.signal).name
         outcome = Outcome(Status.interrupted, f"{name} after the run completed", stop.signal)
@@ -322,10 +323,12 @@ def train_run(cfg: TrainConfig, run_dir: Path, job_num: int | None) -> tuple[dic
     return metrics, outcome
 
 
-def run_job(cfg: DictConfig, run_dir: Path, job_num: int | None) -> tuple[dict, Outcome]:
+def run_job(
+    cfg: DictConfig, run_dir: Path, job_num: int | None, sweep_dir: Path | None = None
+) -> tuple[dict, Outcome]:
     """train_run, and whatever stops it, a metrics.json that says how the run ended."""
     try:
-        return train_run(check_config(cfg), run_dir, job_num)
+        return train_run(check_config(cfg), run_dir, job_num, sweep_dir)
     except KeyboardInterrupt:  # before training set its own signal handlers
         outcome = Outcome(Status.interrupted, "interrupted before training started")
     except RunError as e:
@@ -358,7 +361,8 @@ def train_command(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     job_num = hydra_cfg.job.num if multirun else None
-    metrics, outcome = run_job(cfg, Path(hydra_cfg.runtime.output_dir), job_num)
+    sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
+    metrics, outcome = run_job(cfg, Path(hydra_cfg.runtime.output_dir), job_num, sweep_dir)
     # an interrupt stops a sweep; any other job that did not complete lets the others run
     # (the sweep reports it at the end), while a single run exits with its own code
     if outcome.status == Status.interrupted or (outcome.exit_code and not multirun):

@@ -52,17 +52,15 @@ class Precision(StrEnum):
     bf16 = "bf16"
 
 
-class Logger(StrEnum):
-    none = "none"
-    tensorboard = "tensorboard"
-
-
 # Keys that say how a run runs, not what it trains ("logger" covers logger.*). Run-folder
-# names, compare's columns and groups, and the resume check all leave them out.
+# names, compare's columns and groups, and the resume check all leave them out. Hydra's
+# exclude_keys (run-folder names) match keys exactly: hence logger's keys one by one too.
 RUN_SETTINGS = (
     "device",
     "resume",
     "logger",
+    "logger.tracking_uri",
+    "logger.experiment",
     "data.root",
     "data.download",
     "data.mirror",
@@ -240,6 +238,27 @@ class TrainerConfig:
             )
 
 
+# ---- logger: where a run's params and metrics go besides its folder (loggers.py)
+
+
+@dataclass
+class NoLoggerConfig:
+    name: str = "none"
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    name: str = "tensorboard"  # scalars in <run>/tensorboard
+
+
+@dataclass
+class MLflowLoggerConfig:
+    name: str = "mlflow"
+    # an SQLite database, not MLflow's file store (deprecated, refused by MLflow 3.13+)
+    tracking_uri: str = "sqlite:///outputs/mlflow.db"
+    experiment: str | None = None  # default: the sweep folder for a sweep's jobs, else "cnnlab"
+
+
 @dataclass
 class TrainConfig:
     model: Any = None  # MLPConfig or LeNetConfig, chosen by the model group
@@ -248,7 +267,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     resume: str | None = None  # a run folder or a checkpoint file
-    logger: Logger = Logger.none
+    logger: Any = None  # NoLoggerConfig, TensorBoardLoggerConfig or MLflowLoggerConfig
     pictures: bool = True  # filters.png and feature_maps.png (off for large sweeps)
 
     def __post_init__(self):
@@ -268,3 +287,6 @@ def register_configs() -> None:
     cs.store(group="schema", name="data", node=DataConfig)
     cs.store(group="schema", name="synthetic_data", node=SyntheticDataConfig)
     cs.store(group="schema", name="trainer", node=TrainerConfig)
+    cs.store(group="schema", name="no_logger", node=NoLoggerConfig)
+    cs.store(group="schema", name="tensorboard_logger", node=TensorBoardLoggerConfig)
+    cs.store(group="schema", name="mlflow_logger", node=MLflowLoggerConfig)

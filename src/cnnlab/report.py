@@ -1,7 +1,7 @@
 """Everything a run folder holds besides the checkpoint and Hydra's files.
 
-metrics.json, history.csv, loss_curve.png, confusion_matrix.png and .csv, mistakes.png,
-and (with logger=tensorboard) TensorBoard scalars. JSON and CSV are written to a temporary
+metrics.json, history.csv, loss_curve.png, confusion_matrix.png and .csv, mistakes.png
+(trackers such as TensorBoard live in loggers.py). JSON and CSV are written to a temporary
 file and renamed, so a crash mid-write never leaves a half file behind.
 """
 
@@ -188,23 +188,6 @@ def write_run(run_dir: Path, metrics: dict, history, evaluation, dataset, title:
         )
     write_json(run_dir / "metrics.json", metrics)
     return metrics
-
-
-class TensorBoardLogger:
-    """Per-epoch scalars in <run>/tensorboard, for users who compare curves there."""
-
-    def __init__(self, run_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-
-    def __call__(self, row: dict) -> None:
-        for key in ("train_loss", "test_loss", "test_accuracy", "seconds"):
-            self.writer.add_scalar(key, row[key], row["epoch"])
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 # ---- what the filters see ------------------------------------------------------------------
