@@ -14,7 +14,9 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import resource
+import shlex
 import signal
 import sys
 from datetime import datetime
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import hydra
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
@@ -69,10 +72,16 @@ USAGE = """usage: cnnlab COMMAND [ARGS]
 commands:
   train [overrides]   train a model; Hydra overrides, e.g. model=mlp data=digits device=cuda
                       (-m for sweeps, --help for Hydra's help, --cfg job to print the config)
+  rerun RUN [overrides]
+                      train again as RUN was trained (its .hydra/overrides.yaml), new
+                      overrides winning; the new run gets a folder of its own
   compare PATH ...    compare run and sweep folders: one table, optional plots (--help)
   bench [ARGS]        time epochs: cnnlab's loop against the classic DataLoader one (--help)
   inspect [overrides] the model train would build, per layer: shape, parameters, MACs,
                       receptive field; reads no data (--format table|md|csv|json)
+
+Shell completion (bash, zsh after `autoload -U bashcompinit && bashcompinit`):
+  eval "$(cnnlab train --shell-completion install=bash)"    (fish: install=fish | source)
 
 Exit codes: 0 ok, 1 failed, 2 bad input, 3 diverged, 130/143 interrupted.
 """
@@ -362,7 +371,9 @@ def train_command(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     job_num = hydra_cfg.job.num if multirun else None
     sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
-    metrics, outcome = run_job(cfg, Path(hydra_cfg.runtime.output_dir), job_num, sweep_dir)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    report.write_atomic(run_dir / "command.txt", reproduce_command(hydra_cfg.overrides.task) + "\n")
+    metrics, outcome = run_job(cfg, run_dir, job_num, sweep_dir)
     # an interrupt stops a sweep; any other job that did not complete lets the others run
     # (the sweep reports it at the end), while a single run exits with its own code
     if outcome.status == Status.interrupted or (outcome.exit_code and not multirun):
@@ -451,6 +462,130 @@ def compose_error_line(e: BaseException) -> str:
     return "; ".join(out + ([allowed] if allowed else []))
 
 
+# ---- rerun -------------------------------------------------------------------------------
+
+
+def reproduce_command(overrides: list[str]) -> str:
+    """The shell command that trains a run again from its task overrides (Hydra's
+    .hydra/overrides.yaml), each word quoted for the shell."""
+    return shlex.join(["cnnlab", "train", *overrides])
+
+
+def override_key(override: str) -> str:
+    """What an override sets: model.width for model.width=2, +model.width=2 or ~model.width."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def is_override(arg: str) -> bool:
+    """key=value or ~key; the rest (--cfg job, -m) are Hydra's flags and their values."""
+    return arg.startswith("~") or ("=" in arg and not arg.startswith("-"))
+
+
+def merge_overrides(old: list[str], new: list[str]) -> list[str]:
+    """old then new, an old override dropped where a new one sets the same key: Hydra
+    refuses a key given twice."""
+    replaced = {override_key(o) for o in new if is_override(o)}
+    return [o for o in old if override_key(o) not in replaced] + list(new)
+
+
+def rerun_main(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print(
+            "usage: cnnlab rerun RUN_FOLDER [overrides]\n\n"
+            "Train again with the overrides RUN_FOLDER was trained with (its "
+            ".hydra/overrides.yaml),\nnew overrides winning; same seed, so on CPU the same "
+            "metrics. The new run gets a folder\nof its own; Hydra's flags (-m, --cfg job) "
+            "pass through."
+        )
+        return 0 if args else 2
+    path = Path(args[0]) / ".hydra" / "overrides.yaml"
+    try:
+        old = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        reason = "not found" if isinstance(e, FileNotFoundError) else type(e).__name__
+        print(
+            f"error: {path}: {reason}; rerun takes a run folder that cnnlab train wrote",
+            file=sys.stderr,
+        )
+        return 2
+    if not isinstance(old, list) or not all(isinstance(o, str) for o in old):
+        print(f"error: {path} is not a list of overrides", file=sys.stderr)
+        return 2
+    overrides = merge_overrides(old, args[1:])
+    print(f"rerun of {args[0]}: {reproduce_command(overrides)}", flush=True)
+    return train_main(overrides)
+
+
+# ---- shell completion --------------------------------------------------------------------
+
+COMPLETION_FLAGS = ("-sc", "--shell-completion")
+# commands whose arguments are Hydra overrides, and how many words come before those
+OVERRIDE_COMMANDS = {"train": 0, "inspect": 0, "rerun": 1}
+
+
+def is_completion(argv: list[str]) -> bool:
+    return any(arg in COMPLETION_FLAGS for arg in argv)
+
+
+def completion_target(
+    line: str, point: int, commands: list[str]
+) -> tuple[list[str], tuple[str, int] | None]:
+    """What to complete on the command line `line` (`cnnlab ...`), the cursor at `point`.
+
+    While the cursor is on the command word: (the command names it may become, None).
+    Where the words are Hydra overrides: ([], (line, point)) with the command word (and
+    rerun's folder) taken out, as if the app were `cnnlab OVERRIDES`. Elsewhere ([], None):
+    the shell falls back to file names.
+    """
+    before = line[:point].split()
+    in_word = bool(line[:point]) and not line[:point][-1].isspace()
+    if len(before) < 2 or (len(before) == 2 and in_word):
+        prefix = before[1] if len(before) == 2 else ""
+        return [c for c in commands if c.startswith(prefix)], None
+    skip = OVERRIDE_COMMANDS.get(before[1])
+    if skip is None or len(before) - 2 - in_word < skip:  # not at the overrides (yet)
+        return [], None
+    # take out the command and its positional arguments, each with the space after it
+    words = list(re.finditer(r"\S+\s*", line))[1 : 2 + skip]
+    start, end = words[0].start(), words[-1].end()
+    return [], (line[:start] + line[end:], max(start, point - (end - start)))
+
+
+def completion_main(argv: list[str], commands: list[str]) -> int:
+    """Hydra's shell completion (`-sc` / `--shell-completion`) for the whole command.
+
+    `install=SHELL` prints Hydra's script, registered for `cnnlab`; the script calls
+    `cnnlab -sc query=SHELL` with the command line in COMP_LINE (and COMP_POINT). Here the
+    first word completes to a command name, and the overrides of train, inspect and rerun
+    go to Hydra's completion of the train config.
+    """
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.completion_plugin import CompletionPlugin
+
+    actions = [a for a in argv if re.fullmatch(r"(install|uninstall|query)=\w+", a)]
+    plugins = {p.provides(): p for p in Plugins.instance().discover(CompletionPlugin)}
+    action, _, shell = actions[0].partition("=") if len(actions) == 1 else ("", "", "")
+    if shell not in plugins:
+        print(
+            f"error: {' '.join(argv)}: say one of install=SHELL, uninstall=SHELL or "
+            f"query=SHELL, with SHELL one of {', '.join(sorted(plugins))}",
+            file=sys.stderr,
+        )
+        return 2
+    if action in ("install", "uninstall"):
+        sys.argv[0] = "cnnlab"  # the name the script registers: one command, not "cnnlab train"
+        getattr(plugins[shell](None), action)()  # the config loader serves only queries
+        return 0
+    line = os.environ.get("COMP_LINE", "")
+    point = int(os.environ.get("COMP_POINT") or len(line))
+    names, for_hydra = completion_target(line, point, commands)
+    if for_hydra is None:
+        print(("\n" if shell == "fish" else " ").join(names))
+        return 0
+    os.environ.update(COMP_LINE=for_hydra[0], COMP_POINT=str(for_hydra[1]))
+    return train_main(["-sc", f"query={shell}"])
+
+
 # ---- compare and bench -------------------------------------------------------------------
 
 
@@ -518,7 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         "compare": compare_main,
         "bench": bench_main,
         "inspect": inspect_main,
+        "rerun": rerun_main,
     }
+    if is_completion(argv):
+        return completion_main(argv, list(commands))
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
