@@ -9,6 +9,7 @@ import os
 import shlex
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,14 @@ def test_a_failing_tracker_warns_once_and_never_raises(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "warning: logger=broken stopped logging: OSError: disk full"
     ]
+
+
+def test_a_missing_tracker_package_warns_naming_the_extra(tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
+    with caplog.at_level(logging.WARNING, logger="cnnlab"):
+        tracker = loggers.open_logger(TrainConfig(logger=MLflowLoggerConfig()), tmp_path)
+    assert type(tracker) is loggers.RunLogger
+    assert "logger=mlflow is off for this run" in caplog.text and "cnnlab[mlflow]" in caplog.text
 
 
 def test_a_tracker_that_cannot_start_leaves_the_run_untracked(tmp_path, caplog):

@@ -20,6 +20,7 @@ from cnnlab.report import HISTORY_COLUMNS
 log = logging.getLogger("cnnlab")
 
 EPOCH_METRICS = [c for c in HISTORY_COLUMNS if c != "epoch"]
+EXTRAS = {"tensorboard": "cluster", "mlflow": "mlflow"}  # the pip extra that installs each
 
 
 class RunLogger:
@@ -45,6 +46,9 @@ def open_logger(cfg, run_dir: Path, sweep_dir: Path | None = None) -> RunLogger:
         if name == "mlflow":
             params = flatten(dataclasses.asdict(cfg))
             return Guarded(name, MLflowLogger(cfg.logger, run_dir, params, sweep_dir))
+    except ImportError as e:
+        hint = f"pip install 'cnnlab[{EXTRAS[name]}]'"
+        log.warning("warning: logger=%s is off for this run: %s (%s)", name, first_line(e), hint)
     except Exception as e:
         log.warning("warning: logger=%s is off for this run: %s", name, first_line(e))
     return RunLogger()
