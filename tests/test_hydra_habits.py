@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -76,6 +77,42 @@ def test_the_command_word_completes_to_command_names(shell, separator, monkeypat
     assert cli.main(["-sc", f"query={shell}"]) == 0
     names = capsys.readouterr().out.rstrip("\n").split(separator)
     assert {"train", "rerun", "compare"} <= set(names) and all(n.isidentifier() for n in names)
+
+
+# an interactive zsh driven through a pseudo-terminal: type the line and TAB, read the screen
+ZSH_TAB = r"""
+zmodload zsh/zpty
+zpty z zsh -f -i
+zpty -w z 'PS1="> "; autoload -U compinit && compinit -u; autoload -U bashcompinit &&
+  bashcompinit; eval "$(cnnlab train --shell-completion install=bash)"; echo READY'
+wait_for() {
+  local out="" chunk
+  for i in {1..240}; do
+    zpty -r -t z chunk && out+=$chunk
+    [[ $out == *$1* ]] && { print -r -- $out; return 0 }
+    sleep 0.5
+  done
+  print -r -- $out; return 1
+}
+wait_for READY >/dev/null && zpty -w -n z $'cnnlab train model=le\t' && wait_for model=lenet5
+"""
+
+
+@pytest.mark.slow
+def test_zsh_completion_through_bashcompinit(tmp_path):
+    """zsh runs Hydra's bash script through bashcompinit, as Hydra's documentation says."""
+    if not shutil.which("zsh"):
+        pytest.skip("no zsh")
+    env = cli_env(tmp_path) | {"PATH": f"{CNNLAB.parent}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run(
+        ["zsh", "-f", "-c", ZSH_TAB],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert r.returncode == 0 and "cnnlab train model=lenet5" in r.stdout, r.stdout[-2000:]
 
 
 @pytest.mark.parametrize(
