@@ -94,6 +94,7 @@ def profile(work: str, top: int) -> None:
     for package, seconds in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         print(f"  {seconds:6.2f} s  {package}")
 
+    os.chdir(work)  # where the runs above left their data cache (data.root is relative)
     sys.argv = ["cnnlab", *RUN_ARGS, f"hydra.run.dir={work}/profile"]
     profiler = cProfile.Profile()
     start = time.perf_counter()
