@@ -22,19 +22,20 @@ import tempfile
 import time
 from pathlib import Path
 
+# this checkout's code, in this process and in every command it starts
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+
 GOAL = 2.6
 RUN_ARGS = ["train", "data=digits", "trainer.epochs=0", "device=cpu", "trainer.progress=false"]
 
 
 def cnnlab_command() -> list[str]:
     """The console script beside this interpreter (pip install -e . puts it there), else
-    `python -m cnnlab` on this checkout's src/."""
+    `python -m cnnlab`."""
     script = Path(sys.executable).with_name("cnnlab")
-    if script.is_file():
-        return [str(script)]
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
-    return [sys.executable, "-m", "cnnlab"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "cnnlab"]
 
 
 def wall(command: list[str], cwd: str) -> float:
