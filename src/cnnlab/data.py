@@ -150,15 +150,15 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 4096) -> list[list[float]]:
-    """Per-channel [mean, std] of x on to_device's scale, summed in float64 over chunks so a
-    large set never needs a float copy of itself."""
+    """Per-channel [mean, std] of x on to_device's scale, summed over chunks so a large set
+    never needs a float copy of itself."""
     axes = [0, *range(2, x.dim())]
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
     for i in range(0, len(x), chunk):
-        part = as_float(x[i : i + chunk]).double()
-        total += part.sum(axes)
-        squares += part.square().sum(axes)
+        part = as_float(x[i : i + chunk])  # float32 within a chunk, float64 across chunks
+        total += part.sum(axes).double()
+        squares += part.square().sum(axes).double()
     n = max(1, x.numel() // x.shape[1])
     mean = total / n
     std = (squares / n - mean.square()).clamp(min=0).sqrt()
@@ -608,21 +608,30 @@ def class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files below a class folder (sub-folders too), by name; others are skipped."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+def image_files(folder: Path) -> list[str]:
+    """Image files below a class folder (sub-folders too), by name; other files and hidden
+    ones are skipped. Plain strings and os.walk: with pathlib, listing 4,000 files took
+    0.25 s, most of a cached load."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [
+            os.path.join(dirpath, f)
+            for f in filenames
+            if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
+        ]
+    return sorted(found)
 
 
 def scan_image_folder(cfg: ImageFolderDataConfig) -> dict:
     """Which files make the training and test sets, and the class names: names and folders
     only, nothing is decoded. Bad layouts fail here with one line naming the folder."""
-    root = Path(cfg.path).expanduser()
+    if not cfg.path:
+        raise ConfigError(
+            "data.path is not set: data=image_folder needs data.path=DIR, a folder with one "
+            "sub-folder of images per class (or train/ and test/ each so)"
+        )
+    root = Path(cfg.path).expanduser().resolve()
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise ConfigError(f"data.path={cfg.path} {what}: give a folder of class folders")
@@ -665,7 +674,7 @@ def image_folder_spec(cfg: ImageFolderDataConfig) -> tuple[tuple[int, ...], list
     return (cfg.channels, *image_size(cfg)), scan_image_folder(cfg)["classes"]
 
 
-def decode_image(path: Path, channels: int, size: tuple[int, int]):
+def decode_image(path: str, channels: int, size: tuple[int, int]):
     """One file -> H x W x C uint8 array (grey or RGB, resized to `size`, aspect not kept),
     or the reason it cannot be read."""
     import numpy as np
@@ -681,19 +690,21 @@ def decode_image(path: Path, channels: int, size: tuple[int, int]):
                 img = img.resize((w, h), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8).reshape(h, w, channels)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"{type(e).__name__}: {e}".splitlines()[0]
+        reason = str(e).replace(f"'{path}'", "").replace(f" {path}", "").strip() or "no reason"
+        return f"{type(e).__name__}: {reason}".splitlines()[0]  # the path is named by the caller
 
 
-def decode_images(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
+def decode_images(
+    files: list[str], channels: int, size: tuple[int, int], workers: int | None = None
+) -> torch.Tensor:
     """N x C x H x W uint8. Pillow releases the GIL while it decodes and resizes, so threads
-    decode in parallel. A file that cannot be read fails the load, named: nothing trains on
-    a silently smaller set."""
+    (one per core, at most 16) decode in parallel. A file that cannot be read fails the
+    load, named: nothing trains on a silently smaller set."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
-    workers = min(16, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers or min(16, os.cpu_count() or 1)) as pool:
         decoded = list(pool.map(lambda p: decode_image(p, channels, size), files))
     bad = [(p, r) for p, r in zip(files, decoded, strict=True) if isinstance(r, str)]
     if bad:
@@ -707,7 +718,7 @@ def decode_images(files: list[Path], channels: int, size: tuple[int, int]) -> to
     return torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
 
 
-def listed_images(scan: dict) -> tuple[list[Path], list[int]]:
+def listed_images(scan: dict) -> tuple[list[str], list[int]]:
     """Every image file, the training ones first, and its class index."""
     files, labels = [], []
     for part in ("train", "test"):
@@ -717,17 +728,14 @@ def listed_images(scan: dict) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
-def image_cache_path(cfg: ImageFolderDataConfig, root: Path, files: list[Path]) -> Path:
-    """Where the decoded images are cached: keyed by every file's path, size and mtime and by
-    the target shape, so a changed, added or removed file, or another data.image_size or
-    data.channels, makes a new one."""
-    key = hashlib.sha256(
-        repr((IMAGE_CACHE_VERSION, cfg.channels, image_size(cfg))).encode()
-        + str(root.resolve()).encode()
-    )
+def image_cache_path(cfg: ImageFolderDataConfig, files: list[str]) -> Path:
+    """Where the decoded images are cached: keyed by every file's (absolute) path, size and
+    mtime and by the target shape, so a changed, added or removed file, or another
+    data.image_size or data.channels, makes a new one."""
+    key = hashlib.sha256(repr((IMAGE_CACHE_VERSION, cfg.channels, image_size(cfg))).encode())
     for f in files:
-        st = f.stat()
-        key.update(f"\n{f.relative_to(root)}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        st = os.stat(f)
+        key.update(f"\n{f}\t{st.st_size}\t{st.st_mtime_ns}".encode())
     return Path(cfg.root) / "image_folder_cache" / f"{key.hexdigest()[:32]}.pt"
 
 
@@ -773,7 +781,7 @@ def load_image_folder(cfg: ImageFolderDataConfig) -> Dataset:
     scan = scan_image_folder(cfg)
     files, labels = listed_images(scan)
     labels = torch.tensor(labels, dtype=torch.long)
-    cache = image_cache_path(cfg, scan["root"], files)
+    cache = image_cache_path(cfg, files)
     x = read_image_cache(cache, len(files))
     if x is None:
         x = decode_images(files, cfg.channels, image_size(cfg))
