@@ -145,6 +145,12 @@ def test_a_set_with_missing_values_is_refused_naming_it(root):
     assert "DodgerLoopDay" in message and "missing values" in message and "\n" not in message
 
 
+def test_missing_values_in_a_test_file_are_refused_too(tmp_path):
+    write_set(tmp_path, "Chinatown", [[1, 0, 1], [2, 1, 0]], [[1, float("nan"), 1]])
+    with pytest.raises(ConfigError, match=r"Chinatown: .*missing values.*Chinatown_TEST\.tsv"):
+        data.load(ucr(tmp_path, "Chinatown"))
+
+
 def test_a_name_not_in_the_archive_is_refused_with_it(tmp_path):
     with pytest.raises(ConfigError) as e:
         data.spec(ucr(tmp_path, "ECG20"))

@@ -532,29 +532,29 @@ def ucr_class_name(label: float) -> str:
     return str(int(label)) if label.is_integer() else repr(label)
 
 
-def ucr_labels(path: Path) -> list[str]:
-    """The first column of an archive file, without parsing the series."""
-    with open(path) as f:
-        return [ucr_class_name(float(line.split("\t", 1)[0])) for line in f if line.strip()]
+def missing_values(name: str, path: Path) -> ConfigError:
+    return ConfigError(
+        f"data.name={name}: the set has missing values or series of unequal length (NaN in "
+        f"{path}), which cnnlab does not fill in: pick another set, or replace the files with "
+        f"the archive's adjusted ones (its Missing_value_and_variable_length_datasets_adjusted "
+        f"folder)"
+    )
 
 
 def ucr_spec(cfg: UcrDataConfig) -> tuple[tuple[int, ...], list[str]]:
-    """(1, length) and the training set's labels in numeric order; refuses a set with missing
-    values or series of unequal length (NaN-padded in the archive) before any model is built."""
+    """(1, length) and the training file's labels in numeric order, from its text without
+    parsing the series; a set with missing values or series of unequal length (NaN-padded
+    in the archive) is refused here, before any model is built."""
     train, _ = ucr_files(cfg)
     text = train.read_text()
     if "NaN" in text:
-        raise ConfigError(
-            f"data.name={cfg.name}: the set has missing values or series of unequal length "
-            f"(NaN in {train}), which cnnlab does not fill in: pick another set, or replace "
-            f"the files with the archive's adjusted ones (its "
-            f"Missing_value_and_variable_length_datasets_adjusted folder)"
-        )
-    length = text.split("\n", 1)[0].count("\t")
+        raise missing_values(cfg.name, train)
+    lines = [line for line in text.splitlines() if line.strip()]
     try:
-        return (1, length), sorted(set(ucr_labels(train)), key=float)
+        labels = {ucr_class_name(float(line.split("\t", 1)[0])) for line in lines}
     except ValueError as e:  # a label that is not a number
         raise DataError(f"{train} is not a UCR archive file ({e}): replace it") from None
+    return (1, lines[0].count("\t") if lines else 0), sorted(labels, key=float)
 
 
 def read_ucr_tsv(path: Path, classes: list[str], length: int) -> tuple[torch.Tensor, ...]:
@@ -585,6 +585,8 @@ def load_ucr(cfg: UcrDataConfig) -> Dataset:
     out = []
     for path in ucr_files(cfg):
         x, y = read_ucr_tsv(path, classes, length)
+        if x.isnan().any():
+            raise missing_values(cfg.name, path)
         if cfg.znorm and x.shape[1] > 1:
             std = x.std(1, keepdim=True)
             x = (x - x.mean(1, keepdim=True)) / torch.where(std > 0, std, 1.0)
