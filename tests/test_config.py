@@ -11,12 +11,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import cnnlab.cli  # registers the schemas in Hydra's ConfigStore
+from cnnlab import data
 from cnnlab.config import (
     ConfigError,
-    DataConfig,
     LeNetConfig,
     MLPConfig,
-    SyntheticDataConfig,
     TrainConfig,
     TrainerConfig,
 )
@@ -79,15 +78,13 @@ def test_every_option_composes_into_the_schemas(group, option, tmp_path, monkeyp
     plain = OmegaConf.to_object(cfg)  # runs every __post_init__ range check too
     assert isinstance(plain, TrainConfig)
     assert type(plain.model) is (MLPConfig if plain.model.name == "mlp" else LeNetConfig)
-    assert type(plain.data) is (
-        SyntheticDataConfig if plain.data.name == "synthetic" else DataConfig
-    )
+    assert type(plain.data) is data.source(plain.data).schema  # ucr, image_folder: their own
     assert type(plain.trainer) is TrainerConfig
     assert plain.data.root == str(tmp_path)  # data.root follows CNNLAB_DATA
     if group == "model":
         assert plain.model.name == option
     if group == "data":
-        assert plain.data.name == option
+        assert (plain.data.source or plain.data.name) == option  # ucr's name is the set's
     if group == "trainer":
         assert plain.trainer.epochs == {"default": 5, "fast": 1}.get(option, plain.trainer.epochs)
 

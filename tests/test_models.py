@@ -507,3 +507,90 @@ def test_each_norm_and_activation_has_its_own_summary():
         assert len(set(texts)) == len(texts), texts
     layer, group = (summary(build_model(lenet(norm=n), MNIST, 10)) for n in ("layer", "group"))
     assert "layernorm" in layer and "groupnorm" in group
+
+
+# ---------------------------------------------------------------- 1-D: (channels, length)
+
+SERIES = (1, 96)  # ECG200's shape
+
+# LeNet-5 on 1x96: 96 -> 92 -> 46 -> 42 -> 21, so 16 * 21 = 336 dense inputs
+LENET5_1D = (6 * 1 * 5 + 6) + (16 * 6 * 5 + 16) + (336 * 120 + 120) + (120 * 84 + 84) + (84 * 2 + 2)
+
+
+def test_lenet5_in_1d_params_and_summary():
+    model = build_model(LeNetConfig(), SERIES, 2)
+    assert count_params(model) == LENET5_1D == 51_306
+    assert summary(model) == (
+        "conv1-6k5 relu maxpool conv6-16k5 relu maxpool fc336-120 relu fc120-84 relu fc84-2"
+    )
+    assert count_conv_layers(model) == 2
+    assert all(not isinstance(m, torch.nn.Conv2d | torch.nn.MaxPool2d) for m in model.modules())
+
+
+def test_mlp_flattens_a_series():
+    model = build_model(MLPConfig(), (3, 50), 4)
+    assert count_params(model) == (150 * 128 + 128) + (128 * 4 + 4)
+    train_step(MLPConfig(), (3, 50), classes=4)
+
+
+KNOB_VALUES_1D = [(k, v) for k, v in KNOB_VALUES if (k, v) not in (("factorize", True),)]
+KNOB_VALUES_1D = [(k, v) for k, v in KNOB_VALUES_1D if not isinstance(v, list)]
+
+
+@pytest.mark.parametrize("shape", [SERIES, (3, 140)], ids=["1x96", "3x140"])
+@pytest.mark.parametrize("knob, value", KNOB_VALUES_1D, ids=[f"{k}={v}" for k, v in KNOB_VALUES_1D])
+def test_every_knob_value_trains_in_1d(knob, value, shape):
+    model = train_step(lenet(**{knob: value}), shape, classes=2)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "combo",
+    [
+        c
+        for c in COMBINATIONS
+        if not c.get("factorize") and not isinstance(c.get("kernel_size"), list)
+    ],
+)
+def test_combinations_train_in_1d(combo):
+    train_step(lenet(**combo), SERIES, classes=2)
+
+
+def test_1d_knobs_change_what_they_should():
+    # batch norm in 1-D: BatchNorm1d, conv bias off; 'same' keeps the length
+    model = build_model(lenet(norm="batch", padding="same"), SERIES, 2)
+    assert "batchnorm" in summary(model)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    assert summary(model).endswith("fc384-120 relu fc120-84 relu fc84-2")  # 96 -> 48 -> 24
+    # dilation and stride show in the summary as in 2-D
+    text = summary(build_model(lenet(stride=2, dilation=2, padding="same"), (1, 500), 2))
+    assert text.startswith("conv1-6k5 s2 d2 relu maxpool")
+    # residual with a projection shortcut, cropped to the body in 1-D too
+    train_step(lenet(residual=True, kernel_size=3), SERIES, classes=2)
+
+
+def test_factorize_on_1d_is_refused_in_one_line():
+    message = build_error(lenet(factorize=True), SERIES)
+    assert "model.factorize" in message and "1x96" in message and "\n" not in message
+
+
+def test_a_2d_kernel_on_1d_data_is_refused():
+    message = build_error(lenet(kernel_size=[3, 5]), SERIES)
+    assert "model.kernel_size=[3, 5]" in message and "1x96" in message
+
+
+def test_1d_map_shrinking_below_1_is_refused():
+    # 24 -> 20 -> 10 -> 6 -> 3 -> a 5 kernel cannot fit in stage 3
+    message = build_error(lenet(channels=[6, 16, 32]), (1, 24))
+    assert "stage 3" in message and "1x24" in message and "model.kernel_size=5" in message
+
+
+def test_1d_pool_on_a_length_1_map_is_refused():
+    # stride 2, padding 0: 30 -> 13 -> 6 -> 1, and the second pool has a map of length 1
+    message = build_error(lenet(stride=2), (1, 30))
+    assert "model.pool=max" in message and "1x30" in message
+
+
+def test_1d_residual_body_growing_the_map_is_refused():
+    message = build_error(lenet(kernel_size=3, padding=2, residual=True), SERIES)
+    assert "model.residual=true" in message and "1x96" in message

@@ -226,7 +226,7 @@ def load_tensors(cfg: TrainConfig, device: torch.device) -> tuple[data.Dataset, 
         "data %s: %d train / %d test of %s on %s",
         *(cfg.data.name, len(ds.y_train), len(ds.y_test), shape, device),
     )
-    norm = cfg.data.normalize
+    norm = ds.normalize  # data.normalize, with auto worked out from the training data
     return ds, TrainData(
         data.to_device(ds.x_train, device, norm),
         ds.y_train.to(device),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from cnnlab.outcome import RunError, Status
 
@@ -175,18 +175,32 @@ class LeNetConfig:
 
 @dataclass
 class DataConfig:
+    # The data.py source that reads this schema; None: data.name names the source (mnist,
+    # ...). Schemas whose data.name names something else (a UCR set) set their own.
+    source: ClassVar[str | None] = None
+
     name: str = "mnist"
     root: str = "${oc.env:CNNLAB_DATA,data}"
     download: bool = True
-    normalize: list[float] = field(default_factory=lambda: [0.5, 0.5])  # mean, std
+    # [mean, std], or "auto": per-channel mean and std of the training data (data.load
+    # works them out). Typed Any because a schema field cannot be a list or a string.
+    normalize: Any = field(default_factory=lambda: [0.5, 0.5])
     mirror: str | None = None  # base URL of an IDX mirror, tried before torchvision's
     train_size: int | None = None  # keep only the first N images (quick experiments)
     test_size: int | None = None
 
     def __post_init__(self):
-        if len(self.normalize) != 2 or self.normalize[1] <= 0:
+        if isinstance(self.normalize, tuple):
+            self.normalize = list(self.normalize)
+        if self.normalize != "auto" and not (
+            isinstance(self.normalize, list)
+            and len(self.normalize) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in self.normalize)
+            and self.normalize[1] > 0
+        ):
             raise ConfigError(
-                f"data.normalize={self.normalize} is not allowed: use [mean, std] with std > 0"
+                f"data.normalize={self.normalize!r} is not allowed: use [mean, std] with "
+                f"std > 0, or auto (mean and std of the training data)"
             )
         for key in ("train_size", "test_size"):
             if getattr(self, key) is not None:
@@ -206,6 +220,56 @@ class SyntheticDataConfig(DataConfig):
         if len(self.shape) != 3 or min(self.shape) < 1:
             raise ConfigError(f"data.shape={self.shape} is not allowed: use [channels, h, w] >= 1")
         _positive("data.classes", self.classes)
+
+
+@dataclass
+class UcrDataConfig(DataConfig):
+    """A set of the UCR time series archive (2018): data.name is the archive's name."""
+
+    source: ClassVar[str] = "ucr"
+
+    name: str = "ECG200"
+    normalize: Any = field(default_factory=lambda: [0.0, 1.0])  # floats: (x - 0) / 1
+    znorm: bool = True  # z-normalise each series on its own (mean 0, std 1), as the archive
+
+
+@dataclass
+class ImageFolderDataConfig(DataConfig):
+    """The user's own images: one sub-folder per class, or train/ and test/ each so."""
+
+    source: ClassVar[str] = "image_folder"
+
+    name: str = "image_folder"
+    path: str | None = None  # the folder (data.py refuses a run without it)
+    image_size: Any = 28  # int or [h, w]: every image is resized to this
+    channels: int = 1  # 1 (grey) or 3 (RGB)
+    test_fraction: float = 0.2  # held out per class when there is no test/ folder
+    normalize: Any = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        size = self.image_size
+        if isinstance(size, list | tuple):
+            size = self.image_size = tuple(size)
+        sizes = size if isinstance(size, tuple) else (size,)
+        if (
+            len(sizes) not in (1, 2)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes)
+            or min(sizes) < 1
+        ):
+            shown = list(size) if isinstance(size, tuple) else size
+            raise ConfigError(
+                f"data.image_size={shown!r} is not allowed: use an int >= 1 or [h, w]"
+            )
+        if self.channels not in (1, 3):
+            raise ConfigError(
+                f"data.channels={self.channels} is not allowed: use 1 (grey) or 3 (RGB)"
+            )
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(
+                f"data.test_fraction={self.test_fraction} is not allowed: it must be "
+                f"between 0 and 1 (exclusive)"
+            )
 
 
 @dataclass
@@ -286,6 +350,8 @@ def register_configs() -> None:
     cs.store(group="schema", name="lenet", node=LeNetConfig)
     cs.store(group="schema", name="data", node=DataConfig)
     cs.store(group="schema", name="synthetic_data", node=SyntheticDataConfig)
+    cs.store(group="schema", name="ucr_data", node=UcrDataConfig)
+    cs.store(group="schema", name="image_folder_data", node=ImageFolderDataConfig)
     cs.store(group="schema", name="trainer", node=TrainerConfig)
     cs.store(group="schema", name="no_logger", node=NoLoggerConfig)
     cs.store(group="schema", name="tensorboard_logger", node=TensorBoardLoggerConfig)

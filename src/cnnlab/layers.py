@@ -2,6 +2,9 @@
 
 Names from the config are resolved here once, when a model is built; the model code
 itself only ever sees nn.Module factories (the timm create_act / create_norm idea).
+Layers that depend on the data's number of spatial axes (`dims`: 1 for a time series of
+shape (channels, length), 2 for an image) are picked here by `dims`, so the model code is
+the same for both.
 """
 
 from __future__ import annotations
@@ -21,30 +24,35 @@ ACTIVATIONS: dict[Activation, Callable[[float], nn.Module]] = {
     Activation.gelu: lambda slope: nn.GELU(),
 }
 
-POOLS: dict[Pool, type[nn.Module] | None] = {
-    Pool.max: nn.MaxPool2d,
-    Pool.avg: nn.AvgPool2d,
+# The layer classes of each kind, by number of spatial axes.
+CONVS = {1: nn.Conv1d, 2: nn.Conv2d}
+POOLS: dict[Pool, dict[int, type[nn.Module]] | None] = {
+    Pool.max: {1: nn.MaxPool1d, 2: nn.MaxPool2d},
+    Pool.avg: {1: nn.AvgPool1d, 2: nn.AvgPool2d},
     Pool.none: None,
 }
+BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+INSTANCE_NORMS = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d}
 
 
-class LayerNorm2d(nn.GroupNorm):
-    """Layer Norm for feature maps: GroupNorm with one group normalises (C, H, W) of each
-    sample, which nn.LayerNorm could only do with the spatial size fixed in advance."""
+class LayerNorm(nn.GroupNorm):
+    """Layer Norm for feature maps: GroupNorm with one group normalises (C, *spatial) of each
+    sample, which nn.LayerNorm could only do with the spatial size fixed in advance. Works
+    for any number of spatial axes."""
 
     def __init__(self, channels: int):
         super().__init__(1, channels)
 
 
-# Each entry builds a norm for `c` channels (`groups` is read by group norm only). LRN uses
-# AlexNet's settings.
-NORMS: dict[Norm, Callable[[int, int], nn.Module] | None] = {
+# Each entry builds a norm for `c` channels (`groups` is read by group norm only) on data
+# with `dims` spatial axes. Layer, group and LRN work on any. LRN uses AlexNet's settings.
+NORMS: dict[Norm, Callable[..., nn.Module] | None] = {
     Norm.none: None,
-    Norm.batch: lambda c, groups: nn.BatchNorm2d(c),
-    Norm.layer: lambda c, groups: LayerNorm2d(c),
-    Norm.instance: lambda c, groups: nn.InstanceNorm2d(c, affine=True),
-    Norm.group: lambda c, groups: nn.GroupNorm(groups, c),
-    Norm.lrn: lambda c, groups: nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0),
+    Norm.batch: lambda c, groups, dims=2: BATCH_NORMS[dims](c),
+    Norm.layer: lambda c, groups, dims=2: LayerNorm(c),
+    Norm.instance: lambda c, groups, dims=2: INSTANCE_NORMS[dims](c, affine=True),
+    Norm.group: lambda c, groups, dims=2: nn.GroupNorm(groups, c),
+    Norm.lrn: lambda c, groups, dims=2: nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0),
 }
 
 
@@ -55,29 +63,34 @@ def lookup(table: dict, name, key: str):
     return table[name]
 
 
+def ntuple(v, dims: int = 2) -> tuple[int, ...]:
+    """An int repeated per spatial axis, or the per-axis values as given."""
+    return (v,) * dims if isinstance(v, int) else tuple(v)
+
+
 def pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+    return ntuple(v, 2)
 
 
-def same_padding(kernel_size, dilation) -> tuple[int, int]:
+def same_padding(kernel_size, dilation, dims: int = 2) -> tuple[int, ...]:
     """Padding that keeps the size at stride 1 (exact for odd kernels), per axis."""
-    kh, kw = pair(kernel_size)
-    dh, dw = pair(dilation)
-    return (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
+    k, d = ntuple(kernel_size, dims), ntuple(dilation, dims)
+    return tuple(d[i] * (k[i] - 1) // 2 for i in range(dims))
 
 
-def resolve_padding(padding, kernel_size, dilation) -> tuple[int, int]:
+def resolve_padding(padding, kernel_size, dilation, dims: int = 2) -> tuple[int, ...]:
     if padding == "same":
-        return same_padding(kernel_size, dilation)
+        return same_padding(kernel_size, dilation, dims)
     if padding == "valid":
-        return (0, 0)
-    return pair(padding)
+        return (0,) * dims
+    return ntuple(padding, dims)
 
 
-def conv_out(size: tuple[int, int], kernel_size, stride, padding, dilation) -> tuple[int, int]:
-    """Output height and width of a convolution (or pooling) on a `size` input."""
-    k, s, p, d = pair(kernel_size), pair(stride), pair(padding), pair(dilation)
-    return tuple((size[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2))
+def conv_out(size: tuple[int, ...], kernel_size, stride, padding, dilation) -> tuple[int, ...]:
+    """Output size per spatial axis of a convolution (or pooling) on a `size` input."""
+    n = len(size)
+    k, s, p, d = (ntuple(v, n) for v in (kernel_size, stride, padding, dilation))
+    return tuple((size[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(n))
 
 
 def conv_block(
@@ -90,25 +103,27 @@ def conv_block(
     norm: Callable[[int], nn.Module] | None = None,
     activation: Callable[[], nn.Module] | None = None,
     factorize: bool = False,
+    dims: int = 2,
 ) -> nn.Sequential:
-    """conv -> norm -> activation, the torchvision Conv2dNormActivation recipe.
+    """conv -> norm -> activation, the torchvision Conv2dNormActivation recipe, on data with
+    `dims` spatial axes (Conv1d or Conv2d).
 
     The conv bias is off when a norm with a learnable shift follows, since that shift
     replaces it (LRN has none, so its conv keeps the bias, as in AlexNet).
-    With `factorize`, the k x k conv becomes k x 1 then 1 x k (Inception v3): both map to
-    `out_ch`, and the first has no bias because a linear map follows it directly.
+    With `factorize` (2-D only), the k x k conv becomes k x 1 then 1 x k (Inception v3):
+    both map to `out_ch`, and the first has no bias because a linear map follows it directly.
     """
-    kh, kw = pair(kernel_size)
-    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    k, s, p, d = (ntuple(v, dims) for v in (kernel_size, stride, padding, dilation))
     norm_layer = norm(out_ch) if norm is not None else None
     bias = getattr(norm_layer, "bias", None) is None
-    if factorize and kh > 1 and kw > 1:
+    if factorize and dims == 2 and min(k) > 1:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k, s, p, d
         layers: list[nn.Module] = [
             nn.Conv2d(in_ch, out_ch, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False),
             nn.Conv2d(out_ch, out_ch, (1, kw), (1, sw), (0, pw), (1, dw), bias=bias),
         ]
     else:
-        layers = [nn.Conv2d(in_ch, out_ch, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias=bias)]
+        layers = [CONVS[dims](in_ch, out_ch, k, s, p, d, bias=bias)]
     if norm_layer is not None:
         layers.append(norm_layer)
     if activation is not None:

@@ -1,13 +1,16 @@
 """The chapter's MLP and the LeNet family, built from config dataclasses.
 
-Models read the input shape (channels, height, width) and the class count from the data,
-so the same config works on 1x28x28 digits and 3x32x32 CIFAR images. Every knob is checked
-while the model is built, against the real feature-map sizes, so a combination that cannot
-work fails before training with the knob, its value and the input size in the message.
+Models read the input shape and the class count from the data, so the same config works on
+1x28x28 digits, 3x32x32 CIFAR images and, in 1-D, on a time series of shape (channels,
+length): the layer tables pick Conv1d or Conv2d (and the matching pools and norms) by the
+number of spatial axes. Every knob is checked while the model is built, against the real
+feature-map sizes, so a combination that cannot work fails before training with the knob,
+its value and the input size in the message.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -21,7 +24,6 @@ from cnnlab.layers import (
     conv_block,
     conv_out,
     lookup,
-    pair,
     resolve_padding,
     same_padding,
 )
@@ -32,11 +34,11 @@ def scaled(n: int, width: float) -> int:
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: MLPConfig, input_shape: tuple[int, int, int], num_classes: int):
+    def __init__(self, cfg: MLPConfig, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
         act = lookup(ACTIVATIONS, cfg.activation, "model.activation")
         layers: list[nn.Module] = [nn.Flatten()]
-        n_in = input_shape[0] * input_shape[1] * input_shape[2]
+        n_in = math.prod(input_shape)  # any shape: (C, H, W), (C, length), ...
         for h in cfg.hidden:
             layers += [nn.Linear(n_in, scaled(h, cfg.width)), act(cfg.negative_slope)]
             n_in = scaled(h, cfg.width)
@@ -61,9 +63,12 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, s = self.body(x), self.shortcut(x)
-        dh, dw = s.shape[-2] - y.shape[-2], s.shape[-1] - y.shape[-1]
-        if dh or dw:
-            s = s[..., dh // 2 : dh // 2 + y.shape[-2], dw // 2 : dw // 2 + y.shape[-1]]
+        if s.shape[2:] != y.shape[2:]:  # centre-crop every spatial axis to the body's size
+            crop = (
+                slice((a - b) // 2, (a - b) // 2 + b)
+                for a, b in zip(s.shape[2:], y.shape[2:], strict=True)
+            )
+            s = s[(..., *crop)]
         return self.act(y + s)
 
 
@@ -72,11 +77,29 @@ class LeNet(nn.Module):
 
     With the defaults this is the chapter's LeNet-5 (44,426 parameters on 1x28x28). The
     first conv of a stage uses `stride` and `padding`; the extra ones (depth > 1) keep the
-    spatial size, so depth adds layers without changing what the dense head sees.
+    spatial size, so depth adds layers without changing what the dense head sees. On input
+    of shape (channels, length) the same stages are 1-D: Conv1d, MaxPool1d, BatchNorm1d.
     """
 
-    def __init__(self, cfg: LeNetConfig, input_shape: tuple[int, int, int], num_classes: int):
+    def __init__(self, cfg: LeNetConfig, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
+        shape_text = "x".join(map(str, input_shape))
+        dims = len(input_shape) - 1  # spatial axes: 1 for a time series, 2 for an image
+        if dims not in (1, 2):
+            raise ConfigError(
+                f"input {shape_text} has {dims} spatial axes: the LeNet family takes "
+                f"(channels, length) or (channels, height, width)"
+            )
+        if dims == 1 and isinstance(cfg.kernel_size, tuple):
+            raise ConfigError(
+                f"model.kernel_size={list(cfg.kernel_size)} has two axes but the input "
+                f"{shape_text} has one: use an int"
+            )
+        if dims == 1 and cfg.factorize:
+            raise ConfigError(
+                f"model.factorize=true splits a k x k kernel into k x 1 and 1 x k, which needs "
+                f"2-D input; input {shape_text} is 1-D: use model.factorize=false"
+            )
         act = lookup(ACTIVATIONS, cfg.activation, "model.activation")
         norm = lookup(NORMS, cfg.norm, "model.norm")
         pool = lookup(POOLS, cfg.pool, "model.pool")
@@ -93,15 +116,17 @@ class LeNet(nn.Module):
                     f"input {'x'.join(map(str, input_shape))}): pick groups that divide "
                     f"every channel count"
                 )
-            return norm(c, cfg.groups)
+            return norm(c, cfg.groups, dims)
+
+        def text(size: tuple[int, ...]) -> str:
+            return "x".join(map(str, size))
 
         block_norm = make_norm if norm is not None else None
-        shape_text = "x".join(map(str, input_shape))
         knobs = (
             f"model.kernel_size={cfg.kernel_size}, model.stride={cfg.stride}, "
             f"model.padding={cfg.padding}, model.dilation={cfg.dilation}"
         )
-        in_ch, size = input_shape[0], (input_shape[1], input_shape[2])
+        in_ch, size = input_shape[0], tuple(input_shape[1:])
         stages: list[nn.Module] = []
         for s, channels in enumerate(cfg.channels, start=1):
             out_ch = scaled(channels, cfg.width)
@@ -110,13 +135,20 @@ class LeNet(nn.Module):
                 first = d == 0
                 stride = cfg.stride if first else 1
                 padding = (
-                    resolve_padding(cfg.padding, cfg.kernel_size, cfg.dilation)
+                    resolve_padding(cfg.padding, cfg.kernel_size, cfg.dilation, dims)
                     if first
-                    else same_padding(cfg.kernel_size, cfg.dilation)
+                    else same_padding(cfg.kernel_size, cfg.dilation, dims)
                 )
                 if cfg.bottleneck is not None:
                     blocks.append(
-                        conv_block(in_ch, cfg.bottleneck, 1, norm=block_norm, activation=activation)
+                        conv_block(
+                            in_ch,
+                            cfg.bottleneck,
+                            1,
+                            norm=block_norm,
+                            activation=activation,
+                            dims=dims,
+                        )
                     )
                     in_ch = cfg.bottleneck
                 last = d == cfg.depth - 1
@@ -132,30 +164,31 @@ class LeNet(nn.Module):
                         # ResNet applies the last activation after the shortcut is added
                         activation=None if (cfg.residual and last) else activation,
                         factorize=cfg.factorize,
+                        dims=dims,
                     )
                 )
                 new_size = conv_out(size, cfg.kernel_size, stride, padding, cfg.dilation)
                 if min(new_size) < 1:
                     raise ConfigError(
-                        f"{knobs} shrink the feature map below 1x1 in stage {s}, conv {d + 1} "
-                        f"({size[0]}x{size[1]} -> {new_size[0]}x{new_size[1]}) for input "
+                        f"{knobs} shrink the feature map below {text((1,) * dims)} in stage "
+                        f"{s}, conv {d + 1} ({text(size)} -> {text(new_size)}) for input "
                         f"{shape_text}: use padding=same, a smaller kernel or fewer stages"
                     )
                 in_ch, size = out_ch, new_size
             body = nn.Sequential(*blocks)
             if cfg.residual:
                 short_size = conv_out(stage_size, 1, cfg.stride, 0, 1)
-                if size[0] > short_size[0] or size[1] > short_size[1]:
+                if any(b > a for a, b in zip(short_size, size, strict=True)):
                     # the shortcut can be cropped to a smaller body output, not grown
                     raise ConfigError(
                         f"model.residual=true with {knobs} grows the map in stage {s} "
-                        f"({stage_size[0]}x{stage_size[1]} -> {size[0]}x{size[1]}, shortcut "
-                        f"{short_size[0]}x{short_size[1]}) for input {shape_text}: use "
+                        f"({text(stage_size)} -> {text(size)}, shortcut "
+                        f"{text(short_size)}) for input {shape_text}: use "
                         f"padding=same or a smaller padding"
                     )
                 needs_projection = stage_in != out_ch or cfg.stride != 1
                 shortcut = (
-                    conv_block(stage_in, out_ch, 1, cfg.stride, norm=block_norm)
+                    conv_block(stage_in, out_ch, 1, cfg.stride, norm=block_norm, dims=dims)
                     if needs_projection
                     else nn.Identity()
                 )
@@ -164,16 +197,16 @@ class LeNet(nn.Module):
             if pool is not None:
                 if min(size) < 2:
                     raise ConfigError(
-                        f"model.pool={cfg.pool} cannot halve a {size[0]}x{size[1]} map after "
+                        f"model.pool={cfg.pool} cannot halve a {text(size)} map after "
                         f"stage {s} for input {shape_text} ({knobs}): use model.pool=none, "
                         f"padding=same or fewer stages"
                     )
-                stages.append(pool(2, 2))
+                stages.append(pool[dims](2, 2))
                 size = conv_out(size, 2, 2, 0, 1)
         self.features = nn.Sequential(*stages)
 
         head: list[nn.Module] = [nn.Flatten()]
-        n_in = in_ch * size[0] * size[1]
+        n_in = in_ch * math.prod(size)
         for units in cfg.fc:
             head += [nn.Linear(n_in, scaled(units, cfg.width)), activation()]
             n_in = scaled(units, cfg.width)
@@ -189,7 +222,7 @@ class LeNet(nn.Module):
 MODELS: dict[type, type[nn.Module]] = {MLPConfig: MLP, LeNetConfig: LeNet}
 
 
-def build_model(cfg, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return MODELS[type(cfg)](cfg, tuple(input_shape), num_classes)
 
 
@@ -198,9 +231,12 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_conv_layers(model: nn.Module) -> int:
-    """k x k convs: a factorized pair counts once, 1x1 bottlenecks and projections not at all."""
+    """k x k (or, in 1-D, k) convs: a factorized pair counts once (its 1 x k half is not
+    counted), 1x1 bottlenecks and projections not at all."""
     return sum(
-        1 for m in model.modules() if isinstance(m, nn.Conv2d) and pair(m.kernel_size)[0] > 1
+        1
+        for m in model.modules()
+        if isinstance(m, nn.modules.conv._ConvNd) and m.kernel_size[0] > 1
     )
 
 
@@ -208,8 +244,8 @@ def summary(model: nn.Module) -> str:
     """One line naming each layer in order, e.g. 'conv1-6k5x5 relu maxpool ... fc84-10'.
 
     Convs and dense layers show their sizes; every other layer is named by its class
-    (MaxPool2d -> maxpool, LayerNorm2d -> layernorm), so a layer added to a table in
-    layers.py is summarised without a change here."""
+    (MaxPool2d and MaxPool1d -> maxpool, LayerNorm -> layernorm), so a layer added to a
+    table in layers.py is summarised without a change here."""
     parts = []
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd):

@@ -131,7 +131,8 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, titl
 def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: int = 16) -> int:
     """The test images the model got most confidently wrong, titled true -> predicted.
 
-    `images` are the uint8 test images (N x C x H x W). Returns how many were shown.
+    `images` are the test images as loaded (N x C x H x W), or series (N x C x length),
+    drawn as lines. Returns how many were shown.
     """
     wrong = (y_pred != y_true).nonzero().flatten()
     order = wrong[confidence[wrong].argsort(descending=True)][:n]
@@ -142,8 +143,11 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, order.tolist(), strict=False):
-        img = images[i].permute(1, 2, 0).numpy()
-        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray")
+        if images[i].dim() == 2:  # a series: one line per channel
+            ax.plot(images[i].T.numpy(), linewidth=0.8)
+        else:
+            img = images[i].permute(1, 2, 0).numpy()
+            ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray")
         ax.set_title(
             f"true: {classes[y_true[i]]}\npred: {classes[y_pred[i]]} "
             f"({100 * float(confidence[i]):.0f}%)",

