@@ -236,7 +236,9 @@ def main(args: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--data", default="fashion_mnist", choices=list(data.SOURCES))
+    # the built-in sets, which need no keys but their name
+    built_in = [name for name, source in data.SOURCES.items() if source.schema is DataConfig]
+    p.add_argument("--data", default="fashion_mnist", choices=[*built_in, "synthetic"])
     p.add_argument(
         "--root",
         default=os.environ.get("CNNLAB_DATA", "data"),
