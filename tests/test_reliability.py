@@ -9,6 +9,7 @@ synthetic or IDX files made here, and the "download" comes from an HTTP server o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import functools
 import gzip
@@ -117,14 +118,14 @@ def patch_steps(monkeypatch, before_step) -> None:
     original = cli.start_run
 
     def start(*args, **kwargs):
-        state, step, tensors, path = original(*args, **kwargs)
+        state, engine = original(*args, **kwargs)
         count = itertools.count(1)
 
         def counted(idx):
             before_step(state, next(count))
-            return step(idx)
+            return engine.step(idx)
 
-        return state, counted, tensors, path
+        return state, dataclasses.replace(engine, step=counted)
 
     monkeypatch.setattr(cli, "start_run", start)
 

@@ -8,6 +8,7 @@ steps such rounding differences grow chaotically, which is no sign of a differen
 GPU tests carry the `gpu` mark and skip cleanly without CUDA.
 """
 
+import dataclasses
 import io
 import json
 
@@ -67,19 +68,20 @@ def trained(name, ds, device, epochs, checkpoint=None, **trainer_kw):
         data.to_device(ds.x_test, device, DATA.normalize),
         ds.y_test.to(device),
     )
-    state, step, tensors, path = start_run(model_for(name, device), tensors, cfg, device, SEED)
+    state, engine = start_run(lambda seed: model_for(name, device), [SEED], tensors, cfg, device)
     if checkpoint is not None:
         state.load_state_dict(checkpoint, cfg.lr)
-    losses = []
+    losses, step = [], engine.step
 
     def recording_step(idx):
         loss = step(idx)
         losses.append(loss.clone())  # a CUDA graph overwrites its output at the next replay
         return loss
 
-    outcome, _ = fit(state, recording_step, tensors, cfg, StopRequest())
+    engine = dataclasses.replace(engine, step=recording_step)
+    outcome, _ = fit(state, engine, tensors, cfg, StopRequest())
     assert outcome.status == "completed"
-    return torch.stack(losses).float().cpu(), state, path
+    return torch.cat(losses).float().cpu(), state, engine.path
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet5"])
@@ -91,7 +93,7 @@ def test_cpu_trainer_matches_a_plain_eager_loop(dataset, name):
     assert len(got) == len(expected) == 20
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     # the epoch means the history reports are the same losses
-    means = [row["train_loss"] for row in state.history]
+    means = [row["train_loss"] for row in state.history]  # one seed: a row per epoch
     torch.testing.assert_close(
         torch.tensor(means), expected.view(4, 5).mean(1), rtol=1e-4, atol=1e-5
     )

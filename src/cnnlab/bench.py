@@ -175,18 +175,18 @@ def bench_model(
         data.to_device(ds.x_test, device, norm),
         ds.y_test.to(device),
     )
-    state, step, tensors, path = start_run(fresh_model(), tensors, cfg, device, seed)
+    state, engine = start_run(lambda s: fresh_model(), [seed], tensors, cfg, device)
     seconds, stop = [], StopRequest()
     for _ in range(epochs):
         if run is not None:
             run.epoch()
         started = time.perf_counter()
-        train_epoch(state, step, len(tensors.x_train), cfg, stop)
+        train_epoch(state, engine.step, len(tensors.x_train), cfg, stop)
         synchronize(device)
         seconds.append(time.perf_counter() - started)
     out = {
         "model": name,
-        "cnnlab": summary(seconds, evaluate(state.model, tensors, cfg).accuracy, path=path),
+        "cnnlab": summary(seconds, evaluate(state.model, tensors, cfg).accuracy, path=engine.path),
     }
     if run is not None:
         out["classic"] = summary(run.epoch_seconds, run.accuracy())

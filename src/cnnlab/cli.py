@@ -170,11 +170,27 @@ def check_config(cfg: DictConfig) -> TrainConfig:
     input_shape, classes = data.spec(plain.data)
     with torch.device("meta"):
         build_model(plain.model, input_shape, len(classes))
-    choose_path(plain.trainer, resolve_device(plain.device))
+    device = resolve_device(plain.device)
+    choose_path(plain.trainer, device)
+    if plain.seeds > 1:
+        check_stack_fits(plain, input_shape, len(classes), device)
     if plain.resume:
         saved = load_checkpoint(plain.resume).get("config", {})
         check_resumable(saved, resume_config(plain), plain.resume)
     return plain
+
+
+def check_stack_fits(cfg: TrainConfig, input_shape: tuple, classes: int, device) -> None:
+    """Refuse a stack of seeds that would not fit in the device's memory, before training."""
+    from cnnlab.stack import estimate_bytes
+
+    need = estimate_bytes(cfg.model, input_shape, classes, cfg.seeds, cfg.trainer)
+    free = data.free_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"seeds={cfg.seeds} needs about {need / 2**30:.1f} GiB on {device}, which has "
+            f"{free / 2**30:.1f} GiB free: use fewer seeds or a smaller trainer.batch_size"
+        )
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -263,11 +279,13 @@ def train_run(
     started_at = datetime.now().isoformat(timespec="seconds")
     device = pick_device(cfg.device, job_num)
     input_shape, classes = data.spec(cfg.data)
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model, input_shape, len(classes))
-    described = describe_model(cfg, model, input_shape)
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
     ds, tensors = load_tensors(cfg, device)
     checkpoint, config = run_dir / "checkpoints" / "last.pt", resume_config(cfg)
+
+    def build(seed: int) -> nn.Module:  # the model `seed` alone builds
+        seed_everything(seed)
+        return build_model(cfg.model, input_shape, len(classes))
 
     def save(state: RunState) -> None:
         if cfg.trainer.checkpoint:
@@ -275,22 +293,22 @@ def train_run(
 
     run_logger = loggers.open_logger(cfg, run_dir, sweep_dir)
 
-    def on_epoch(row: dict) -> None:
+    def on_epoch(rows: list[dict]) -> None:
         report.write_history(run_dir / "history.csv", state.history)
-        run_logger(row)
+        run_logger(report.mean_row(rows))
 
     stop = StopRequest()
     # a late signal waits for the files; the tracker closes last, after final()
     with numerics(cfg.trainer) as flags, stop.catching(), contextlib.closing(run_logger):
-        state, step, tensors, path = start_run(
-            model.to(device), tensors, cfg.trainer, device, cfg.seed
-        )
+        state, engine = start_run(build, seeds, tensors, cfg.trainer, device)
+        described = describe_model(cfg, engine.copy(0), input_shape)
         if cfg.resume:
             state.load_state_dict(load_checkpoint(cfg.resume), cfg.trainer.lr)
             at = (state.epoch, state.position)
             log.info("resumed from %s at epoch %d, image %d", cfg.resume, *at)
-        log.info("training path: %s, precision %s", path, cfg.trainer.precision)
-        outcome, evaluation = fit(state, step, tensors, cfg.trainer, stop, save, on_epoch)
+        copies = f", {len(seeds)} seeds together" if len(seeds) > 1 else ""
+        log.info("training path: %s, precision %s%s", engine.path, cfg.trainer.precision, copies)
+        outcome, evaluations = fit(state, engine, tensors, cfg.trainer, stop, save, on_epoch)
         metrics = {
             "status": str(outcome.status),
             "model": cfg.model.name,
@@ -306,8 +324,9 @@ def train_run(
             "device": str(device),
             "device_name": device_name(device),
             "seed": cfg.seed,
+            "seeds": seeds,
             "torch_version": torch.__version__,
-            "path": path,
+            "path": engine.path,
             "precision": str(cfg.trainer.precision),
             "numerics": flags,
             "resumed_from": cfg.resume,
@@ -316,9 +335,9 @@ def train_run(
             **({"error": outcome.message} if outcome.status != Status.completed else {}),
         }
         if cfg.pictures:
-            draw_pictures(model, tensors, input_shape, run_dir)
+            draw_pictures(engine.copy(0), tensors, input_shape, run_dir)
         title = f"{cfg.model.name} on {cfg.data.name}"
-        report.write_run(run_dir, metrics, state.history, evaluation, ds, title)
+        report.write_run(run_dir, metrics, state, evaluations, ds, title)
         run_logger.final(metrics, run_dir)
     if outcome.status == Status.completed and stop.signal is not None:
         name = signal.Signals(stop.signal).name

@@ -210,15 +210,18 @@ class DataConfig:
 @dataclass
 class SyntheticDataConfig(DataConfig):
     name: str = "synthetic"
-    shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # channels, height, width
+    shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # channels, h, w (or length)
     classes: int = 10
     train_size: int | None = 512
     test_size: int | None = 256
 
     def __post_init__(self):
         super().__post_init__()
-        if len(self.shape) != 3 or min(self.shape) < 1:
-            raise ConfigError(f"data.shape={self.shape} is not allowed: use [channels, h, w] >= 1")
+        if len(self.shape) not in (2, 3) or min(self.shape) < 1:
+            raise ConfigError(
+                f"data.shape={self.shape} is not allowed: use [channels, h, w] (images) or "
+                f"[channels, length] (series), each >= 1"
+            )
         _positive("data.classes", self.classes)
 
 
@@ -330,6 +333,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     device: str = "auto"
     seed: int = 0
+    seeds: int = 1  # copies trained together, with seeds seed, seed+1, ..., seed+seeds-1
     resume: str | None = None  # a run folder or a checkpoint file
     logger: Any = None  # NoLoggerConfig, TensorBoardLoggerConfig or MLflowLoggerConfig
     pictures: bool = True  # filters.png and feature_maps.png (off for large sweeps)
@@ -337,6 +341,16 @@ class TrainConfig:
     def __post_init__(self):
         if not 0 <= self.seed < 2**32:  # what numpy's and torch's seeding accept
             raise ConfigError(f"seed={self.seed} is not allowed: it must be in 0..{2**32 - 1}")
+        if self.seeds < 1 or self.seed + self.seeds > 2**32:
+            raise ConfigError(
+                f"seeds={self.seeds} is not allowed: it must be >= 1, and seed + seeds - 1 "
+                f"at most {2**32 - 1}"
+            )
+        if self.seeds > 1 and self.trainer.compile:
+            raise ConfigError(
+                f"seeds={self.seeds} with trainer.compile=true is not supported: several "
+                f"seeds train as one stacked model (eager, or a CUDA graph on CUDA)"
+            )
 
 
 def register_configs() -> None:

@@ -374,13 +374,14 @@ def synthetic(cfg: SyntheticDataConfig) -> Dataset:
     Always generated with the same fixed seed, so the data do not change with `seed`.
     """
     g = torch.Generator().manual_seed(0)
-    c, h, w = cfg.shape
-    coarse = torch.rand(cfg.classes, c, max(1, h // 4), max(1, w // 4), generator=g)
-    templates = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear")
+    c, *size = cfg.shape  # (channels, h, w) images or (channels, length) series
+    coarse = torch.rand(cfg.classes, c, *(max(1, s // 4) for s in size), generator=g)
+    mode = "bilinear" if len(size) == 2 else "linear"
+    templates = torch.nn.functional.interpolate(coarse, size=tuple(size), mode=mode)
 
     def make(n):
         y = torch.randint(cfg.classes, (n,), generator=g)
-        x = 0.7 * templates[y] + 0.3 * torch.rand(n, c, h, w, generator=g)
+        x = 0.7 * templates[y] + 0.3 * torch.rand(n, c, *size, generator=g)
         return (x * 255).round().to(torch.uint8), y
 
     return Dataset(*make(cfg.train_size), *make(cfg.test_size), synthetic_spec(cfg)[1])

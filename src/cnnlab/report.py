@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from torch import nn
 
 from cnnlab.inspection import CONVS, conv_stages, effective_receptive_field, per_axis
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds"]
+HISTORY_COLUMNS = ["epoch", "seed", "train_loss", "test_loss", "test_accuracy", "seconds"]
+EPOCH_FIGURES = ("train_loss", "test_loss", "test_accuracy")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -39,6 +41,20 @@ def write_history(path: Path, history: list[dict]) -> None:
     writer.writeheader()
     writer.writerows({k: row[k] for k in HISTORY_COLUMNS} for row in history)
     write_atomic(path, buf.getvalue())
+
+
+def by_epoch(history: list[dict]) -> dict[int, list[dict]]:
+    """History rows (one per epoch and seed) grouped by epoch, in order."""
+    epochs: dict[int, list[dict]] = {}
+    for row in history:
+        epochs.setdefault(row["epoch"], []).append(row)
+    return epochs
+
+
+def mean_row(rows: list[dict]) -> dict:
+    """One epoch's rows (a row per seed) as one row of means, for per-epoch trackers."""
+    mean = {key: statistics.fmean(row[key] for row in rows) for key in EPOCH_FIGURES}
+    return {"epoch": rows[0]["epoch"], **mean, "seconds": rows[0]["seconds"]}
 
 
 # ---- classification figures --------------------------------------------------------------
@@ -94,11 +110,23 @@ def _figure(width: float, height: float):
 
 
 def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
+    """Train and test loss per epoch; with several seeds, their mean and a band from the
+    lowest to the highest seed."""
     fig = _figure(6, 4)
     ax = fig.subplots()
-    epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (mean per epoch)")
-    ax.plot(epochs, [r["test_loss"] for r in history], "s--", label="test loss")
+    epochs = by_epoch(history)
+    seeds = len(next(iter(epochs.values())))
+    for key, style, label in (
+        ("train_loss", "o-", "train loss (mean per epoch)"),
+        ("test_loss", "s--", "test loss"),
+    ):
+        values = np.array([[row[key] for row in rows] for rows in epochs.values()])
+        (line,) = ax.plot(list(epochs), values.mean(1), style, label=label)
+        if seeds > 1:
+            low, high = values.min(1), values.max(1)
+            ax.fill_between(list(epochs), low, high, color=line.get_color(), alpha=0.2)
+    if seeds > 1:
+        title += f" ({seeds} seeds: mean, band from lowest to highest)"
     ax.set(xlabel="epoch", ylabel="cross-entropy loss", title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
@@ -177,35 +205,59 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     return len(order)
 
 
-def write_evaluation(run_dir: Path, evaluation, y_test, x_test_uint8, classes, title) -> dict:
-    """confusion_matrix.csv/.png and mistakes.png; returns accuracy, f1_macro, per_class."""
-    cm = confusion_matrix(y_test.cpu(), evaluation.predictions, len(classes))
-    per_class, f1_macro = per_class_scores(cm, classes)
+def write_evaluation(run_dir: Path, evaluations: list, state, dataset, title: str) -> dict:
+    """confusion_matrix.csv/.png and mistakes.png, and the figures metrics.json holds.
+
+    With several seeds: accuracy and f1_macro are the means over the copies that did not
+    diverge (with their std and each seed's own figures), the confusion matrix and
+    per_class sum the copies' counts, and mistakes.png shows the first such copy's."""
+    y, classes = dataset.y_test.cpu(), dataset.classes
+    per_seed, matrices = [], []
+    for seed, evaluation in zip(state.seeds, evaluations, strict=True):
+        if seed in state.diverged:
+            per_seed.append({"seed": seed, "accuracy": None, "f1_macro": None,
+                             "status": "diverged"})  # fmt: skip
+            continue
+        matrices.append(confusion_matrix(y, evaluation.predictions, len(classes)))
+        f1_macro = per_class_scores(matrices[-1], classes)[1]
+        per_seed.append({"seed": seed, "accuracy": evaluation.accuracy, "f1_macro": f1_macro,
+                         "status": "completed"})  # fmt: skip
+    done = [row for row in per_seed if row["status"] == "completed"]
+    cm = sum(matrices)
+    per_class = per_class_scores(cm, classes)[0]
+
+    def spread(key: str) -> float | None:
+        return statistics.stdev(r[key] for r in done) if len(done) > 1 else None
+
+    figures = {
+        "accuracy": statistics.fmean(row["accuracy"] for row in done),
+        "f1_macro": statistics.fmean(row["f1_macro"] for row in done),
+        "accuracy_std": spread("accuracy"),
+        "f1_macro_std": spread("f1_macro"),
+        "per_class": per_class,
+        "per_seed": per_seed,
+    }
+    title = f"{title}: {100 * figures['accuracy']:.2f}%"
+    if len(matrices) > 1:
+        title += f"\ncounts summed over {len(matrices)} seeds"
     write_confusion_csv(run_dir / "confusion_matrix.csv", cm, classes)
     plot_confusion_matrix(cm, classes, run_dir / "confusion_matrix.png", title)
+    first = evaluations[state.seeds.index(done[0]["seed"])]
     plot_mistakes(
-        x_test_uint8,
-        y_test.cpu(),
-        evaluation.predictions,
-        evaluation.confidence,
-        classes,
-        run_dir / "mistakes.png",
+        dataset.x_test, y, first.predictions, first.confidence, classes, run_dir / "mistakes.png"
     )
-    return {"accuracy": evaluation.accuracy, "f1_macro": f1_macro, "per_class": per_class}
+    return figures
 
 
-def write_run(run_dir: Path, metrics: dict, history, evaluation, dataset, title: str) -> dict:
+def write_run(run_dir: Path, metrics: dict, state, evaluations, dataset, title: str) -> dict:
     """What a finished or stopped run leaves: history.csv, loss_curve.png, the evaluation
     files (when there is an evaluation), and metrics.json last, so that its presence means
     the rest is there."""
-    write_history(run_dir / "history.csv", history)
-    if history:
-        plot_loss_curve(history, run_dir / "loss_curve.png", title)
-    if evaluation is not None:
-        title = f"{title}: {100 * evaluation.accuracy:.2f}%"
-        metrics |= write_evaluation(
-            run_dir, evaluation, dataset.y_test, dataset.x_test, dataset.classes, title
-        )
+    write_history(run_dir / "history.csv", state.history)
+    if state.history:
+        plot_loss_curve(state.history, run_dir / "loss_curve.png", title)
+    if evaluations is not None:
+        metrics |= write_evaluation(run_dir, evaluations, state, dataset, title)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 

@@ -155,19 +155,23 @@ def _plain(obj):
 
 @dataclass
 class RunState:
-    """Everything a run is at one moment: what trains, every random state, and where the
-    current epoch stands, counted in images so that a resume with another batch size
-    goes on at the very image where the run stopped."""
+    """Everything a run is at one moment: what trains (one model, or the copies of
+    `seeds` > 1 stacked as one), every random state, and where the current epoch stands,
+    counted in images so that a resume with another batch size goes on at the very image
+    where the run stopped. Each copy has its own data order, drawn as `seed=s` alone draws
+    it."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    data_rng: torch.Generator  # draws each epoch's permutation
+    seeds: list[int]
+    data_rngs: list[torch.Generator]  # one per copy: draws each epoch's permutation
     epoch: int = 0  # epochs completed
-    position: int = 0  # images of the current epoch's permutation already stepped on
-    epoch_rng: torch.Tensor | None = None  # data_rng at this epoch's start: replays its order
-    partial_losses: list[float] = field(default_factory=list)  # this epoch's steps so far
-    history: list[dict] = field(default_factory=list)
-    images_seen: int = 0  # over the whole resume chain
+    position: int = 0  # images of the current epoch's permutations already stepped on
+    epoch_rngs: list[torch.Tensor] | None = None  # data_rngs at the epoch's start: its order
+    partial_losses: list[list[float]] = field(default_factory=list)  # this epoch, per step
+    history: list[dict] = field(default_factory=list)  # a row per epoch and seed
+    diverged: dict[int, str] = field(default_factory=dict)  # seed -> what stopped that copy
+    images_seen: int = 0  # over the whole resume chain (per copy)
     train_seconds: float = 0.0
 
     def state_dict(self) -> dict:
@@ -176,10 +180,12 @@ class RunState:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "seeds": list(self.seeds),
             "epoch": self.epoch,
             "position": self.position,
-            "partial_losses": list(self.partial_losses),
+            "partial_losses": [list(step) for step in self.partial_losses],
             "history": self.history,
+            "diverged": {str(seed): message for seed, message in self.diverged.items()},
             "images_seen": self.images_seen,
             "train_seconds": self.train_seconds,
             "rng": {
@@ -187,7 +193,7 @@ class RunState:
                 "numpy": _plain(np.random.get_state(legacy=False)),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "data": self.epoch_rng if mid_epoch else self.data_rng.get_state(),
+                "data": self.epoch_rngs if mid_epoch else [g.get_state() for g in self.data_rngs],
             },
             "torch_version": str(torch.__version__),  # a str subclass that pickles as a class
         }
@@ -205,8 +211,9 @@ class RunState:
                 if torch.is_tensor(value) and value.shape == param.shape:
                     param_state[key] = torch.empty_like(param).copy_(value)
         self.epoch, self.position = state["epoch"], state["position"]
-        self.partial_losses = list(state["partial_losses"])
+        self.partial_losses = [list(step) for step in state["partial_losses"]]
         self.history = list(state["history"])
+        self.diverged = {int(seed): message for seed, message in state["diverged"].items()}
         self.images_seen, self.train_seconds = state["images_seen"], state["train_seconds"]
         rng = state["rng"]
         random.setstate(rng["python"])
@@ -214,8 +221,9 @@ class RunState:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        self.data_rng.set_state(rng["data"])
-        self.epoch_rng = rng["data"] if self.position else None
+        for generator, saved in zip(self.data_rngs, rng["data"], strict=True):
+            generator.set_state(saved)
+        self.epoch_rngs = list(rng["data"]) if self.position else None
 
 
 class CheckpointError(RunError):
@@ -343,12 +351,12 @@ class GraphedStep:
 
     WARMUP = 3
 
-    def __init__(self, step: Callable, batch_size: int, device: torch.device):
+    def __init__(self, step: Callable, shape: tuple[int, int], device: torch.device):
         self.step, self.calls, self.graph = step, 0, None
-        self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.idx = torch.zeros(shape, dtype=torch.long, device=device)
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        if len(idx) != len(self.idx):
+        if idx.shape != self.idx.shape:
             return self.step(idx)
         if self.graph is None and self.calls < self.WARMUP:
             self.calls += 1
@@ -377,39 +385,65 @@ class TrainData:
     y_test: torch.Tensor
 
 
-def start_run(
-    model: nn.Module, data: TrainData, cfg: TrainerConfig, device: torch.device, seed: int
-) -> tuple[RunState, Callable[[torch.Tensor], torch.Tensor], TrainData, str]:
-    """A fresh run state, its training step and the data in the layout the step wants.
+@dataclass
+class Engine:
+    """How a run computes: its step, its evaluation, and each copy as a plain model."""
 
-    Returns (state, step, data, path): step(idx) trains on x_train[idx] and returns the
-    loss as a device tensor; path is eager, compile or cuda_graph.
-    """
+    step: Callable[[torch.Tensor], torch.Tensor]  # idx [copies, batch] -> losses [copies]
+    evaluate: Callable[[], list]  # an Evaluation per copy
+    copy: Callable[[int], nn.Module]  # copy i as an ordinary model (pictures, report)
+    path: str  # eager, compile or cuda_graph
+
+
+def start_run(
+    build: Callable[[int], nn.Module],
+    seeds: list[int],
+    data: TrainData,
+    cfg: TrainerConfig,
+    device: torch.device,
+) -> tuple[RunState, Engine]:
+    """A fresh run state and its engine. `build(seed)` makes the model `seed` alone would
+    build; several seeds train together as one stacked computation (stack.py)."""
+    path = choose_path(cfg, device)
+    if len(seeds) == 1:
+        model, step, evaluate_all, copy = one_model(build(seeds[0]), data, cfg, device, path)
+        optimizer = step.optimizer
+    else:
+        from cnnlab.stack import SeedStack
+
+        stack = SeedStack([build(s) for s in seeds], device, cfg, data, graph=path == "cuda_graph")
+        model, optimizer, step, copy = stack.model, stack.optimizer, stack.step, stack.copy
+
+        def evaluate_all():
+            return stack.evaluate(data.x_test, data.y_test, cfg.eval_batch_size)
+
+    if path == "cuda_graph":
+        step = GraphedStep(step, (len(seeds), cfg.batch_size), device)
+    rngs = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    return RunState(model, optimizer, list(seeds), rngs), Engine(step, evaluate_all, copy, path)
+
+
+def one_model(model: nn.Module, data: TrainData, cfg: TrainerConfig, device, path: str):
+    """One seed: the model itself, in the layout its step wants, with its optimiser."""
+    model.to(device)
     if channels_last_pays(model, device):
         model.to(memory_format=torch.channels_last)  # in place, before the optimiser
-        data = TrainData(
-            data.x_train.contiguous(memory_format=torch.channels_last),
-            data.y_train,
-            data.x_test.contiguous(memory_format=torch.channels_last),
-            data.y_test,
-        )
-    path = choose_path(cfg, device)
+        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
+        data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device, graph=path == "cuda_graph")
-    state = RunState(model, optimizer, torch.Generator(device=device).manual_seed(seed))
     forward = torch.compile(model) if path == "compile" else model
     amp = autocast(cfg, device)
 
-    def step(idx: torch.Tensor) -> torch.Tensor:
+    def step(idx: torch.Tensor) -> torch.Tensor:  # idx [1, batch] -> loss [1]
         optimizer.zero_grad(set_to_none=True)
         with amp:
-            loss = F.cross_entropy(forward(data.x_train[idx]), data.y_train[idx])
+            loss = F.cross_entropy(forward(data.x_train[idx[0]]), data.y_train[idx[0]])
         loss.backward()
         optimizer.step()
-        return loss.detach()
+        return loss.detach().reshape(1)
 
-    if path == "cuda_graph":
-        step = GraphedStep(step, cfg.batch_size, device)
-    return state, step, data, path
+    step.optimizer = optimizer
+    return model, step, lambda: [evaluate(model, data, cfg)], lambda i: model
 
 
 # ---- an epoch, evaluation and the loop ---------------------------------------------------
@@ -440,19 +474,22 @@ class StopRequest:
 
 def train_epoch(
     state: RunState, step: Callable, n: int, cfg: TrainerConfig, stop: StopRequest
-) -> float | Outcome:
-    """Step through the rest of the current epoch, from image `state.position` of its
-    permutation. Returns the epoch's mean training loss once it is done (the state then
-    stands at the start of the next epoch), or the Outcome that ended it early: a
-    non-finite loss, or a stop signal (the state then stands where it stopped)."""
-    device, bs = state.data_rng.device, cfg.batch_size
+) -> list[float] | Outcome:
+    """Step through the rest of the current epoch, from image `state.position` of each
+    copy's permutation. Returns each copy's mean training loss once the epoch is done (the
+    state then stands at the start of the next epoch), or the Outcome that ended it early:
+    a non-finite loss in every copy, or a stop signal (the state then stands where it
+    stopped). A copy whose loss turns non-finite while others train on is recorded in
+    state.diverged by its seed."""
+    device, bs, seeds = state.data_rngs[0].device, cfg.batch_size, state.seeds
     if state.position == 0:
-        state.epoch_rng = state.data_rng.get_state()
-    else:  # resuming mid-epoch: draw this epoch's permutation again
-        state.data_rng.set_state(state.epoch_rng)
-    perm = torch.randperm(n, device=device, generator=state.data_rng)
+        state.epoch_rngs = [g.get_state() for g in state.data_rngs]
+    else:  # resuming mid-epoch: draw this epoch's permutations again
+        for generator, saved in zip(state.data_rngs, state.epoch_rngs, strict=True):
+            generator.set_state(saved)
+    perms = torch.stack([torch.randperm(n, device=device, generator=g) for g in state.data_rngs])
     starts = range(state.position, n, bs)
-    losses = torch.empty(len(starts), device=device)
+    losses = torch.empty(len(starts), len(seeds), device=device)
     done = len(state.partial_losses)  # steps taken before a resume
     bar = tqdm(
         total=done + len(starts),
@@ -462,32 +499,36 @@ def train_epoch(
         leave=False,
         dynamic_ncols=True,
     )
-    checked = 0  # losses[:checked] are known to be finite
+    checked = 0  # losses[:checked] are checked
     with bar:
         for j, start in enumerate(starts):
-            losses[j] = step(perm[start : start + bs])
+            losses[j] = step(perms[:, start : start + bs])
             last = j + 1 == len(starts)
             if (j + 1) % cfg.log_every and not last and stop.signal is None:
                 continue
-            # one host-device sync per log_every steps: the running loss and a NaN check
-            total, finite = torch.stack(
-                [losses[: j + 1].sum(), torch.isfinite(losses[checked : j + 1]).all()]
-            ).tolist()
-            if not finite:
-                bad = checked + int((~torch.isfinite(losses[checked : j + 1])).nonzero()[0])
-                return diverged(state, float(losses[bad]), done + bad)
+            # one host-device sync per log_every steps: a NaN check and the running loss
+            new, copies = losses[checked : j + 1], len(seeds)
+            read = torch.cat([torch.isfinite(new).all(0), losses[: j + 1].mean(0)]).tolist()
+            for i, finite in enumerate(read[:copies]):
+                if not finite and seeds[i] not in state.diverged:
+                    bad = int((~torch.isfinite(new[:, i])).nonzero()[0])
+                    ended = diverged(state, float(new[bad, i]), done + checked + bad, i)
+                    if ended is not None:
+                        return ended
             state.images_seen += min(n, start + bs) - starts[checked]
             checked = j + 1
             state.position = min(n, start + bs)
             bar.update(done + j + 1 - bar.n)
-            running = (sum(state.partial_losses) + total) / (done + j + 1)
-            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+            running = [
+                m for m, s in zip(read[copies:], seeds, strict=True) if s not in state.diverged
+            ]
+            bar.set_postfix(loss=f"{sum(running) / len(running):.4f}", refresh=False)
             if stop.signal is not None and not last:
                 state.partial_losses += losses[: j + 1].tolist()
                 return interrupted(state, n, stop.signal)
-    epoch_losses = state.partial_losses + losses.tolist()
+    epoch_losses = torch.tensor(state.partial_losses + losses.tolist()).mean(0).tolist()
     state.epoch, state.position, state.partial_losses = state.epoch + 1, 0, []
-    return sum(epoch_losses) / len(epoch_losses)
+    return epoch_losses
 
 
 def interrupted(state: RunState, n: int, sig: int) -> Outcome:
@@ -496,14 +537,22 @@ def interrupted(state: RunState, n: int, sig: int) -> Outcome:
     return Outcome(Status.interrupted, f"{name} at {where}: saved a checkpoint to resume", sig)
 
 
-def diverged(state: RunState, value: float, step: int) -> Outcome:
+def diverged(state: RunState, value: float, step: int, copy: int) -> Outcome | None:
+    """Record that a copy's loss turned non-finite. With one copy (or the last one still
+    training) the run stops: that Outcome; otherwise the other copies train on: None."""
+    where = f"loss became {value} at epoch {state.epoch + 1}, step {step + 1}"
+    if len(state.seeds) > 1:
+        seed = state.seeds[copy]
+        state.diverged[seed] = f"seed {seed}: {where}"
+        log.error("%s: that copy is left behind, the others train on", state.diverged[seed])
+        if len(state.diverged) < len(state.seeds):
+            return None
     kept = (
         f"the last good checkpoint (epoch {state.epoch}) is kept"
         if state.epoch
         else "no epoch had completed, so there is no checkpoint"
     )
-    message = f"loss became {value} at epoch {state.epoch + 1}, step {step + 1}: stopped; {kept}"
-    return Outcome(Status.diverged, message)
+    return Outcome(Status.diverged, f"{where}: stopped; {kept}")
 
 
 @dataclass
@@ -538,24 +587,25 @@ def evaluate(model: nn.Module, data: TrainData, cfg: TrainerConfig) -> Evaluatio
 
 def fit(
     state: RunState,
-    step: Callable,
+    engine: Engine,
     data: TrainData,
     cfg: TrainerConfig,
     stop: StopRequest,
     save: Callable[[RunState], None] = lambda state: None,
-    on_epoch: Callable[[dict], None] = lambda row: None,
-) -> tuple[Outcome, Evaluation | None]:
-    """Train until cfg.epochs: each epoch, evaluate, log a row, `save`, call `on_epoch`.
+    on_epoch: Callable[[list[dict]], None] = lambda rows: None,
+) -> tuple[Outcome, list | None]:
+    """Train until cfg.epochs: each epoch, evaluate every copy, log a row per copy,
+    `save`, call `on_epoch` with the epoch's rows.
 
     Stops early on a non-finite loss (the last good checkpoint is kept) or a stop signal
     (a checkpoint of the exact position is saved). Returns the outcome and the last
-    evaluation (None when stopped early)."""
+    evaluation of each copy (None when stopped early)."""
     state.model.train()
-    evaluation = None
+    evaluations = None
     while state.epoch < cfg.epochs:
         started = time.perf_counter()
         if stop.signal is None:
-            ended = train_epoch(state, step, len(data.x_train), cfg, stop)
+            ended = train_epoch(state, engine.step, len(data.x_train), cfg, stop)
         else:  # it came during the last step of the epoch before
             ended = interrupted(state, len(data.x_train), stop.signal)
         if data.x_train.device.type == "cuda":
@@ -569,26 +619,40 @@ def fit(
             else:
                 log.error(ended.message)
             return ended, None
-        evaluation = evaluate(state.model, data, cfg)
-        row = {
-            "epoch": state.epoch,
-            "train_loss": ended,
-            "test_loss": evaluation.loss,
-            "test_accuracy": evaluation.accuracy,
-            "seconds": seconds,
-        }
-        state.history.append(row)
-        log.info(
-            "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_accuracy %.2f%%  %.2fs",
-            state.epoch,
-            cfg.epochs,
-            row["train_loss"],
-            row["test_loss"],
-            100 * row["test_accuracy"],
-            seconds,
-        )
+        evaluations = engine.evaluate()
+        rows = [
+            {
+                "epoch": state.epoch,
+                "seed": seed,
+                "train_loss": train_loss,
+                "test_loss": evaluation.loss,
+                "test_accuracy": evaluation.accuracy,
+                "seconds": seconds,
+            }
+            for seed, train_loss, evaluation in zip(state.seeds, ended, evaluations, strict=True)
+        ]
+        state.history += rows
+        log_epoch(state, rows, cfg.epochs)
         save(state)
-        on_epoch(row)
-    if evaluation is None:  # a resumed, finished run (or 0 epochs): evaluate it as it is
-        evaluation = evaluate(state.model, data, cfg)
-    return Outcome(Status.completed), evaluation
+        on_epoch(rows)
+    if evaluations is None:  # a resumed, finished run (or 0 epochs): evaluate it as it is
+        evaluations = engine.evaluate()
+    return Outcome(Status.completed), evaluations
+
+
+def log_epoch(state: RunState, rows: list[dict], epochs: int) -> None:
+    """One line per epoch; with several seeds, the mean and spread of the copies still
+    training."""
+    alive = [row for row in rows if row["seed"] not in state.diverged]
+    scale = {"train_loss": 1, "test_loss": 1, "test_accuracy": 100}
+    unit = {"train_loss": "", "test_loss": "", "test_accuracy": "%"}
+    parts = []
+    for key, k in scale.items():
+        values = torch.tensor([k * row[key] for row in alive], dtype=torch.float64)
+        digits = 2 if k == 100 else 4
+        spread = f" ± {values.std():.{digits}f}" if len(alive) > 1 else ""
+        parts.append(f"{key} {values.mean():.{digits}f}{unit[key]}{spread}")
+    seeds = f" ({len(alive)} seeds)" if len(alive) > 1 else ""
+    log.info(
+        "epoch %d/%d  %s%s  %.2fs", state.epoch, epochs, "  ".join(parts), seeds, rows[0]["seconds"]
+    )
