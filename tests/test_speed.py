@@ -58,9 +58,10 @@ def plain_eager_losses(name, ds, device, epochs, batch_size=64) -> torch.Tensor:
     return torch.stack(losses).cpu()
 
 
-def trained(name, ds, device, epochs, checkpoint=None, **trainer_kw):
+def trained(name, ds, device, epochs, checkpoint=None, seeds=(SEED,), **trainer_kw):
     """fit() from a fresh start (or `checkpoint`), keeping every step's loss as the run
-    computes it, whatever its path. Returns (losses, state, path)."""
+    computes it, whatever its path. Returns (losses, state, path); losses [steps, seeds]
+    when several seeds train together, else [steps]."""
     cfg = TrainerConfig(epochs=epochs, progress=False, checkpoint=False, log_every=3, **trainer_kw)
     tensors = TrainData(
         data.to_device(ds.x_train, device, DATA.normalize),
@@ -68,7 +69,13 @@ def trained(name, ds, device, epochs, checkpoint=None, **trainer_kw):
         data.to_device(ds.x_test, device, DATA.normalize),
         ds.y_test.to(device),
     )
-    state, engine = start_run(lambda seed: model_for(name, device), [SEED], tensors, cfg, device)
+    shape, classes = tuple(ds.x_train.shape[1:]), len(ds.classes)
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return build_model(MODELS[name](), shape, classes).to(device)
+
+    state, engine = start_run(build, list(seeds), tensors, cfg, device)
     if checkpoint is not None:
         state.load_state_dict(checkpoint, cfg.lr)
     losses, step = [], engine.step
@@ -81,7 +88,8 @@ def trained(name, ds, device, epochs, checkpoint=None, **trainer_kw):
     engine = dataclasses.replace(engine, step=recording_step)
     outcome, _ = fit(state, engine, tensors, cfg, StopRequest())
     assert outcome.status == "completed"
-    return torch.cat(losses).float().cpu(), state, engine.path
+    got = torch.stack(losses).float().cpu()
+    return (got[:, 0] if len(seeds) == 1 else got), state, engine.path
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet5"])
@@ -230,3 +238,38 @@ def test_bf16_trains(dataset, cuda_graph):
     # bf16 keeps about 3 significant digits: the same curve, loosely
     torch.testing.assert_close(got, expected, rtol=5e-2, atol=5e-2)
     assert path == ("cuda_graph" if cuda_graph == "auto" else "eager")
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+def test_seeds_together_on_the_cuda_graph_path_match_each_single_run(dataset, name):
+    device = torch.device("cuda")
+    stacked, _, path = trained(name, dataset, device, epochs=3, seeds=(0, 1, 2))
+    assert path == "cuda_graph" and stacked.shape == (15, 3)
+    for i, seed in enumerate((0, 1, 2)):
+        single, _, _ = trained(name, dataset, device, epochs=3, seeds=(seed,), cuda_graph="false")
+        torch.testing.assert_close(stacked[:, i], single, rtol=1e-3, atol=1e-3)
+
+
+@cuda
+@pytest.mark.gpu
+def test_seeds_together_in_bf16_train(dataset):
+    got, _, path = trained(
+        "lenet5", dataset, torch.device("cuda"), 3, seeds=(0, 1), precision="bf16"
+    )
+    assert path == "cuda_graph" and torch.isfinite(got).all()
+    assert (got[-1] < got[0]).all()  # each copy learns
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)])
+def test_series_train_on_the_cuda_graph_path(seeds):
+    """1-D data (channels, length) take the same fast path as images."""
+    series = data.load(SyntheticDataConfig(shape=[1, 96], train_size=320, test_size=64))
+    device = torch.device("cuda")
+    graph, _, path = trained("lenet5", series, device, 3, seeds=seeds)
+    eager, _, _ = trained("lenet5", series, device, 3, seeds=seeds, cuda_graph="false")
+    assert path == "cuda_graph"
+    torch.testing.assert_close(graph, eager, rtol=1e-3, atol=1e-3)
