@@ -114,6 +114,9 @@ def test_experiment_preset_width_depth_runs_four_jobs(tmp_path, run_cli):
     sweep, r = run_sweep(run_cli, tmp_path, "experiment=width_depth", *FAST)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(job_folders(sweep)) == 4
+    for job in job_folders(sweep):  # the preset trains 5 seeds together in each job
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert [row["seed"] for row in metrics["per_seed"]] == [0, 1, 2, 3, 4]
 
 
 def installed(module: str) -> bool:

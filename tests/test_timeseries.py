@@ -278,6 +278,7 @@ def test_timeseries_preset_sets_epochs_per_set(name, epochs):
     preset = OmegaConf.load(cnnlab.cli.config_dir() / "experiment" / "timeseries.yaml")
     params = preset.hydra.sweeper.params
     assert params.ucr_set == "ECG200,ECG5000,FordA" and params.model == "mlp,lenet5"
+    assert preset.seeds == 3  # trained together in each run
 
 
 # ---- through the CLI -----------------------------------------------------------------------
