@@ -60,7 +60,7 @@ EOF
 save
 
 echo "== 3. true fp32 against TF32, LeNet-5, 3 epochs each"
-for precision in fp32 tf32 fp32 tf32; do
+for precision in fp32 tf32; do
   train model=lenet5 trainer.epochs=3 trainer.precision=$precision pictures=false \
     hydra.run.dir=/tmp/precision_$precision > /dev/null 2>&1
   python3 -c "
@@ -73,13 +73,13 @@ done
 save
 
 echo "== 4. epoch benchmark"
-timeout 300 python3 -m cnnlab bench --device $dev --data $data --epochs 3 \
+timeout 300 python3 -m cnnlab bench --device $dev --data $data --epochs 2 \
   --out "$out/bench_$dev.json" 2>&1 | tail -12 | tee "$out/bench_$dev.txt"
 save
 
 echo "== 5. seeds trained together"
 timeout 200 python3 benchmarks/seeds.py --device $dev --data $data --models lenet5,mlp \
-  --seeds 1,4,8 --epochs 3 --out "$out/seeds_$dev.json" 2>&1 | tail -14 | tee "$out/seeds_$dev.txt"
+  --seeds 1,4,8 --epochs 2 --out "$out/seeds_$dev.json" 2>&1 | tail -14 | tee "$out/seeds_$dev.txt"
 t0=$(now)
 train model=lenet5 seeds=4 hydra.run.dir=/tmp/seeds4 > "$out/seeds4.log" 2>&1
 echo "seeds=4 run: rc=$? wall $(elapsed "$t0" "$(now)") s" | tee -a "$out/summary.txt"

@@ -46,7 +46,7 @@ METRICS_KEYS = [
     "seed",
     "torch_version",
 ]
-HISTORY_HEADER = ["epoch", "train_loss", "test_loss", "test_accuracy", "seconds"]
+HISTORY_HEADER = ["epoch", "seed", "train_loss", "test_loss", "test_accuracy", "seconds"]
 DIGITS_TEST_SIZE = 450
 # a process that fails before loading data still imports torch and Hydra: seconds, not more
 FAST_FAIL_SECONDS = 30
