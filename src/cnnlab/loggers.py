@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from cnnlab.config import flatten
-from cnnlab.report import HISTORY_COLUMNS
+from cnnlab.report import EPOCH_FIGURES
 
 log = logging.getLogger("cnnlab")
 
-EPOCH_METRICS = [c for c in HISTORY_COLUMNS if c != "epoch"]
+EPOCH_METRICS = [*EPOCH_FIGURES, "seconds"]  # what report.mean_row gives each epoch
 EXTRAS = {"tensorboard": "cluster", "mlflow": "mlflow"}  # the pip extra that installs each
 
 
