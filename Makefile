@@ -2,7 +2,7 @@
 .PHONY: install demo test test-full bench lint
 
 install:
-	pip install -e ".[dev,cluster]"
+	pip install -e ".[dev,cluster,mlflow]"
 
 demo:
 	cnnlab train model=lenet5 data=digits
