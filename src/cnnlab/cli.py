@@ -271,6 +271,34 @@ def draw_pictures(model: nn.Module, tensors: TrainData, input_shape: tuple, run_
     report.plot_feature_maps(model, tensors.x_test[:4], run_dir / "feature_maps.png")
 
 
+def run_metrics(
+    cfg: TrainConfig, state: RunState, path: str, outcome: Outcome, device: torch.device
+) -> dict:
+    """metrics.json's figures about the run itself (the evaluation adds its own)."""
+    return {
+        "status": str(outcome.status),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "accuracy": None,
+        "f1_macro": None,
+        "per_class": None,
+        "epochs_completed": state.epoch,
+        "images_seen": state.images_seen,
+        "train_seconds": round(state.train_seconds, 3),
+        "images_per_second": round(state.images_seen / max(state.train_seconds, 1e-9), 1),
+        "device": str(device),
+        "device_name": device_name(device),
+        "seed": cfg.seed,
+        "seeds": state.seeds,
+        "torch_version": torch.__version__,
+        "path": path,
+        "precision": str(cfg.trainer.precision),
+        "resumed_from": cfg.resume,
+        **peak_memory(device),
+        **({"error": outcome.message} if outcome.status != Status.completed else {}),
+    }
+
+
 def train_run(
     cfg: TrainConfig, run_dir: Path, job_num: int | None, sweep_dir: Path | None = None
 ) -> tuple[dict, Outcome]:
@@ -309,30 +337,10 @@ def train_run(
         copies = f", {len(seeds)} seeds together" if len(seeds) > 1 else ""
         log.info("training path: %s, precision %s%s", engine.path, cfg.trainer.precision, copies)
         outcome, evaluations = fit(state, engine, tensors, cfg.trainer, stop, save, on_epoch)
-        metrics = {
-            "status": str(outcome.status),
-            "model": cfg.model.name,
-            "data": cfg.data.name,
+        metrics = run_metrics(cfg, state, engine.path, outcome, device) | {
             **described,
-            "accuracy": None,
-            "f1_macro": None,
-            "per_class": None,
-            "epochs_completed": state.epoch,
-            "images_seen": state.images_seen,
-            "train_seconds": round(state.train_seconds, 3),
-            "images_per_second": round(state.images_seen / max(state.train_seconds, 1e-9), 1),
-            "device": str(device),
-            "device_name": device_name(device),
-            "seed": cfg.seed,
-            "seeds": seeds,
-            "torch_version": torch.__version__,
-            "path": engine.path,
-            "precision": str(cfg.trainer.precision),
             "numerics": flags,
-            "resumed_from": cfg.resume,
             "started_at": started_at,
-            **peak_memory(device),
-            **({"error": outcome.message} if outcome.status != Status.completed else {}),
         }
         if cfg.pictures:
             draw_pictures(engine.copy(0), tensors, input_shape, run_dir)
