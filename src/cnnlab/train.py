@@ -406,8 +406,9 @@ def start_run(
     build; several seeds train together as one stacked computation (stack.py)."""
     path = choose_path(cfg, device)
     if len(seeds) == 1:
-        model, step, evaluate_all, copy = one_model(build(seeds[0]), data, cfg, device, path)
-        optimizer = step.optimizer
+        model, optimizer, step, evaluate_all, copy = one_model(
+            build(seeds[0]), data, cfg, device, path
+        )
     else:
         from cnnlab.stack import SeedStack
 
@@ -442,8 +443,7 @@ def one_model(model: nn.Module, data: TrainData, cfg: TrainerConfig, device, pat
         optimizer.step()
         return loss.detach().reshape(1)
 
-    step.optimizer = optimizer
-    return model, step, lambda: [evaluate(model, data, cfg)], lambda i: model
+    return model, optimizer, step, lambda: [evaluate(model, data, cfg)], lambda i: model
 
 
 # ---- an epoch, evaluation and the loop ---------------------------------------------------
