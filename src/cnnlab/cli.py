@@ -83,7 +83,7 @@ commands:
 Shell completion (bash, zsh after `autoload -U bashcompinit && bashcompinit`):
   eval "$(cnnlab train --shell-completion install=bash)"    (fish: install=fish | source)
 
-Exit codes: 0 ok, 1 failed, 2 bad input, 3 diverged, 130/143 interrupted.
+Exit codes: {exit_codes}.
 """
 
 
@@ -685,7 +685,11 @@ def main(argv: list[str] | None = None) -> int:
     if is_completion(argv):
         return completion_main(argv, list(commands))
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        codes = [
+            f"{code} {status}" if status != Status.interrupted else f"{code}+signal {status}"
+            for status, code in EXIT_CODES.items()
+        ]
+        print(USAGE.format(exit_codes=", ".join(codes)))
         return 0 if argv else 2
     if argv[0] not in commands:
         print(
