@@ -15,6 +15,7 @@ from cnnlab.stack import SeedStack, estimate_bytes, stack_models
 from cnnlab.train import TrainData, make_optimizer, seed_everything
 
 CPU = torch.device("cpu")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SHAPE, CLASSES, BS = (1, 28, 28), 10, 64
 SEEDS = [3, 4, 5]
 # 600 images: 9 batches of 64 and a short one of 24, so 12 steps cross into a second epoch
@@ -60,11 +61,11 @@ def seeded(model_cfg, seed, shape=SHAPE):
     return build_model(model_cfg, shape, CLASSES)
 
 
-def batches(generators, steps):
+def batches(generators, steps, device=CPU):
     """Each step's [N, B] indices, drawn epoch by epoch as single runs draw them."""
     n, out = len(X_TRAIN), []
     while len(out) < steps:
-        perms = epoch_permutations(generators, n, CPU)
+        perms = epoch_permutations(generators, n, device)
         out += [perms[:, j : j + BS] for j in range(0, n, BS)]
     return out[:steps]
 
@@ -84,13 +85,15 @@ def single_run(model_cfg, seed, steps, cfg, x_train=X_TRAIN):
     return torch.stack(losses), model
 
 
-def make_stack(model_cfg, cfg, seeds=SEEDS, x_train=X_TRAIN):
+def make_stack(model_cfg, cfg, seeds=SEEDS, x_train=X_TRAIN, device=CPU):
     models = [seeded(model_cfg, s) for s in seeds]
-    return SeedStack(models, CPU, cfg, TrainData(x_train, Y_TRAIN, X_TEST, Y_TEST))
+    tensors = TrainData(x_train, Y_TRAIN.to(device), X_TEST.to(device), Y_TEST.to(device))
+    return SeedStack(models, device, cfg, tensors)
 
 
 def train_stack(stack, steps, seeds=SEEDS):
-    return torch.stack([stack.step(idx) for idx in batches(data_generators(seeds, CPU), steps)])
+    idx = batches(data_generators(seeds, stack.device), steps, stack.device)
+    return torch.stack([stack.step(i) for i in idx])
 
 
 @pytest.fixture
@@ -181,10 +184,25 @@ def test_state_round_trip_resumes_exactly():
         assert torch.equal(stack.step(step), restored.step(step))
 
 
-def test_a_diverged_copy_leaves_the_others_unchanged():
-    cfg = TrainerConfig(progress=False)
-    clean = train_stack(make_stack(LeNetConfig(norm="batch"), cfg), 6)
-    poisoned_stack = make_stack(LeNetConfig(norm="batch"), cfg)
+@pytest.fixture
+def cudnn_deterministic():
+    """As `cnnlab train` runs cuDNN, so two stacks can be compared bit for bit."""
+    saved = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    yield
+    torch.backends.cudnn.deterministic = saved
+
+
+# on CUDA too: a grouped-convolution kernel that computed the copies as one block with zeros
+# off the diagonal would spread a NaN (0 * NaN) into every copy
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda, pytest.mark.gpu])])
+def test_a_diverged_copy_leaves_the_others_unchanged(device, cudnn_deterministic):
+    cfg, device = TrainerConfig(progress=False), torch.device(device)
+    x_train = X_TRAIN.to(device)
+    clean = train_stack(
+        make_stack(LeNetConfig(norm="batch"), cfg, x_train=x_train, device=device), 6
+    )
+    poisoned_stack = make_stack(LeNetConfig(norm="batch"), cfg, x_train=x_train, device=device)
     with torch.no_grad():
         poisoned_stack.model.features[0][0][0].weight[1, 0, 0, 0, 0] = float("nan")
     poisoned = train_stack(poisoned_stack, 6)
