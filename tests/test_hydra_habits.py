@@ -314,3 +314,54 @@ def test_mlflow_sweep_is_one_experiment_tagged_with_its_folder(tmp_path, run_cli
     assert name == (str(sweep.resolve()),)
     tags = mlflow_db(db, "select value from tags where key = 'cnnlab.sweep_dir'")
     assert tags == [(str(sweep.resolve()),)] * 2
+
+
+# ---- a fast exit -------------------------------------------------------------------------
+
+EXIT_NOW = """
+import atexit, sys, threading, time
+from pathlib import Path
+from cnnlab.cli import exit_now
+out = Path(sys.argv[1])
+atexit.register(lambda: print("atexit ran"))
+print("x" * 100_000)  # more than a pipe's buffer, unflushed: stdout is a pipe here
+if sys.argv[2] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.5), out.write_text("joined"))).start()
+exit_now(eval(sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize(
+    "thread, code, returncode, stderr",
+    [("none", "3", 3, ""), ("none", "None", 0, ""), ("none", "'why'", 1, "why\n"),
+     ("thread", "0", 0, "")],
+)  # fmt: skip
+def test_exit_now_writes_everything_and_keeps_the_code(tmp_path, thread, code, returncode, stderr):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    out = tmp_path / "thread.txt"
+    r = subprocess.run(
+        [sys.executable, "-c", EXIT_NOW, str(out), thread, code],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert (r.returncode, r.stderr) == (returncode, stderr)
+    assert r.stdout == "x" * 100_000 + "\natexit ran\n"  # flushed, handlers run, in order
+    assert out.exists() == (thread == "thread")  # a running thread is waited for
+
+
+def test_the_console_script_flushes_a_piped_stdout_and_the_log(tmp_path):
+    env = {k: v for k, v in cli_env(tmp_path).items() if k != "PYTHONUNBUFFERED"}
+    r = subprocess.run(
+        [str(CNNLAB), "inspect", "model=lenet5", "--format", "json"],
+        cwd=tmp_path, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["params"] == 44_426
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [str(CNNLAB), "train", *TINY, f"hydra.run.dir={run}"],
+        cwd=tmp_path, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "accuracy" in (run / "train.log").read_text().splitlines()[-1]

@@ -275,3 +275,18 @@ def test_fashion_mnist_as_a_folder_trains(tmp_path, run_cli):
     assert r.returncode == 0, output(r)[-2000:]
     (run,) = (rgb / "outputs").glob("*/*")
     assert json.loads((run / "metrics.json").read_text())["layers"].startswith("conv3-6k5x5")
+
+
+def test_a_sweep_over_folders_keeps_each_job_in_one_folder(tmp_path, run_cli):
+    folders = [make_folder(tmp_path / "images" / name, {"a": 4, "b": 4}) for name in ("x", "y")]
+    sweep = tmp_path / "sweep"
+    r = run_cli(
+        tmp_path, "train", "-m", "model=mlp", "data=image_folder", "data.image_size=8",
+        "data.path=" + ",".join(map(str, folders)), "trainer.epochs=1", "trainer.progress=false",
+        "device=cpu", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert r.returncode == 0, output(r)[-2000:]
+    jobs = sorted(p.parent for p in sweep.rglob("metrics.json"))
+    assert [job.parent for job in jobs] == [sweep, sweep]  # no folders inside folders
+    for job, folder in zip(jobs, folders, strict=True):  # the path, its slashes as _
+        assert f",data.path={str(folder).replace('/', '_')}," in job.name
