@@ -415,6 +415,24 @@ def test_plots_of_multi_seed_runs_with_macs_and_a_facet_per_third_key(tmp_path):
     assert png_size(tmp_path / "three_keys" / "loss_curves.png")[0] > 1.5 * losses[0]
 
 
+def test_each_row_of_accuracy_panels_names_its_measure(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    for job, (width, depth) in enumerate(GRID):
+        make_run(runs / f"{job}_w{width}d{depth}", width=width, depth=depth, macs=1000 * width)
+    make_run(runs / "4_k3", width=1, depth=1, macs=500)
+    config = runs / "4_k3" / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("kernel_size: 5", "kernel_size: 3"))
+    grids = []
+    monkeypatch.setattr(compare, "_save", lambda grid, file: grids.append(grid))
+    compare.write_summary(compare.find_runs([runs]), tmp_path / "out")
+    axes = grids[0].axes  # accuracy: a row per measure, a column per kernel size
+    assert [[a.get_xlabel() for a in row] for row in axes] == [
+        ["parameters"] * 2,
+        ["MACs per input"] * 2,
+    ]
+    assert [a.get_title() for a in axes[0]] == ["model.kernel_size = 5", "model.kernel_size = 3"]
+
+
 def test_importing_compare_loads_pandas_but_not_seaborn_torch_or_hydra():
     code = "import sys, cnnlab.compare; print(sorted(m for m in ('pandas', 'seaborn', "
     code += "'matplotlib', 'torch', 'hydra') if m in sys.modules))"

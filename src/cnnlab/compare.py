@@ -363,6 +363,9 @@ def _roles(data: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, dict]:
 PLOT = {"kind": "line", "errorbar": "sd", "legend": "full", "height": 4, "aspect": 1.3}
 
 
+X_LABELS = {"params": "parameters", "macs": "MACs per input"}
+
+
 def _plot_accuracy(seeds: pd.DataFrame, keys: list[str], file: Path) -> None:
     import seaborn as sns
     from matplotlib.ticker import EngFormatter
@@ -381,9 +384,14 @@ def _plot_accuracy(seeds: pd.DataFrame, keys: list[str], file: Path) -> None:
         **PLOT,
         **roles,
     )
-    grid.set_axis_labels(" or ".join(measures), "test accuracy (%)")
-    for axes in grid.axes.flat:
-        axes.xaxis.set_major_formatter(EngFormatter())  # 50 k, 1 M
+    grid.set_axis_labels("", "test accuracy (%)")
+    # each row of panels says its measure on its own x axis, so no "x = params" titles
+    grid.set_titles(template="{col_var} = {col_name}" if "col" in roles else "")
+    for measure, row in zip(measures, grid.axes, strict=True):
+        for axes in row:
+            axes.set_xlabel(X_LABELS[measure])
+            axes.xaxis.set_major_formatter(EngFormatter())  # 50 k, 1 M
+    grid.tight_layout()  # room for the upper row's x labels under it
     _save(grid, file)
 
 
