@@ -328,7 +328,7 @@ def test_checkpoint_loads_weights_only_and_reproduces_the_accuracy(lenet_run, le
     model.load_state_dict(state["model"])  # strict: every tensor, no extra ones
     assert count_params(model) == 44426
     # the saved weights are the final ones: they score what metrics.json says
-    ds = data.load(DataConfig(name="digits", root="unused"))
+    ds = data.load(DataConfig(name="digits", root=str(lenet_run["cwd"] / "data")))  # the run's own
     with torch.no_grad():
         predictions = model.eval()(data.to_device(ds.x_test, torch.device("cpu"), [0.5, 0.5]))
     accuracy = (predictions.argmax(1) == ds.y_test).double().mean().item()

@@ -20,8 +20,9 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return data.load(DataConfig(name="digits", root="unused"))
+def digits(tmp_path_factory):
+    # a data root of its own: digits are cached there, never in the checkout
+    return data.load(DataConfig(name="digits", root=str(tmp_path_factory.mktemp("data"))))
 
 
 # ---- digits: real data with no network ---------------------------------------------------
@@ -36,8 +37,8 @@ def test_digits_shapes_and_types(digits):
     assert int(digits.x_train.max()) > 200  # scaled to the 0-255 range, not sklearn's 0-16
 
 
-def test_digits_split_is_fixed(digits):
-    again = data.load(DataConfig(name="digits", root="unused"))
+def test_digits_split_is_fixed(digits, tmp_path):
+    again = data.load(DataConfig(name="digits", root=str(tmp_path)))  # split anew, no cache
     for a, b in [
         (digits.x_train, again.x_train),
         (digits.y_train, again.y_train),
@@ -59,8 +60,8 @@ def test_digits_split_is_stratified_and_disjoint(digits):
     assert not any(bytes(x.flatten().tolist()) in train_rows for x in digits.x_test)
 
 
-def test_train_and_test_size_keep_the_first_images(digits):
-    small = data.load(DataConfig(name="digits", root="unused", train_size=100, test_size=30))
+def test_train_and_test_size_keep_the_first_images(digits, tmp_path):
+    small = data.load(DataConfig(name="digits", root=str(tmp_path), train_size=100, test_size=30))
     assert len(small.x_train) == len(small.y_train) == 100
     assert len(small.x_test) == len(small.y_test) == 30
     assert torch.equal(small.x_train, digits.x_train[:100])
