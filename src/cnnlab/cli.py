@@ -313,9 +313,11 @@ def train_run(
     metrics, and the outcome the process reports."""
     started_at = datetime.now().isoformat(timespec="seconds")
     device = pick_device(cfg.device, job_num)
-    input_shape, classes = data.spec(cfg.data)
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
     ds, tensors = load_tensors(cfg, device)
+    # from the data as loaded: data.spec ran in check_config; for a UCR set or an image
+    # folder it reads the training file or lists every image again
+    input_shape, classes = tuple(ds.x_train.shape[1:]), ds.classes
     checkpoint, config = run_dir / "checkpoints" / "last.pt", resume_config(cfg)
 
     def build(seed: int) -> nn.Module:  # the model `seed` alone builds

@@ -8,6 +8,7 @@ broken file becomes a row with its status and a reason. Only bad arguments raise
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -123,7 +124,7 @@ def _read_history(file: Path) -> pd.DataFrame:
     """history.csv as numbers (a multi-seed run adds a seed column); empty if unreadable."""
     try:
         text = file.read_text()
-        history = pd.read_csv(file).apply(pd.to_numeric, errors="coerce")
+        history = pd.read_csv(io.StringIO(text)).apply(pd.to_numeric, errors="coerce")
     except (OSError, ValueError):  # pandas' parser errors and UnicodeDecodeError are ValueErrors
         return pd.DataFrame()
     # A run killed mid-write leaves a cut last line: keep the rows before it.

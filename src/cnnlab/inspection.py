@@ -172,7 +172,7 @@ def inspect_model(model: nn.Module, input_shape: tuple) -> dict:
                 "type": type(layer).__name__,
                 "kernel": kernel_text(layer, len(spatial)),
                 "output_shape": shapes.get(layer),
-                "params": sum(p.numel() for p in layer.parameters()),
+                "params": count_params(layer),
                 "macs": sum(flops.get(key, {}).values()) // 2,
                 "receptive_field": collapse(rf),
                 "jump": collapse(jump),

@@ -281,7 +281,7 @@ class SeedStack:
         data,  # train.TrainData
         graph: bool = False,
     ):
-        self.cfg, self.device, self.count = trainer_cfg, device, len(models)
+        self.device, self.n = device, len(models)  # n copies
         self.template = copy.deepcopy(models[0])  # the architecture, for copy(i)
         self.model = stack_models(models).to(device)
         size = part_size(self.n, device)
@@ -296,10 +296,6 @@ class SeedStack:
         self.optimizer = make_optimizer(self.model, trainer_cfg, device, graph)
         self.autocast = autocast(trainer_cfg, device)  # bf16 where trainer.precision asks
         self.model.train()
-
-    @property
-    def n(self) -> int:
-        return self.count
 
     def forward(self, x: torch.Tensor, part: slice) -> torch.Tensor:
         """The copies in `part` on their grouped input [B, n*C, H, W]: every parameter and
