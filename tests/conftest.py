@@ -2,12 +2,19 @@
 test's own, with CNNLAB_DATA pointing at an empty folder inside it: no test reads or
 fills a real data folder, and none reaches the network."""
 
+import csv
+import dataclasses
+import itertools
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from cnnlab import cli
 
 # every file a completed run folder holds, as design.md lists them
 RUN_FILES = [
@@ -66,3 +73,69 @@ def run_cli():
         )
 
     return run
+
+
+# a run of a few steps: synthetic data, small sets, small batches
+SMALL = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    the tensors of these tests are tiny, and on a loaded 2-core machine OpenMP's start-up and
+    spinning cost several times the work; no result changes (comparisons stay within one
+    process or one setting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cnnlab_train(run_dir: Path, *overrides: str, multirun: bool = False):
+    """`cnnlab train` in this process; returns the exit code (an uncaught KeyboardInterrupt
+    is returned as the string 'KeyboardInterrupt', so a test fails on it, not the session)."""
+    folder = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
+    args = [
+        "train",
+        *(["-m"] if multirun else []),
+        "device=cpu",
+        "trainer.progress=false",
+        *overrides,
+        folder,
+    ]
+    argv = sys.argv
+    try:
+        return cli.main(args)
+    except SystemExit as e:
+        return e.code
+    except KeyboardInterrupt:
+        return "KeyboardInterrupt"
+    finally:
+        sys.argv = argv
+
+
+def metrics_of(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def history_of(run_dir: Path) -> list[dict]:
+    """history.csv without the seconds column (a timing)."""
+    with open(Path(run_dir) / "history.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def patch_steps(monkeypatch, before_step) -> None:
+    """Call before_step(state, n) before the n-th training step (1-based, over the run)."""
+    original = cli.start_run
+
+    def start(*args, **kwargs):
+        state, engine = original(*args, **kwargs)
+        count = itertools.count(1)
+
+        def counted(idx):
+            before_step(state, next(count))
+            return engine.step(idx)
+
+        return state, dataclasses.replace(engine, step=counted)
+
+    monkeypatch.setattr(cli, "start_run", start)

@@ -28,14 +28,7 @@ def params(cfg, shape=MNIST, classes=10) -> int:
     return count_params(build_model(cfg, shape, classes))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: with several threads, OpenMP's start-up and spinning (worse on
-    a busy machine) cost 10-50x the work, so the module runs in a few seconds on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @lru_cache

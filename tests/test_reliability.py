@@ -9,14 +9,11 @@ synthetic or IDX files made here, and the "download" comes from an HTTP server o
 from __future__ import annotations
 
 import csv
-import dataclasses
 import errno
 import functools
 import gzip
 import hashlib
 import http.server
-import itertools
-import json
 import os
 import shutil
 import signal
@@ -31,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import RUN_FILES
+from conftest import RUN_FILES, SMALL, cnnlab_train, history_of, metrics_of, patch_steps
 from hydra.errors import HydraException
 
 from cnnlab import cli, data, train
@@ -39,41 +36,8 @@ from cnnlab.config import DataConfig
 from cnnlab.train import CheckpointError, load_checkpoint, save_checkpoint
 
 TIMING_KEYS = {"train_seconds", "images_per_second", "started_at", "peak_rss_mb", "peak_gpu_mb"}
-SMALL = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=32"]
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine this is several times faster, and
-    it changes no result (the comparisons below are within one process or one setting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def cnnlab_train(run_dir: Path, *overrides: str, multirun: bool = False):
-    """`cnnlab train` in this process; returns the exit code (an uncaught KeyboardInterrupt
-    is returned as the string 'KeyboardInterrupt', so a test fails on it, not the session)."""
-    folder = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
-    args = [
-        "train",
-        *(["-m"] if multirun else []),
-        "device=cpu",
-        "trainer.progress=false",
-        *overrides,
-        folder,
-    ]
-    argv = sys.argv
-    try:
-        return cli.main(args)
-    except SystemExit as e:
-        return e.code
-    except KeyboardInterrupt:
-        return "KeyboardInterrupt"
-    finally:
-        sys.argv = argv
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_subprocess(*overrides: str) -> subprocess.CompletedProcess:
@@ -82,16 +46,6 @@ def train_subprocess(*overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*command, *overrides], env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300
     )
-
-
-def metrics_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
-def history_of(run_dir: Path) -> list[dict]:
-    """history.csv without the seconds column (a timing)."""
-    with open(run_dir / "history.csv") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 def weights_of(run_dir: Path) -> dict:
@@ -111,23 +65,6 @@ def snapshot(folder: Path) -> dict:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def patch_steps(monkeypatch, before_step) -> None:
-    """Call before_step(state, n) before the n-th training step (1-based, over the run)."""
-    original = cli.start_run
-
-    def start(*args, **kwargs):
-        state, engine = original(*args, **kwargs)
-        count = itertools.count(1)
-
-        def counted(idx):
-            before_step(state, next(count))
-            return engine.step(idx)
-
-        return state, dataclasses.replace(engine, step=counted)
-
-    monkeypatch.setattr(cli, "start_run", start)
 
 
 # ---- 1. atomic checkpoints --------------------------------------------------------------

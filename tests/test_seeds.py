@@ -6,16 +6,10 @@ import signal
 
 import pytest
 import torch
-from test_reliability import (
-    SMALL,
-    cnnlab_train,
-    history_of,
-    load_checkpoint,
-    metrics_of,
-    patch_steps,
-)
+from conftest import SMALL, cnnlab_train, history_of, metrics_of, patch_steps
 
 from cnnlab.compare import compare_command
+from cnnlab.train import load_checkpoint
 
 
 @pytest.fixture(scope="module")
