@@ -33,6 +33,18 @@ RUN_FILES = [
     "train.log",
 ]
 
+# metrics.json's timings and memory figures: the only keys two same-seed runs may differ
+# in (the README's Reliability section names them; peak_gpu_mb and mps_allocated_mb are
+# written on CUDA and MPS only)
+TIMING_KEYS = {
+    "train_seconds",
+    "images_per_second",
+    "started_at",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "mps_allocated_mb",
+}
+
 # the console script installed beside this interpreter (pip install -e . puts it there)
 CNNLAB = Path(sys.executable).with_name("cnnlab")
 # a closed port on this machine: a download attempt fails at once instead of going out

@@ -28,14 +28,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import RUN_FILES, SMALL, cnnlab_train, history_of, metrics_of, patch_steps
+from conftest import (
+    RUN_FILES,
+    SMALL,
+    TIMING_KEYS,
+    cnnlab_train,
+    history_of,
+    metrics_of,
+    patch_steps,
+)
 from hydra.errors import HydraException
 
 from cnnlab import cli, data, train
 from cnnlab.config import DataConfig
 from cnnlab.train import CheckpointError, load_checkpoint, save_checkpoint
 
-TIMING_KEYS = {"train_seconds", "images_per_second", "started_at", "peak_rss_mb", "peak_gpu_mb"}
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
