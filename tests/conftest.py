@@ -52,12 +52,16 @@ NO_NETWORK = "http://127.0.0.1:9"
 
 
 def cli_env(cwd: Path) -> dict:
-    """The environment of a test's cnnlab process: CNNLAB_DATA = <cwd>/data (created empty)
-    and every proxy variable aimed at a closed local port, so downloads fail fast."""
+    """The environment of a test's cnnlab process: CNNLAB_DATA = <cwd>/data (created empty),
+    every proxy variable aimed at a closed local port, so downloads fail fast, and one CPU
+    thread."""
     data = Path(cwd) / "data"
     data.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}
     env.update(CNNLAB_DATA=str(data), MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    # one thread, whatever the machine's load: trainer.threads=auto would choose by it, and
+    # float sums in another order make a rerun differ in its last bits
+    env["OMP_NUM_THREADS"] = "1"
     for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         env[key] = NO_NETWORK
     env.pop("HYDRA_FULL_ERROR", None)  # tests read Hydra's short messages

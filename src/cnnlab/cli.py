@@ -52,6 +52,7 @@ from cnnlab.config import (
 from cnnlab.inspection import format_inspection, inspect_model
 from cnnlab.models import build_model, count_conv_layers, summary
 from cnnlab.outcome import EXIT_CODES, Outcome, RunError, Status
+from cnnlab.threads import run_threads
 from cnnlab.train import (
     RunState,
     StopRequest,
@@ -241,6 +242,15 @@ def pick_device(name: str, job_num: int | None) -> torch.device:
     return resolve_device(name)
 
 
+def parallel_jobs() -> int | None:
+    """hydra.launcher.n_jobs when a joblib launcher runs this job: that many jobs share
+    the cores (-1: one per core)."""
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    return launcher.get("n_jobs") if "joblib" in launcher.get("_target_", "") else None
+
+
 def load_tensors(cfg: TrainConfig, device: torch.device) -> tuple[data.Dataset, TrainData]:
     """The dataset as loaded (uint8, for the report) and normalised on the device."""
     ds = data.load(cfg.data)
@@ -300,6 +310,7 @@ def run_metrics(
         "torch_version": torch.__version__,
         "path": path,
         "precision": str(cfg.trainer.precision),
+        "threads": torch.get_num_threads(),  # called inside run_threads: the run's count
         "resumed_from": cfg.resume,
         **peak_memory(device),
         **({"error": outcome.message} if outcome.status != Status.completed else {}),
@@ -336,7 +347,8 @@ def train_run(
 
     stop = StopRequest()
     # a late signal waits for the files; the tracker closes last, after final()
-    with numerics(cfg.trainer) as flags, stop.catching(), contextlib.closing(run_logger):
+    threads = run_threads(cfg.trainer.threads, parallel_jobs())  # the old count back after
+    with numerics(cfg.trainer) as flags, threads, stop.catching(), contextlib.closing(run_logger):
         state, engine = start_run(build, seeds, tensors, cfg.trainer, device)
         described = describe_model(cfg, engine.copy(0), input_shape)
         if cfg.resume:

@@ -68,6 +68,7 @@ RUN_SETTINGS = (
     "trainer.log_every",
     "trainer.checkpoint",
     "trainer.eval_batch_size",
+    "trainer.threads",
     "pictures",
 )
 # Repeats of one experiment: runs that differ only in these are grouped (mean, std, n).
@@ -291,6 +292,9 @@ class TrainerConfig:
     precision: Precision = Precision.fp32
     deterministic: bool = False
     checkpoint: bool = True
+    # CPU intra-op threads: auto (torch's count, fewer on busy cores; threads.py) or a
+    # number. Any, not int | str: a schema field cannot be a union.
+    threads: Any = "auto"
 
     def __post_init__(self):
         _positive("trainer.epochs", self.epochs, allow_zero=True)
@@ -302,6 +306,11 @@ class TrainerConfig:
         if self.cuda_graph not in ("auto", "true", "false"):
             raise ConfigError(
                 f"trainer.cuda_graph={self.cuda_graph} is not allowed: use auto, true or false"
+            )
+        number = isinstance(self.threads, int) and not isinstance(self.threads, bool)
+        if self.threads != "auto" and not (number and self.threads >= 1):
+            raise ConfigError(
+                f"trainer.threads={self.threads} is not allowed: use auto or a whole number >= 1"
             )
 
 
