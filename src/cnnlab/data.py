@@ -108,6 +108,11 @@ def file_digest(path: Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
+def discard(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not there, or its folder never was
+        path.unlink()
+
+
 def fetch(url: str, dest: Path, algorithm: str, expected: str) -> None:
     """url -> dest, through dest.part, kept only if its checksum is `expected` and it came
     whole within DOWNLOAD_DEADLINE seconds; else a DataError naming the URL. A line names
@@ -138,13 +143,13 @@ def fetch(url: str, dest: Path, algorithm: str, expected: str) -> None:
                     got += len(block)
                     bar.update(len(block))
     except (URLError, OSError, ValueError) as e:  # OSError: a timeout, a full disk
-        part.unlink(missing_ok=True)
+        discard(part)
         raise DataError(f"{url}: {getattr(e, 'reason', e)}") from None
     except DataError:
-        part.unlink(missing_ok=True)
+        discard(part)
         raise
     if digest.hexdigest() != expected:
-        part.unlink(missing_ok=True)  # never keep a file that is not the published one
+        discard(part)  # never keep a file that is not the published one
         raise DataError(f"{url}: checksum mismatch ({algorithm} {digest.hexdigest()[:16]}...)")
     os.replace(part, dest)
 
@@ -367,13 +372,20 @@ def download_idx(cfg: DataConfig, raw: Path) -> None:
                 tmp.write_bytes(f.read())
             os.replace(tmp, unpacked)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            discard(tmp)
 
 
 def data_folder(cfg: DataConfig) -> Path:
-    """data.root, refused if it is something other than a folder."""
+    """data.root, refused if it is, or is under, something other than a folder (a folder
+    not there yet is made when the data come)."""
     root = Path(cfg.root).expanduser()
-    if root.exists() and not root.is_dir():
+    try:
+        is_folder = stat.S_ISDIR(os.stat(root).st_mode)
+    except FileNotFoundError:
+        return root
+    except OSError:  # NotADirectoryError: a file on the way
+        is_folder = False
+    if not is_folder:
         raise ConfigError(f"data.root={cfg.root} is not a folder: point it at one (or CNNLAB_DATA)")
     return root
 
@@ -1022,8 +1034,7 @@ def write_image_cache(path: Path, x: torch.Tensor) -> None:
         torch.save({"x": x}, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save raises RuntimeError for a bad folder
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        discard(tmp)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         log.warning(
             "warning: could not write the image cache %s (%s): the next run decodes again",
@@ -1052,8 +1063,8 @@ def load_image_folder(cfg: ImageFolderDataConfig) -> Dataset:
     if skipped := scan["skipped"]:
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         log.warning(
-            "warning: skipped %d entries named as images that are not regular files (a "
-            "folder link, FIFO, device or broken link): %s%s",
+            "warning: %d image name(s) skipped, not regular files (a FIFO, a device, a link "
+            "to a folder or to nothing): %s%s",
             *(len(skipped), ", ".join(skipped[:5]), more),
         )
     files, labels = listed_images(scan)
