@@ -247,10 +247,12 @@ def test_a_data_path_that_is_a_file_is_refused(tmp_path, capfd):
 
 def odd_entries(folder: Path) -> list[Path]:
     """Entries named as images that are not regular files, in class a."""
-    odd = [folder / "a" / name for name in ("zero.png", "gone.png", "dir-link.png")]
+    names = ("zero.png", "gone.png", "dir-link.png", "loop.png")
+    odd = [folder / "a" / name for name in names]
     os.symlink("/dev/zero", odd[0])
     os.symlink(folder / "a" / "missing.png", odd[1])
     os.symlink(folder / "b", odd[2])
+    os.symlink(odd[3], odd[3])  # a link to itself: stat fails with ELOOP
     (folder / "a" / "folder.png").mkdir()  # a folder is walked into, not opened
     images(folder / "a" / "folder.png", {"inner": 1})
     return odd
@@ -264,7 +266,7 @@ def test_entries_that_are_not_regular_files_are_skipped_and_named(tmp_path, capl
         ds = data.load(cfg)
     assert len(ds.y_train) + len(ds.y_test) == 11  # 5 + 5 + the one inside folder.png/
     (warning,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert warning.startswith("warning: 3 image name(s) skipped")
+    assert warning.startswith("warning: 4 image name(s) skipped")
     assert all(str(p) in warning for p in odd), warning
 
 

@@ -128,7 +128,8 @@ def fetch(url: str, dest: Path, algorithm: str, expected: str) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with urlopen(url, timeout=min(READ_TIMEOUT, DOWNLOAD_DEADLINE)) as response:
             size = int(response.headers.get("Content-Length") or 0) or None
-            known = f" ({size / 2**20:.1f} MB)" if size else ""
+            mb = size and size >= 2**20
+            known = f" ({size / 2**20:.1f} MB)" if mb else f" ({size:,} bytes)" if size else ""
             notify(f"downloading {url}{known} to {dest}")
             bar = tqdm(total=size, unit="B", unit_scale=True, disable=not sys.stderr.isatty())
             with open(part, "wb") as f, bar:
@@ -829,19 +830,36 @@ def image_files(folder: Path, skipped: list[str] | None = None) -> list[str]:
     DirEntry knows its type without a stat (a link is followed)."""
     found, folders = [], [str(folder)]
     while folders:
-        with os.scandir(folders.pop()) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append(entry.path)
-                elif not entry.name.lower().endswith(IMAGE_SUFFIXES):
-                    continue
-                elif entry.is_file():
-                    found.append(entry.path)
-                elif skipped is not None:
-                    skipped.append(entry.path)
+        for entry in list_folder(folders.pop()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+            elif not entry.name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            elif is_regular(entry):
+                found.append(entry.path)
+            elif skipped is not None:
+                skipped.append(entry.path)
     return sorted(found)
+
+
+def list_folder(folder: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as e:
+        raise DataError(
+            f"{folder} cannot be listed ({e.strerror}): check its permissions"
+        ) from None
+
+
+def is_regular(entry: os.DirEntry) -> bool:
+    """A regular file, or a link to one."""
+    try:
+        return entry.is_file()
+    except OSError:  # a loop of links
+        return False
 
 
 def held_out(n: int, fraction: float) -> int:
