@@ -397,12 +397,15 @@ def test_unique_dir_appends_a_number_when_the_folder_exists(tmp_path):
 
 def test_two_runs_started_together_get_two_folders(tmp_path, run_cli):
     """Two processes at once, both with the default naming and both with one fixed name:
-    each pair ends in two folders. (MNIST without its files and without a download makes
-    the runs stop right after claiming one.)"""
+    each pair ends in two folders. (MNIST with empty files makes the runs stop right after
+    claiming one: the check finds the files, the data load refuses them.)"""
     fixed = "hydra.run.dir=${cnnlab.unique:outputs/same}"
     jobs = [("default", []), ("default", []), ("fixed", [fixed]), ("fixed", [fixed])]
     for name, _ in jobs:
-        (tmp_path / name).mkdir(exist_ok=True)
+        raw = tmp_path / name / "data" / "MNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for file in data.IDX_FILES:
+            (raw / file).write_bytes(b"")
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(
             pool.map(

@@ -60,11 +60,13 @@ def test_digits_split_is_stratified_and_disjoint(digits):
     assert not any(bytes(x.flatten().tolist()) in train_rows for x in digits.x_test)
 
 
-def test_train_and_test_size_keep_the_first_images(digits, tmp_path):
+def test_train_and_test_size_keep_a_fixed_stratified_sample(digits, tmp_path):
     small = data.load(DataConfig(name="digits", root=str(tmp_path), train_size=100, test_size=30))
     assert len(small.x_train) == len(small.y_train) == 100
     assert len(small.x_test) == len(small.y_test) == 30
-    assert torch.equal(small.x_train, digits.x_train[:100])
+    assert torch.bincount(small.y_train, minlength=10).min() >= 9  # every class, in proportion
+    kept = data.sample(digits.y_train, 100)
+    assert torch.equal(small.x_train, digits.x_train[kept])  # images of the set, in its order
 
 
 # ---- synthetic and spec() ----------------------------------------------------------------

@@ -133,12 +133,12 @@ def test_a_damaged_file_is_named_and_nothing_trains_without_it(tmp_path):
 
 
 def test_other_files_and_hidden_ones_are_skipped(tmp_path):
-    make_folder(tmp_path / "imgs", {"a": 2})
+    make_folder(tmp_path / "imgs", {"a": 2, "b": 2})
     (tmp_path / "imgs" / "a" / "notes.txt").write_text("not an image")
     write_image(tmp_path / "imgs" / "a" / ".hidden.png", 7)
     write_image(tmp_path / "imgs" / "a" / "sub" / "deeper.PNG", 9)  # sub-folders count
     ds = data.load(folder_cfg(tmp_path / "imgs", tmp_path, test_fraction=0.5))
-    assert len(ds.y_train) + len(ds.y_test) == 3
+    assert len(ds.y_train) + len(ds.y_test) == 5
 
 
 # ---- decoding ----------------------------------------------------------------------------
@@ -165,8 +165,10 @@ def test_any_size_and_mode_becomes_the_target_shape(tmp_path):
 def test_normalize_auto_is_per_channel_from_the_training_images(tmp_path):
     folder = tmp_path / "imgs"
     (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()  # a classifier needs two classes
     for i in range(4):  # red varies, green and blue are constant
         Image.new("RGB", (8, 8), (50 * i, 100, 200)).save(folder / "a" / f"{i}.png")
+        Image.new("RGB", (8, 8), (50 * i + 5, 100, 200)).save(folder / "b" / f"{i}.png")
     ds = data.load(folder_cfg(folder, tmp_path, image_size=8, channels=3, test_fraction=0.25))
     mean, std = ds.normalize
     x = ds.x_train.float() / 255
@@ -202,7 +204,7 @@ def test_second_load_reads_the_cache_and_a_changed_file_is_decoded_again(tmp_pat
 
 
 def test_a_damaged_cache_is_only_decoded_again(tmp_path):
-    make_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    make_folder(tmp_path / "imgs", {"a": 5, "b": 5})  # one image of each to test
     cfg = folder_cfg(tmp_path / "imgs", tmp_path)
     first = data.load(cfg)
     (cache,) = (tmp_path / "data" / "image_folder_cache").glob("*.pt")

@@ -573,8 +573,9 @@ def test_bad_input_fails_before_any_data_loads(overrides, texts, tmp_path, monke
     empty = tmp_path / "no_data_here"
     empty.mkdir()
     run = tmp_path / "run"
-    # data=mnist with no files and no download: had the data loaded, that would fail too
-    code = cnnlab_train(run, "data=mnist", f"data.root={empty}", "data.download=false", *overrides)
+    # data=mnist with no files: had the data loaded (or been downloaded), the folder would
+    # not stay empty (with data.download=false the check would refuse the missing files)
+    code = cnnlab_train(run, "data=mnist", f"data.root={empty}", *overrides)
     out, err = capfd.readouterr()
     lines = [line for line in (out + err).splitlines() if line.strip()]
     assert code == 2
@@ -614,8 +615,11 @@ def tiny_mnist(n_train=20, n_test=10) -> dict[str, np.ndarray]:
     }
 
 
-def write_mnist(raw: Path, arrays: dict, gz: bool = False) -> None:
+def write_mnist(raw: Path, arrays: dict, gz: bool = False, empty: bool = False) -> None:
+    """The IDX files of `arrays` in raw; with empty=True the four files, empty (damaged)."""
     raw.mkdir(parents=True, exist_ok=True)
+    for name in data.IDX_FILES if empty else ():
+        (raw / name).write_bytes(b"")
     for name, array in arrays.items():
         if gz:
             (raw / f"{name}.gz").write_bytes(gzip.compress(idx(array), mtime=0))
@@ -728,7 +732,9 @@ def test_unreachable_mirror_fails_with_the_offline_options(tmp_path):
 
 def test_multirun_with_failing_jobs(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    # mnist has no files here (fails at its data load); lr=1e30 diverges
+    # mnist's files here are empty (found by the check, refused at the data load); lr=1e30
+    # diverges
+    write_mnist(tmp_path / "no_data" / "MNIST" / "raw", {}, empty=True)
     code = cnnlab_train(
         sweep,
         "model=lenet5",

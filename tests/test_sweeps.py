@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab import data
+
 FAST = [
     "data=synthetic",
     "data.train_size=128",
@@ -98,8 +100,12 @@ def test_compare_out_writes_files(width_depth_sweep, run_cli, tmp_path):
 
 
 def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
-    # MNIST has no files here and may not download: job 1 fails when its data load
+    # MNIST's files here are empty: job 1 fails at its data load
     not_synthetic = [o for o in FAST if o != "data=synthetic"]
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for file in data.IDX_FILES:
+        (raw / file).write_bytes(b"")
     sweep, r = run_sweep(
         run_cli, tmp_path, "data=synthetic,mnist", "data.download=false", *not_synthetic
     )
@@ -107,7 +113,7 @@ def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
     assert "1_" in r.stderr and "failed" in r.stderr
     rows = {row["run"][:2]: row for row in read_csv(sweep / "comparison.csv")}
     assert rows["0_"]["status"] == "completed"
-    assert rows["1_"]["status"] == "failed" and "mnist files not found" in rows["1_"]["reason"]
+    assert rows["1_"]["status"] == "failed" and "not an IDX file" in rows["1_"]["reason"]
 
 
 def test_experiment_preset_width_depth_runs_four_jobs(tmp_path, run_cli):

@@ -472,12 +472,14 @@ BAD_INPUT = (HydraException, OmegaConfBaseException, RunError)
 
 
 def refuse_bad_input(e: BaseException) -> int:
-    """One `error:` line on stderr and the bad-input exit code; a user who set
-    HYDRA_FULL_ERROR=1 gets Hydra's whole trace instead."""
+    """One `error:` line on stderr and the exit code of the error's status: bad_input for a
+    config, failed for data that cannot be had (a RunError's status decides, wherever it is
+    raised, in this check or in the run). A user who set HYDRA_FULL_ERROR=1 gets Hydra's
+    whole trace instead."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1" and not isinstance(e, RunError):
         raise e
     print(f"error: {compose_error_line(e)}", file=sys.stderr)
-    return EXIT_CODES[Status.bad_input]
+    return EXIT_CODES[e.status if isinstance(e, RunError) else Status.bad_input]
 
 
 # lines of Hydra's and OmegaConf's messages that say nothing about this override

