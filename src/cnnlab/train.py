@@ -456,7 +456,7 @@ def one_model(model: nn.Module, data: TrainData, cfg: TrainerConfig, device, pat
 # ---- an epoch, evaluation and the loop ---------------------------------------------------
 
 
-class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, which it replaces
+class Interrupted(BaseException):
     """SIGINT or SIGTERM outside StopRequest.deferring(): a BaseException, so that no
     `except Exception` on the way swallows it."""
 
