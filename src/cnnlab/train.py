@@ -457,8 +457,8 @@ def one_model(model: nn.Module, data: TrainData, cfg: TrainerConfig, device, pat
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM outside StopRequest.deferring(): a BaseException, so that no
-    `except Exception` on the way swallows it."""
+    """SIGINT or SIGTERM to a StopRequest that does not defer: a BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way swallows it."""
 
     def __init__(self, signum: int):
         super().__init__(f"{signal.Signals(signum).name}")
@@ -466,10 +466,11 @@ class Interrupted(BaseException):
 
 
 class StopRequest:
-    """SIGINT and SIGTERM inside `catching()`. A deferred signal is only noted: the loop
-    stops at its next check and saves a checkpoint, and a caller can finish its files
-    first. With deferred=False the first signal raises Interrupted (a data load or a model
-    build stops at once) except inside `deferring()`; later signals are only noted."""
+    """SIGINT and SIGTERM inside `catching()`. While `deferred` a signal is only noted: the
+    loop stops at its next check and saves a checkpoint, and a caller can finish its files
+    first. Until a caller sets `deferred` (StopRequest(deferred=False)) the first signal
+    raises Interrupted, so that a data load or a model build stops at once; any later
+    signal is only noted, so that the files that record the stop get written."""
 
     def __init__(self, deferred: bool = True):
         self.signal: int | None = None
@@ -491,14 +492,6 @@ class StopRequest:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-    @contextlib.contextmanager
-    def deferring(self):
-        deferred, self.deferred = self.deferred, True
-        try:
-            yield self
-        finally:
-            self.deferred = deferred
 
 
 def train_epoch(
