@@ -13,6 +13,7 @@ import argparse
 import atexit
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -54,6 +55,7 @@ from cnnlab.models import build_model, count_conv_layers, summary
 from cnnlab.outcome import EXIT_CODES, Outcome, RunError, Status
 from cnnlab.threads import run_threads
 from cnnlab.train import (
+    Interrupted,
     RunState,
     StopRequest,
     TrainData,
@@ -183,8 +185,14 @@ def check_config(cfg: DictConfig) -> TrainConfig:
     if plain.seeds > 1:
         check_stack_fits(plain, input_shape, len(classes), device)
     if plain.resume:
-        saved = load_checkpoint(plain.resume).get("config", {})
-        check_resumable(saved, resume_config(plain), plain.resume)
+        saved = load_checkpoint(plain.resume)
+        check_resumable(saved.get("config", {}), resume_config(plain), plain.resume)
+        if saved["epoch"] >= plain.trainer.epochs:  # nothing would train
+            raise ConfigError(
+                f"resume={plain.resume}: the run already has {saved['epoch']} epochs and "
+                f"trainer.epochs={plain.trainer.epochs} asks for no more: pass "
+                f"trainer.epochs={saved['epoch'] + 1} or more to train on"
+            )
     return plain
 
 
@@ -202,6 +210,31 @@ def check_stack_fits(cfg: TrainConfig, input_shape: tuple, classes: int, device)
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def check_output_folder(overrides: list[str], multirun: bool) -> None:
+    """Refuse a run (or sweep) folder that cannot be made, under a file or in a folder
+    that is not writable, before Hydra tries to make it. Checked up to its first ${...}:
+    the folder itself is claimed only as Hydra resolves it."""
+    kind = "sweep" if multirun else "run"
+    key = f"hydra.{kind}.dir"
+    if any(override_key(o).startswith("hydra.") for o in overrides):
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="train"):
+            hydra_cfg = compose("train", overrides=fixed, return_hydra_config=True).hydra
+    else:  # train.yaml's folder: a file read, not a compose (70 ms of every start)
+        hydra_cfg = OmegaConf.load(config_dir() / "train.yaml").hydra
+    text = OmegaConf.to_container(hydra_cfg, resolve=False)[kind]["dir"]  # resolving claims it
+    fixed_part = Path(re.sub(r"^\$\{cnnlab\.unique:", "", str(text)).split("${")[0] or ".")
+    for folder in (fixed_part, *fixed_part.parents):
+        if not folder.exists() and not folder.is_symlink():
+            continue
+        if not folder.is_dir():
+            raise ConfigError(f"{key}={text}: {folder} is a file, not a folder: give a folder path")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}={text}: cannot write in {folder}: give a folder path")
+        return
 
 
 def composed_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
@@ -225,9 +258,28 @@ def composed_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
 # ---- train -------------------------------------------------------------------------------
 
 
-def peak_memory(device: torch.device) -> dict:
+def reset_peak_memory(device: torch.device) -> None:
+    """Start this run's memory peaks from what the process holds now: Hydra's basic
+    launcher runs every job of a sweep in one process, whose peaks would carry over. On
+    Linux, 5 written to clear_refs resets the kernel's RSS peak (VmHWM); where that cannot
+    be done the RSS peak stays the process's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mb() -> float:
+    """The RSS peak since reset_peak_memory (VmHWM), else getrusage's for the process."""
+    with contextlib.suppress(OSError, TypeError), open("/proc/self/status") as f:
+        return int(re.search(r"^VmHWM:\s*(\d+) kB", f.read(), re.M)[1]) / 2**10
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
-    out = {"peak_rss_mb": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """This run's peaks (reset_peak_memory), for metrics.json."""
+    out = {"peak_rss_mb": round(peak_rss_mb(), 1)}
     if device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     elif device.type == "mps":  # MPS keeps no peak: what its driver holds at the end
@@ -282,10 +334,15 @@ def describe_model(cfg: TrainConfig, model: nn.Module, input_shape: tuple) -> di
     }
 
 
-def draw_pictures(model: nn.Module, tensors: TrainData, input_shape: tuple, run_dir: Path):
-    """filters.png and feature_maps.png, from the same first test images every run."""
-    report.plot_filters(model, run_dir / "filters.png", input_shape)
-    report.plot_feature_maps(model, tensors.x_test[:4], run_dir / "feature_maps.png")
+def draw_pictures(engine, state: RunState, tensors: TrainData, input_shape, run_dir: Path):
+    """filters.png and feature_maps.png (from the same first test images every run) of the
+    copy every picture shows, as (file name, function that draws it)."""
+    model = functools.cache(lambda: engine.copy(state.shown_copy()))
+    filters, maps = run_dir / "filters.png", run_dir / "feature_maps.png"
+    return [
+        (filters.name, lambda: report.plot_filters(model(), filters, input_shape)),
+        (maps.name, lambda: report.plot_feature_maps(model(), tensors.x_test[:4], maps)),
+    ]
 
 
 def run_metrics(
@@ -317,13 +374,76 @@ def run_metrics(
     }
 
 
+class KeptWarnings(logging.Handler):
+    """Every `warning: ...` line a run logs, without the prefix: metrics.json's `warnings`."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = str(record.getMessage())
+        if message.startswith("warning: "):
+            self.lines.append(message.removeprefix("warning: ").splitlines()[0])
+
+
+def write_results(
+    cfg: TrainConfig, run_dir: Path, metrics: dict, run: tuple, evaluations, run_logger
+) -> None:
+    """history.csv and metrics.json as soon as the figures exist; then the pictures and
+    the tracker's final(), each of which may fail as a warning (train.log and metrics.json's
+    `warnings`) without costing the results. `run` is (state, engine, dataset, tensors,
+    input shape)."""
+    state, engine, ds, tensors, input_shape = run
+    title, steps = f"{cfg.model.name} on {cfg.data.name}", []
+    if evaluations is not None:
+        figures, cm = report.evaluation_figures(evaluations, state, ds)
+        metrics |= figures
+        steps += report.evaluation_files(run_dir, figures, cm, evaluations, state, ds, title)
+    report.write_history(run_dir / "history.csv", state.history)
+    report.write_json(run_dir / "metrics.json", metrics)
+    rows = state.live_rows(state.history)
+    if rows:
+        curve = run_dir / "loss_curve.png"
+        steps.insert(0, (curve.name, lambda: report.plot_loss_curve(rows, curve, title)))
+    if cfg.pictures:
+        steps += draw_pictures(engine, state, tensors, input_shape, run_dir)
+    steps.append((f"logger={cfg.logger.name} final()", lambda: run_logger.final(metrics, run_dir)))
+    for name, write in steps:
+        try:
+            write()
+        except Exception as e:
+            log.warning("warning: %s failed: %s", name, loggers.first_line(e))
+
+
+def settle(run_dir: Path, metrics: dict, outcome: Outcome, stop: StopRequest) -> Outcome:
+    """metrics.json once more, with the warnings and the status the process exits with: a
+    signal noted since training ended makes a completed run interrupted (its results
+    whole). A signal during this write writes it again."""
+    while True:
+        if outcome.status == Status.completed and stop.signal is not None:
+            name = signal.Signals(stop.signal).name
+            message = f"{name} after training completed; the results are whole"
+            outcome = Outcome(Status.interrupted, message, stop.signal)
+            log.warning(message)
+        metrics["status"] = str(outcome.status)
+        if outcome.status != Status.completed:
+            metrics["error"] = outcome.message
+        report.write_json(run_dir / "metrics.json", metrics)
+        if outcome.status != Status.completed or stop.signal is None:
+            return outcome
+
+
 def train_run(
-    cfg: TrainConfig, run_dir: Path, job_num: int | None, sweep_dir: Path | None = None
+    cfg: TrainConfig, run_dir: Path, job_num: int | None, sweep_dir: Path | None, stop, kept
 ) -> tuple[dict, Outcome]:
     """One training run into run_dir (a job of the sweep in sweep_dir, if given): its
-    metrics, and the outcome the process reports."""
+    metrics, and the outcome the process reports. `stop` is catching signals: until
+    training starts one raises Interrupted; from there on it waits for the run's files.
+    `kept`: the run's warnings so far (a list that grows)."""
     started_at = datetime.now().isoformat(timespec="seconds")
     device = pick_device(cfg.device, job_num)
+    reset_peak_memory(device)
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
     ds, tensors = load_tensors(cfg, device)
     # from the data as loaded: data.spec ran in check_config; for a UCR set or an image
@@ -343,12 +463,11 @@ def train_run(
 
     def on_epoch(rows: list[dict]) -> None:
         report.write_history(run_dir / "history.csv", state.history)
-        run_logger(report.mean_row(rows))
+        run_logger(report.mean_row(state.live_rows(rows)))
 
-    stop = StopRequest()
-    # a late signal waits for the files; the tracker closes last, after final()
-    threads = run_threads(cfg.trainer.threads, parallel_jobs())  # the old count back after
-    with numerics(cfg.trainer) as flags, threads, stop.catching(), contextlib.closing(run_logger):
+    # the tracker closes last, after final(); the process's thread count comes back after
+    threads = run_threads(cfg.trainer.threads, parallel_jobs())
+    with numerics(cfg.trainer) as flags, threads, contextlib.closing(run_logger):
         state, engine = start_run(build, seeds, tensors, cfg.trainer, device)
         described = describe_model(cfg, engine.copy(0), input_shape)
         if cfg.resume:
@@ -357,21 +476,17 @@ def train_run(
             log.info("resumed from %s at epoch %d, image %d", cfg.resume, *at)
         copies = f", {len(seeds)} seeds together" if len(seeds) > 1 else ""
         log.info("training path: %s, precision %s%s", engine.path, cfg.trainer.precision, copies)
+        stop.deferred = True  # from here a signal waits for the checkpoint and the files
         outcome, evaluations = fit(state, engine, tensors, cfg.trainer, stop, save, on_epoch)
         metrics = run_metrics(cfg, state, engine.path, outcome, device) | {
             **described,
             "numerics": flags,
             "started_at": started_at,
+            "warnings": kept,
         }
-        if cfg.pictures:
-            draw_pictures(engine.copy(0), tensors, input_shape, run_dir)
-        title = f"{cfg.model.name} on {cfg.data.name}"
-        report.write_run(run_dir, metrics, state, evaluations, ds, title)
-        run_logger.final(metrics, run_dir)
-    if outcome.status == Status.completed and stop.signal is not None:
-        name = signal.Signals(stop.signal).name
-        outcome = Outcome(Status.interrupted, f"{name} after the run completed", stop.signal)
-        log.warning("%s; its folder is whole", outcome.message)
+        run = (state, engine, ds, tensors, input_shape)
+        write_results(cfg, run_dir, metrics, run, evaluations, run_logger)
+        outcome = settle(run_dir, metrics, outcome, stop)
     if metrics["accuracy"] is not None:
         log.info(
             "accuracy %.2f%%  f1_macro %.4f  -> %s",
@@ -383,23 +498,43 @@ def train_run(
 def run_job(
     cfg: DictConfig, run_dir: Path, job_num: int | None, sweep_dir: Path | None = None
 ) -> tuple[dict, Outcome]:
-    """train_run, and whatever stops it, a metrics.json that says how the run ended."""
+    """train_run, and whatever stops it, a metrics.json that says how the run ended, with
+    every `warning:` the run logged under `warnings`. SIGINT and SIGTERM are caught from
+    here on: before training they stop the run at once, from training on they wait."""
+    stop, kept = StopRequest(deferred=False), KeptWarnings()
+    log.addHandler(kept)
     try:
-        return train_run(check_config(cfg), run_dir, job_num, sweep_dir)
-    except KeyboardInterrupt:  # before training set its own signal handlers
-        outcome = Outcome(Status.interrupted, "interrupted before training started")
-    except RunError as e:
-        outcome = Outcome(e.status, str(e))
-    except torch.cuda.OutOfMemoryError:
-        outcome = Outcome(
-            Status.failed,
-            f"CUDA ran out of memory with trainer.batch_size={cfg.trainer.batch_size} and "
-            f"trainer.eval_batch_size={cfg.trainer.eval_batch_size}: try smaller batches "
-            f"or a smaller model",
-        )
-    except Exception as e:
-        log.exception("run failed")  # an unexpected error: keep the traceback in train.log
-        outcome = Outcome(Status.failed, f"{type(e).__name__}: {e}".splitlines()[0])
+        with stop.catching():
+            try:
+                return train_run(check_config(cfg), run_dir, job_num, sweep_dir, stop, kept.lines)
+            except (Interrupted, KeyboardInterrupt) as e:
+                stop.deferred = True
+                sig = getattr(e, "signal", signal.SIGINT)
+                name = signal.Signals(sig).name
+                outcome = Outcome(Status.interrupted, f"{name} before training started", sig)
+            except RunError as e:
+                outcome = Outcome(e.status, str(e))
+            except torch.cuda.OutOfMemoryError:
+                outcome = Outcome(
+                    Status.failed,
+                    f"CUDA ran out of memory with trainer.batch_size={cfg.trainer.batch_size} "
+                    f"and trainer.eval_batch_size={cfg.trainer.eval_batch_size}: try smaller "
+                    f"batches or a smaller model",
+                )
+            except Exception as e:
+                log.exception("run failed")  # an unexpected error: the traceback in train.log
+                outcome = Outcome(Status.failed, loggers.first_line(e))
+            stop.deferred = True
+            return record_failure(cfg, run_dir, outcome, kept.lines)
+    finally:
+        log.removeHandler(kept)
+
+
+def record_failure(
+    cfg: DictConfig, run_dir: Path, outcome: Outcome, warnings: list[str]
+) -> tuple[dict, Outcome]:
+    """metrics.json of a run that did not complete. If even that small file cannot be
+    written (a full disk), one `error:` line on stderr names it, and the run failed."""
     log.error("error: %s", outcome.message)
     metrics = {
         "status": str(outcome.status),
@@ -408,8 +543,17 @@ def run_job(
         "error": outcome.message,
         "seed": cfg.seed,
         "torch_version": torch.__version__,
+        "warnings": warnings,
     }
-    report.write_json(run_dir / "metrics.json", metrics)
+    path = run_dir / "metrics.json"
+    try:
+        report.write_json(path, metrics)
+    except (OSError, report.WriteError) as e:
+        reason = e.reason if isinstance(e, report.WriteError) else e.strerror or str(e)
+        line = f"could not write {path}: {reason}"
+        run = "" if outcome.message.startswith(line) else f" (the run: {outcome.message})"
+        print(f"error: {line}{run}", file=sys.stderr)
+        outcome = Outcome(Status.failed, line)
     return metrics, outcome
 
 
@@ -420,7 +564,9 @@ def train_command(cfg: DictConfig) -> float:
     job_num = hydra_cfg.job.num if multirun else None
     sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    report.write_atomic(run_dir / "command.txt", reproduce_command(hydra_cfg.overrides.task) + "\n")
+    with contextlib.suppress(OSError, RunError):  # a disk too full for it: run_job says so
+        command = reproduce_command(hydra_cfg.overrides.task) + "\n"
+        report.write_atomic(run_dir / "command.txt", command)
     metrics, outcome = run_job(cfg, run_dir, job_num, sweep_dir)
     # an interrupt stops a sweep; any other job that did not complete lets the others run
     # (the sweep reports it at the end), while a single run exits with its own code
@@ -452,6 +598,7 @@ def train_main(args: list[str]) -> int:
         try:
             for job in composed_jobs(hydra_args.overrides, hydra_args.multirun):
                 check_config(job)
+            check_output_folder(hydra_args.overrides, hydra_args.multirun)
         except BAD_INPUT as e:
             return refuse_bad_input(e)
     sys.argv = ["cnnlab train", *args]

@@ -231,13 +231,18 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_conv_layers(model: nn.Module) -> int:
-    """k x k (or, in 1-D, k) convs: a factorized pair counts once (its 1 x k half is not
-    counted), 1x1 bottlenecks and projections not at all."""
-    return sum(
-        1
-        for m in model.modules()
-        if isinstance(m, nn.modules.conv._ConvNd) and m.kernel_size[0] > 1
-    )
+    """Convs with more than one tap (k x k, k x 1, 1 x k, or k in 1-D): a factorized pair
+    (k x 1 then 1 x k, layers.conv_block) counts once, 1x1 bottlenecks and projections not
+    at all."""
+    count, previous = 0, None
+    for m in model.modules():
+        if not isinstance(m, nn.modules.conv._ConvNd):
+            continue
+        k = m.kernel_size
+        pair = previous is not None and len(k) == 2 and k[0] == 1 and previous[0] > 1 == previous[1]
+        count += max(k) > 1 and not pair  # pair: the 1 x k half after a k x 1
+        previous = k
+    return count
 
 
 def summary(model: nn.Module) -> str:

@@ -1,12 +1,13 @@
 """Everything a run folder holds besides the checkpoint and Hydra's files.
 
 metrics.json, history.csv, loss_curve.png, confusion_matrix.png and .csv, mistakes.png
-(trackers such as TensorBoard live in loggers.py). JSON and CSV are written to a temporary
-file and renamed, so a crash mid-write never leaves a half file behind.
+(trackers such as TensorBoard live in loggers.py). Every file a run writes, the checkpoint
+too, goes through atomic_file: a crash or a full disk mid-write never leaves a half file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -19,16 +20,48 @@ import torch
 from torch import nn
 
 from cnnlab.inspection import CONVS, conv_stages, effective_receptive_field, per_axis
+from cnnlab.outcome import RunError
 
 HISTORY_COLUMNS = ["epoch", "seed", "train_loss", "test_loss", "test_accuracy", "seconds"]
 EPOCH_FIGURES = ("train_loss", "test_loss", "test_accuracy")
+EVALUATION_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "mistakes.png")
+
+
+class WriteError(RunError):
+    """A run file that could not be written: a full disk, a folder that is not there."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"could not write {path}: {reason}")
+        self.reason = reason
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file that becomes `path`: written beside it under a temporary name, synced
+    to disk, then renamed over it. Whatever stops the write (an error of the writer, a full
+    disk, a signal), the temporary file is removed and `path` stays as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """`text` as the file `path`, all or nothing (atomic_file); a failure is a WriteError
+    that names the file."""
+    try:
+        with atomic_file(path) as f:
+            f.write(text.encode())
+    except OSError as e:
+        raise WriteError(path, e.strerror or str(e)) from None
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -66,9 +99,10 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, k: int) -> torc
 
 
 def per_class_scores(cm: torch.Tensor, classes: list[str]) -> tuple[dict, float]:
-    """Precision, recall, F1 and support per class, and the macro F1 (an unweighted mean).
-
-    A class never predicted has precision 0, as scikit-learn's zero_division=0 gives.
+    """Precision, recall, F1 and support per class, and the macro F1: the unweighted mean
+    of F1 over the classes present in the labels or the predictions, as scikit-learn's
+    f1_score(average="macro") takes it. A class absent from both has no F1 to average
+    (it is listed with zeros); a class never predicted has precision 0 (zero_division=0).
     """
     cm = cm.double()
     tp = cm.diag()
@@ -86,7 +120,8 @@ def per_class_scores(cm: torch.Tensor, classes: list[str]) -> tuple[dict, float]
         }
         for i, name in enumerate(classes)
     }
-    return scores, float(f1.mean())
+    present = (predicted > 0) | (support > 0)
+    return scores, float(f1[present].mean()) if present.any() else 0.0
 
 
 def write_confusion_csv(path: Path, cm: torch.Tensor, classes: list[str]) -> None:
@@ -205,12 +240,12 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     return len(order)
 
 
-def write_evaluation(run_dir: Path, evaluations: list, state, dataset, title: str) -> dict:
-    """confusion_matrix.csv/.png and mistakes.png, and the figures metrics.json holds.
+def evaluation_figures(evaluations: list, state, dataset) -> tuple[dict, torch.Tensor]:
+    """The figures metrics.json holds, and the confusion matrix.
 
     With several seeds: accuracy and f1_macro are the means over the copies that did not
-    diverge (with their std and each seed's own figures), the confusion matrix and
-    per_class sum the copies' counts, and mistakes.png shows the first such copy's."""
+    diverge (with their std and each seed's own figures), and the confusion matrix and
+    per_class sum those copies' counts."""
     y, classes = dataset.y_test.cpu(), dataset.classes
     per_seed, matrices = [], []
     for seed, evaluation in zip(state.seeds, evaluations, strict=True):
@@ -224,7 +259,6 @@ def write_evaluation(run_dir: Path, evaluations: list, state, dataset, title: st
                          "status": "completed"})  # fmt: skip
     done = [row for row in per_seed if row["status"] == "completed"]
     cm = sum(matrices)
-    per_class = per_class_scores(cm, classes)[0]
 
     def spread(key: str) -> float | None:
         return statistics.stdev(r[key] for r in done) if len(done) > 1 else None
@@ -234,32 +268,32 @@ def write_evaluation(run_dir: Path, evaluations: list, state, dataset, title: st
         "f1_macro": statistics.fmean(row["f1_macro"] for row in done),
         "accuracy_std": spread("accuracy"),
         "f1_macro_std": spread("f1_macro"),
-        "per_class": per_class,
+        "per_class": per_class_scores(cm, classes)[0],
         "per_seed": per_seed,
     }
+    return figures, cm
+
+
+def evaluation_files(run_dir: Path, figures: dict, cm, evaluations, state, dataset, title: str):
+    """confusion_matrix.csv/.png and mistakes.png (the copy state.shown_copy() names), as
+    (file name, function that writes it) to be called one by one."""
+    y, classes = dataset.y_test.cpu(), dataset.classes
+    copies = sum(row["status"] == "completed" for row in figures["per_seed"])
     title = f"{title}: {100 * figures['accuracy']:.2f}%"
-    if len(matrices) > 1:
-        title += f"\ncounts summed over {len(matrices)} seeds"
-    write_confusion_csv(run_dir / "confusion_matrix.csv", cm, classes)
-    plot_confusion_matrix(cm, classes, run_dir / "confusion_matrix.png", title)
-    first = evaluations[state.seeds.index(done[0]["seed"])]
-    plot_mistakes(
-        dataset.x_test, y, first.predictions, first.confidence, classes, run_dir / "mistakes.png"
-    )
-    return figures
-
-
-def write_run(run_dir: Path, metrics: dict, state, evaluations, dataset, title: str) -> dict:
-    """What a finished or stopped run leaves: history.csv, loss_curve.png, the evaluation
-    files (when there is an evaluation), and metrics.json last, so that its presence means
-    the rest is there."""
-    write_history(run_dir / "history.csv", state.history)
-    if state.history:
-        plot_loss_curve(state.history, run_dir / "loss_curve.png", title)
-    if evaluations is not None:
-        metrics |= write_evaluation(run_dir, evaluations, state, dataset, title)
-    write_json(run_dir / "metrics.json", metrics)
-    return metrics
+    if copies > 1:
+        title += f"\ncounts summed over {copies} seeds"
+    shown = evaluations[state.shown_copy()]
+    csv_file, png, mistakes = (run_dir / name for name in EVALUATION_FILES)
+    return [
+        (csv_file.name, lambda: write_confusion_csv(csv_file, cm, classes)),
+        (png.name, lambda: plot_confusion_matrix(cm, classes, png, title)),
+        (
+            mistakes.name,
+            lambda: plot_mistakes(
+                dataset.x_test, y, shown.predictions, shown.confidence, classes, mistakes
+            ),
+        ),  # fmt: skip
+    ]
 
 
 # ---- what the filters see ------------------------------------------------------------------

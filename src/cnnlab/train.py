@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from cnnlab.config import ConfigError, Optimizer, TrainerConfig
 from cnnlab.outcome import Outcome, RunError, Status
+from cnnlab.report import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,15 @@ class RunState:
     images_seen: int = 0  # over the whole resume chain (per copy)
     train_seconds: float = 0.0
 
+    def live_rows(self, rows: list[dict]) -> list[dict]:
+        """The rows of the copies that did not diverge: what every mean, curve and tracker
+        reads (a diverged copy's losses are NaN)."""
+        return [row for row in rows if row["seed"] not in self.diverged]
+
+    def shown_copy(self) -> int:
+        """The copy every picture shows: the first that did not diverge (else the first)."""
+        return next((i for i, s in enumerate(self.seeds) if s not in self.diverged), 0)
+
     def state_dict(self) -> dict:
         """Tensors and plain values only, so it loads with torch.load(weights_only=True)."""
         mid_epoch = self.position > 0
@@ -231,23 +241,20 @@ class CheckpointError(RunError):
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write to a temporary file, fsync, then rename over `path`: a process killed mid-save
-    leaves the previous checkpoint whole. A failed write raises; it is never silent."""
+    """Written as report.write_atomic writes every run file: a process killed or a disk
+    that fills mid-save leaves the previous checkpoint whole and no temporary file. A
+    failed write raises (whatever torch.save raised: its zip writer's RuntimeError on a
+    full disk too); it is never silent."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
             stale.unlink(missing_ok=True)
-    except OSError as e:
-        with contextlib.suppress(OSError):  # e.g. the folder itself could not be made
-            tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write checkpoint {path}: {e}") from None
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"could not write checkpoint {path}: {reason}") from None
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -449,22 +456,37 @@ def one_model(model: nn.Module, data: TrainData, cfg: TrainerConfig, device, pat
 # ---- an epoch, evaluation and the loop ---------------------------------------------------
 
 
-class StopRequest:
-    """Inside `catching()`, SIGINT and SIGTERM only note the signal: the loop stops at its
-    next check and saves a checkpoint, and a caller can finish its files first."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM to a StopRequest that does not defer: a BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way swallows it."""
 
-    def __init__(self):
+    def __init__(self, signum: int):
+        super().__init__(f"{signal.Signals(signum).name}")
+        self.signal = signum
+
+
+class StopRequest:
+    """SIGINT and SIGTERM inside `catching()`. While `deferred` a signal is only noted: the
+    loop stops at its next check and saves a checkpoint, and a caller can finish its files
+    first. Until a caller sets `deferred` (StopRequest(deferred=False)) the first signal
+    raises Interrupted, so that a data load or a model build stops at once; any later
+    signal is only noted, so that the files that record the stop get written."""
+
+    def __init__(self, deferred: bool = True):
         self.signal: int | None = None
+        self.deferred = deferred
+
+    def _note(self, signum, frame):
+        first, self.signal = self.signal is None, signum  # more signals just ask again
+        if first and not self.deferred:
+            raise Interrupted(signum)
 
     @contextlib.contextmanager
     def catching(self):
-        def note(signum, frame):
-            self.signal = signum  # a second signal just asks again: no harm done
-
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                previous[sig] = signal.signal(sig, note)
+                previous[sig] = signal.signal(sig, self._note)
         try:
             yield self
         finally:
@@ -643,7 +665,7 @@ def fit(
 def log_epoch(state: RunState, rows: list[dict], epochs: int) -> None:
     """One line per epoch; with several seeds, the mean and spread of the copies still
     training."""
-    alive = [row for row in rows if row["seed"] not in state.diverged]
+    alive = state.live_rows(rows)
     scale = {"train_loss": 1, "test_loss": 1, "test_accuracy": 100}
     unit = {"train_loss": "", "test_loss": "", "test_accuracy": "%"}
     parts = []

@@ -1,0 +1,289 @@
+"""Runs under hostile conditions (issue 19): a disk that fills while a checkpoint, history.csv
+or metrics.json is written, a run folder that cannot be made, exceptions and signals at
+every stage of a run. Whatever happens, no temporary file stays, nothing written before is
+lost, and metrics.json's status agrees with the exit code; no traceback reaches stderr.
+
+Signals in this process are SIGINT (without cnnlab's handler it would be a
+KeyboardInterrupt, not a killed test session); SIGTERM is sent to real subprocesses."""
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SMALL, cli_env, cnnlab_train, metrics_of
+
+from cnnlab import cli, report
+from cnnlab.train import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUICK = ["model=mlp", *SMALL, "trainer.epochs=2", "pictures=false"]
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.tmp"))
+
+
+def one_error_line(capfd) -> str:
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def full_disk_for(name: str, after: int = 0):
+    """report.atomic_file that writes part of `name` and then finds the disk full, from
+    its (after+1)-th write on; every other file is written as usual."""
+    real, seen = report.atomic_file, []
+
+    @contextlib.contextmanager
+    def atomic_file(path):
+        if Path(path).name == name:
+            seen.append(path)
+            if len(seen) > after:
+                with real(path) as f:
+                    f.write(b"half a fi")
+                    raise ENOSPC
+        with real(path) as f:
+            yield f
+
+    return atomic_file
+
+
+# ---- disks ---------------------------------------------------------------------------------
+
+
+def test_atomic_write_that_fails_mid_file_keeps_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "metrics.json"
+    report.write_atomic(target, "old\n")
+    for error in (RuntimeError("writer broke"), KeyboardInterrupt()):
+        with pytest.raises(type(error)), report.atomic_file(target) as f:
+            f.write(b"new, half")
+            raise error
+        assert target.read_text() == "old\n" and leftovers(tmp_path) == []
+
+
+def test_checkpoint_writer_error_mid_file_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # the 2nd checkpoint: half written, then the zip
+        calls.append(1)  # writer's error on a full disk
+        if len(calls) == 2:
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise RuntimeError("[enforce fail] PytorchStreamWriter failed writing file data/0")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *QUICK) == 1
+    m = metrics_of(run)
+    assert m["status"] == "failed" and "PytorchStreamWriter failed" in m["error"]
+    assert "could not write checkpoint" in m["error"]
+    assert leftovers(run) == []
+    assert load_checkpoint(run)["epoch"] == 1
+
+
+def test_full_disk_on_history_mid_run_fails_the_run_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "atomic_file", full_disk_for("history.csv", after=1))
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *QUICK, "trainer.epochs=3") == 1
+    m = metrics_of(run)
+    assert m["status"] == "failed"
+    assert f"could not write {run / 'history.csv'}: No space left on device" in m["error"]
+    assert (run / "history.csv").read_text().count("\n") == 2  # header and epoch 1
+    assert load_checkpoint(run)["epoch"] == 2 and leftovers(run) == []
+
+
+def test_full_disk_for_metrics_json_is_one_error_line(tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr(report, "atomic_file", full_disk_for("metrics.json"))
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *QUICK) == 1
+    line = one_error_line(capfd)
+    assert f"could not write {run / 'metrics.json'}: No space left on device" in line
+    assert not (run / "metrics.json").exists() and leftovers(run) == []
+
+
+def test_every_write_failing_is_one_error_line_and_no_traceback(tmp_path, monkeypatch, capfd):
+    def write_atomic(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(report, "write_atomic", write_atomic)
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *QUICK) == 1
+    assert str(run / "metrics.json") in one_error_line(capfd)
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_a_folder_under_a_file_is_one_error_line(tmp_path, capfd, multirun):
+    (tmp_path / "a_file").write_text("")
+    folder = tmp_path / "a_file" / "run"
+    extra = ["seed=0,1"] if multirun else []
+    assert cnnlab_train(folder, *QUICK, *extra, multirun=multirun) == 2
+    line = one_error_line(capfd)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    assert line.startswith(f"error: {key}={folder}: {tmp_path / 'a_file'} is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+# ---- exceptions and signals in this process ----------------------------------------------------
+
+
+def test_an_exception_in_describe_model_fails_the_run_with_its_reason(tmp_path, monkeypatch, capfd):
+    def describe(*args):
+        raise ValueError("no table for this model")
+
+    monkeypatch.setattr(cli, "describe_model", describe)
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *QUICK) == 1
+    assert "Traceback" not in capfd.readouterr().err
+    m = metrics_of(run)
+    assert m["status"] == "failed" and m["error"] == "ValueError: no table for this model"
+    assert "Traceback" in (run / "train.log").read_text()  # kept where it helps
+
+
+def test_sigint_while_building_the_model_is_an_interrupted_run(tmp_path, monkeypatch):
+    def describe(*args):
+        signal.raise_signal(signal.SIGINT)
+        raise AssertionError("the signal did not stop the run")
+
+    monkeypatch.setattr(cli, "describe_model", describe)
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *QUICK) == 130
+    m = metrics_of(run)
+    assert m["status"] == "interrupted" and m["error"] == "SIGINT before training started"
+
+
+@pytest.mark.parametrize("write", [1, 2], ids=["first-write", "last-write"])
+def test_sigint_during_the_metrics_write_is_recorded(tmp_path, monkeypatch, write):
+    real, writes = report.write_json, []
+
+    def write_json(path, obj):
+        if Path(path).name == "metrics.json":
+            writes.append(dict(obj))
+            if len(writes) == write:
+                signal.raise_signal(signal.SIGINT)
+        real(path, obj)
+
+    monkeypatch.setattr(report, "write_json", write_json)
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *QUICK) == 130
+    m = metrics_of(run)
+    assert m["status"] == "interrupted" and m["error"].startswith("SIGINT after training")
+    assert m["accuracy"] is not None and leftovers(run) == []
+
+
+def test_a_failing_confusion_plot_and_curve_are_two_warnings(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(report, "plot_confusion_matrix", broken)
+    monkeypatch.setattr(report, "plot_loss_curve", broken)
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *QUICK) == 0
+    m = metrics_of(run)
+    assert m["status"] == "completed" and m["accuracy"] is not None
+    assert m["warnings"] == [
+        "loss_curve.png failed: MemoryError: ",
+        "confusion_matrix.png failed: MemoryError: ",
+    ]
+    assert (run / "confusion_matrix.csv").is_file() and (run / "mistakes.png").is_file()
+
+
+def test_an_interrupted_run_whose_metrics_cannot_be_written_says_so(tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr(report, "atomic_file", full_disk_for("metrics.json"))
+    monkeypatch.setattr(cli, "load_tensors", lambda *a: signal.raise_signal(signal.SIGINT))
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *QUICK) == 1
+    line = one_error_line(capfd)
+    assert "metrics.json: No space left on device" in line and "SIGINT" in line
+
+
+# ---- signals to real processes, at three moments of a run ----------------------------------
+
+# `cnnlab train` with one stage made slow (3 s, after printing "AT <stage>"), so that a
+# signal sent on that line arrives during it
+DRIVER = """
+import sys, time
+from cnnlab import cli, data, report
+stage = sys.argv[1]
+module, name = {"data": (data, "load"), "model": (cli, "start_run"),
+                "pictures": (report, "plot_filters")}[stage]
+real = getattr(module, name)
+def slow(*args, **kwargs):
+    print("AT", stage, flush=True)
+    for _ in range(60):
+        time.sleep(0.05)
+    return real(*args, **kwargs)
+setattr(module, name, slow)
+sys.argv = ["cnnlab", "train", *sys.argv[2:]]
+cli.entry()
+"""
+
+MOMENTS = {
+    "data": signal.SIGTERM,  # it used to kill the process: exit 143 and no metrics.json
+    "model": signal.SIGTERM,
+    "pictures": signal.SIGINT,  # after training: the results are kept
+}
+
+
+@pytest.fixture(scope="module")
+def signalled(tmp_path_factory):
+    """Each moment's process, started together, signalled on its AT line: stage ->
+    (return code, stderr, run folder)."""
+    root = tmp_path_factory.mktemp("signals")
+    procs, out = {}, {}
+    for stage in MOMENTS:
+        args = ["device=cpu", "trainer.progress=false", "model=lenet5", *SMALL]
+        args += ["trainer.epochs=1", f"hydra.run.dir={root / stage}"]
+        procs[stage] = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, stage, *args],
+            cwd=root,
+            env=cli_env(root),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def watch(stage):
+        proc = procs[stage]
+        for line in proc.stdout:
+            if line.startswith(f"AT {stage}"):
+                proc.send_signal(MOMENTS[stage])
+                break
+        proc.stdout.read()  # the rest, so that the process never blocks on its pipe
+
+    threads = [threading.Thread(target=watch, args=(stage,)) for stage in MOMENTS]
+    for thread in threads:
+        thread.start()
+    for stage, proc in procs.items():
+        try:
+            proc.wait(timeout=180)
+        finally:
+            proc.kill()
+        out[stage] = (proc.returncode, proc.stderr.read(), root / stage)
+    for thread in threads:
+        thread.join(timeout=10)
+    return out
+
+
+@pytest.mark.parametrize("stage", list(MOMENTS))
+def test_a_signal_at_any_stage_leaves_a_status_that_agrees_with_the_exit_code(signalled, stage):
+    code, err, run = signalled[stage]
+    sig = MOMENTS[stage]
+    assert code == 128 + sig, err
+    assert "Traceback" not in err
+    m = metrics_of(run)
+    assert m["status"] == "interrupted"
+    assert m["error"].startswith(signal.Signals(sig).name)
+    if stage == "pictures":
+        assert m["accuracy"] is not None and (run / "checkpoints" / "last.pt").is_file()
+    assert leftovers(run) == []
