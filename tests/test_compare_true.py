@@ -122,10 +122,10 @@ def test_depths_of_a_sweep_beside_an_mlp_stay_apart_in_table_and_plots(tmp_path,
         by = [role[name] for name in ("hue", "style", "col") if name in role]
         lines = frame.groupby(by)["folder" if plot == "accuracy" else "epoch"].size()
         assert len(lines) == 5, (plot, lines)  # a line or a point per configuration
-    # the norm the MLP lacks is not the null norm of the first two LeNet-5 runs
+    # a key a run lacks (the MLP's norm) or sets null (the first LeNet-5 runs): "-"
     frame, role = drawn[0]
     assert role["hue"] == "model, model.norm, model.hidden"
-    assert set(frame[role["hue"]]) == {"lenet5, None, -", "lenet5, batch, -", "mlp, -, [128]"}
+    assert set(frame[role["hue"]]) == {"lenet5, -, -", "lenet5, batch, -", "mlp, -, [128]"}
 
 
 # ---------------------------------------------------------------- 18.2 ordinary folders

@@ -41,8 +41,8 @@ INTEGERS = ["params", "macs", "conv_layers"]
 # where the numbers come from in metrics.json: the run's own, and each seed's (per_seed)
 RUN_NUMBERS = ("params", "macs", "conv_layers", "train_seconds", "images_per_second")
 SEED_NUMBERS = ("accuracy", "f1_macro")
-MAX_NUMBER = 2**53  # beyond it a float no longer holds every integer: no sane figure is
-LACKING = "-"  # table and md: a config key this run does not have (an MLP's model.norm)
+MAX_NUMBER = 2**53  # no figure of a run is larger; beyond, a float skips integers
+UNSET = "-"  # table, md and plots: a config key a run lacks (an MLP's model.norm) or sets null
 FORMATS = ("table", "csv", "md", "json")
 SORT_ALIASES = {"accuracy": "accuracy_%"}
 JOB_NAME = re.compile(r"(\d+)_(.+)")  # Hydra's sweep subdir: job number, overrides
@@ -248,7 +248,11 @@ def _seed_rows(runs: list[dict], names: list[str], keys: list[str]) -> pd.DataFr
         model = metrics.get("model") or config.get("model.name")
         group = index  # runs that did not complete keep a row of their own
         if run["status"] == "completed" and config:
-            settings = {k: _canon(v) for k, v in config.items() if not _is_repeat_or_setting(k)}
+            settings = {
+                k: _canon(v)
+                for k, v in config.items()
+                if not _is_repeat_or_setting(k) and v is not None  # null: as if not there
+            }
             group = json.dumps([model, settings], sort_keys=True)
         row = {
             **{"folder": index, "group": group, "run": name, "model": model},
@@ -348,7 +352,8 @@ def _differing_keys(runs: list[dict]) -> list[str]:
     # Runs without a config (died early, copied without .hydra/) would make every key look
     # different, so only runs that have one decide. A key that some of them lack differs
     # too: an MLP has no model.norm, yet a LeNet-5 with norm=batch is not the plain one.
-    # The order is the config's own.
+    # Lacking a key and setting it null are one thing (an MLP and a LeNet-5 without a
+    # bottleneck), as in the groups. The order is the config's own.
     configs = [run["config"] for run in runs if run["config"]]
     keys = dict.fromkeys(key for config in configs for key in config)
     return [
@@ -356,7 +361,7 @@ def _differing_keys(runs: list[dict]) -> list[str]:
         for key in keys
         if not _is_repeat_or_setting(key)
         and key != "model.name"  # the model column
-        and len({_canon(config[key]) if key in config else None for config in configs}) > 1
+        and len({_canon(config.get(key)) for config in configs}) > 1
     ]
 
 
@@ -397,8 +402,10 @@ def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
         return json.dumps(
             table.astype(object).where(table.notna(), None).to_dict("records"), indent=2
         )
-    if "receptive_field" in table:
-        table = table.assign(receptive_field=_texts(table, "receptive_field").replace("", None))
+    if "receptive_field" in table:  # csv too: 5x9, not "[5, 9]"
+        table = table.assign(
+            receptive_field=table["receptive_field"].map(_axes_text, na_action="ignore")
+        )
     if fmt == "csv":
         return table.to_csv(index=False)
     if table.empty:
@@ -441,7 +448,7 @@ def _texts(table: pd.DataFrame, col: str) -> pd.Series:
     if col == "n" and "diverged" in table:
         texts += table["diverged"].map(lambda k: f", {k} diverged" if k else "")
     # a blank metric has no value; a blank config key is one the run does not have
-    return texts.astype(object).fillna("" if col in METRICS or col == "reason" else LACKING)
+    return texts.astype(object).fillna("" if col in METRICS or col == "reason" else UNSET)
 
 
 # ---------------------------------------------------------------- files and plots
@@ -458,15 +465,16 @@ def write_summary(runs: Iterable, out_dir: str | os.PathLike, sort: str | None =
     images = "![accuracy vs parameters](accuracy_vs_params.png)\n\n![test loss](loss_curves.png)"
     (out / "comparison.md").write_text(format_table(table, "md") + "\n\n" + images + "\n")
     # The plots show completed runs (the table has the others), told apart by what varies.
-    # A key a run lacks is LACKING, not None: an MLP and a LeNet-5 with norm=null differ.
-    seeds = seeds[seeds["status"] == "completed"].copy()
-    for key in keys:
-        lacks = seeds["folder"].map(lambda folder, key=key: key not in runs[folder]["config"])
-        seeds[key] = seeds[key].where(~lacks, LACKING)
+    seeds = seeds[seeds["status"] == "completed"]
+    seeds = seeds.assign(**{key: seeds[key].map(_label) for key in keys})
     keys = [key for key in ["model", *keys] if seeds[key].map(_canon).nunique() > 1]
     _plot_accuracy(seeds, keys, out / "accuracy_vs_params.png")
     _plot_losses(runs, seeds, keys, out / "loss_curves.png")
     return table
+
+
+def _label(value) -> str:
+    return UNSET if value is None else str(value)  # lists too: [6, 16]
 
 
 def _roles(data: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, dict]:
@@ -525,7 +533,10 @@ def _plot_losses(runs: list[dict], seeds: pd.DataFrame, keys: list[str], file: P
     columns = seeds.drop_duplicates("folder").set_index("folder")[keys].map(str)
     curves = [pd.DataFrame(columns=["epoch", "test_loss"])]  # an empty plot if no history
     curves += [runs[f]["history"].assign(**columns.loc[f].to_dict()) for f in columns.index]
-    data, roles = _roles(pd.concat(curves, ignore_index=True), keys)
+    data = pd.concat(curves, ignore_index=True)
+    # only points: a line through a diverged (inf) or garbled (NaN) value has none there
+    points = data[["epoch", "test_loss"]].apply(pd.to_numeric, errors="coerce").abs()
+    data, roles = _roles(data[(points < float("inf")).all(axis=1)], keys)
     # the seeds of one configuration (runs, or seeds in one run) become a mean and a band
     grid = sns.relplot(data, x="epoch", y="test_loss", **PLOT, **roles)
     grid.set_axis_labels("epoch", "test loss")
