@@ -217,12 +217,12 @@ def test_failed_run_is_a_row_with_its_reason(sweep):
         status="failed",
         error="CUDA out of memory.\nTried to allocate 2 GiB",
     )
-    table = compare.compare_table(compare.find_runs([sweep]))
-    rows = table.to_dict("records")
+    runs = compare.load_runs([sweep])
+    rows = compare.compare_table(runs).to_dict("records")
     assert len(rows) == 5
     assert rows[-1]["status"] == "failed"
     assert rows[-1]["reason"] == "CUDA out of memory. Tried to allocate 2 GiB"  # one line
-    assert [row["run"] for row in compare.failed(table)] == [rows[-1]["run"]]
+    assert compare.failed(runs) == [{k: rows[-1][k] for k in ("run", "status", "reason")}]
 
 
 def test_partial_metrics_and_empty_folder_are_listed_with_reasons(tmp_path, sweep, capsys):
@@ -316,8 +316,9 @@ def test_compare_command_exit_codes(tmp_path, sweep, capsys):
 
 def test_summarize_sweep_writes_into_the_sweep(sweep, capsys):
     make_run(sweep / "4_model.width=4,model.depth=1", width=4, status="failed", error="boom")
-    rows = compare.summarize_sweep(sweep)
-    assert len(rows) == 5 and len(compare.failed(rows)) == 1
+    runs = compare.load_runs([sweep])
+    rows = compare.summarize_sweep(sweep, runs)
+    assert len(rows) == 5 and len(compare.failed(runs)) == 1
     for name in ("comparison.csv", "comparison.md", "accuracy_vs_params.png", "loss_curves.png"):
         assert (sweep / name).stat().st_size > 0
     assert "boom" in capsys.readouterr().out
@@ -380,7 +381,7 @@ def test_macs_and_receptive_field_columns_after_params(tmp_path, capsys):
     make_run(tmp_path / "2_c", width=3, params=200000)  # an older run without them
     rows = table_rows(tmp_path)
     assert list(rows[0])[3:7] == ["params", "macs", "receptive_field", "conv_layers"]
-    assert [row["receptive_field"] for row in rows[:2]] == ["16", "5x9"]
+    assert [row["receptive_field"] for row in rows[:2]] == [16, [5, 9]]  # as inspect has it
     text = compare.format_table(compare.compare_table(compare.find_runs([tmp_path])))
     assert "289,886" in text and "5x9" in text
 

@@ -576,22 +576,33 @@ def train_command(cfg: DictConfig) -> float:
 
 
 class SweepSummary(Callback):
-    """At the end of a sweep: comparison table and plots in the sweep folder."""
+    """At the end of a sweep: comparison table and plots in the sweep folder, and for
+    train_main the jobs that did not complete and, if the summary failed, why. Hydra would
+    turn an exception raised here into a warning, and the sweep would exit 0."""
 
     failed: list[dict] = []  # read by train_main once Hydra returns
+    error: str | None = None
     sweep_dir: Path | None = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from cnnlab import compare  # pandas and seaborn: only when a sweep ends
 
-        SweepSummary.sweep_dir = Path(config.hydra.sweep.dir)
-        SweepSummary.failed = compare.failed(compare.summarize_sweep(SweepSummary.sweep_dir))
+        sweep_dir = SweepSummary.sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            runs = compare.load_runs([sweep_dir])
+            # from the job folders, before the summary: a summary that fails hides no job
+            SweepSummary.failed = compare.failed(runs)
+            compare.summarize_sweep(sweep_dir, runs)
+        except Exception as e:
+            log.debug("sweep summary", exc_info=True)  # the trace: with hydra.verbose=cnnlab
+            SweepSummary.error = f"the summary of {sweep_dir} failed: {type(e).__name__}: {e}"
 
 
 def train_main(args: list[str]) -> int:
     """Compose and check every job's config first: bad input is one `error:` line and exit
     2 before anything is written. Then Hydra runs the jobs; a run that does not complete
-    exits with its own code from inside (train_command)."""
+    exits with its own code from inside (train_command), a sweep with one such job (or
+    whose summary failed) exits 1."""
     hydra_args = get_args_parser().parse_args(args)
     hydra_only = (hydra_args.help, hydra_args.hydra_help, hydra_args.cfg, hydra_args.info)
     if not any(hydra_only) and not hydra_args.shell_completion:
@@ -602,17 +613,19 @@ def train_main(args: list[str]) -> int:
         except BAD_INPUT as e:
             return refuse_bad_input(e)
     sys.argv = ["cnnlab train", *args]
-    SweepSummary.failed = []
+    SweepSummary.failed, SweepSummary.error = [], None
     train_command()
+    errors = [SweepSummary.error] if SweepSummary.error else []
     if SweepSummary.failed:
         names = ", ".join(f"{r['run']} ({r['status']})" for r in SweepSummary.failed)
-        print(
-            f"error: {len(SweepSummary.failed)} job(s) did not complete in "
+        errors.insert(
+            0,
+            f"{len(SweepSummary.failed)} job(s) did not complete in "
             f"{SweepSummary.sweep_dir}: {names}",
-            file=sys.stderr,
         )
-        return EXIT_CODES[Status.failed]
-    return EXIT_CODES[Status.completed]
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return EXIT_CODES[Status.failed] if errors else EXIT_CODES[Status.completed]
 
 
 BAD_INPUT = (HydraException, OmegaConfBaseException, RunError)
@@ -800,7 +813,16 @@ def compare_main(args: list[str]) -> int:
         if args[i] == "--sort" and args[i + 1].startswith("-"):
             args = [*args[:i], f"--sort={args[i + 1]}", *args[i + 2 :]]
             break
-    a = p.parse_args(args)
+
+    def refuse(message: str):  # one `error:` line, not argparse's usage and its own line
+        raise argparse.ArgumentError(None, message)
+
+    p.error = refuse
+    try:
+        a = p.parse_args(args)
+    except argparse.ArgumentError as e:
+        print(f"error: {e}; see cnnlab compare --help", file=sys.stderr)
+        return EXIT_CODES[Status.bad_input]
     from cnnlab import compare  # pandas and seaborn: not for every command
 
     return compare.compare_command(a.paths, sort=a.sort, fmt=a.format, out=a.out)

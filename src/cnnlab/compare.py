@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import reprlib
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +28,7 @@ RUN_MARKERS = ("metrics.json", "history.csv", ".hydra", "train.log", "checkpoint
 METRICS = {
     "params": 0,
     "macs": 0,
-    "receptive_field": None,  # text: "16", or "5x9" when the axes differ
+    "receptive_field": None,  # a number, or [h, w] where the axes differ: "16", "5x9" as text
     "conv_layers": 0,
     "accuracy_%": 2,
     "f1_macro": 4,
@@ -37,9 +38,15 @@ METRICS = {
 OPTIONAL = ("macs", "receptive_field")
 NUMBERS = [column for column, digits in METRICS.items() if digits is not None]  # averaged
 INTEGERS = ["params", "macs", "conv_layers"]
+# where the numbers come from in metrics.json: the run's own, and each seed's (per_seed)
+RUN_NUMBERS = ("params", "macs", "conv_layers", "train_seconds", "images_per_second")
+SEED_NUMBERS = ("accuracy", "f1_macro")
+MAX_NUMBER = 2**53  # no figure of a run is larger; beyond, a float skips integers
+UNSET = "-"  # table, md and plots: a config key a run lacks (an MLP's model.norm) or sets null
 FORMATS = ("table", "csv", "md", "json")
 SORT_ALIASES = {"accuracy": "accuracy_%"}
 JOB_NAME = re.compile(r"(\d+)_(.+)")  # Hydra's sweep subdir: job number, overrides
+YAML_KINDS = {dict: "mapping", list: "list"}
 
 
 class CompareError(ValueError):
@@ -50,24 +57,40 @@ class CompareError(ValueError):
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Run folders in and under `paths` (run or sweep folders), in natural order."""
-    found: dict[Path, None] = {}
+    """Run folders in and under `paths` (run or sweep folders), in natural order: each run
+    once, however many of the paths or links lead to it."""
+    seen: set[tuple[int, int]] = set()  # the folders searched, by device and inode
+    found = []
     for path in map(Path, paths):
         if not path.exists():
             raise CompareError(f"no such folder: {path}")
         if not path.is_dir():
             raise CompareError(f"not a folder: {path}")
-        found.update(dict.fromkeys(_walk(path.resolve())))  # a dict: the same run given twice
+        found += _walk(path.resolve(), seen)
     return sorted(found, key=lambda p: _natural(str(p)))
 
 
-def _walk(folder: Path) -> Iterable[Path]:
-    if _is_run(folder):
-        yield folder
+def load_runs(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """load_run of every run folder in and under `paths`."""
+    return [load_run(path) for path in find_runs(paths)]
+
+
+def _walk(folder: Path, seen: set[tuple[int, int]]) -> Iterable[Path]:
+    try:
+        info = folder.stat()
+        identity = (info.st_dev, info.st_ino)
+        if identity in seen:  # a link back to a folder already searched: a loop, or a run twice
+            return
+        seen.add(identity)
+        if _is_run(folder):
+            yield folder
+            return
+        children = sorted(folder.iterdir())
+    except OSError:  # gone, or not ours to list: nothing to find in it
         return
-    for child in folder.iterdir():
+    for child in children:
         if child.is_dir() and not child.name.startswith("."):
-            yield from _walk(child)
+            yield from _walk(child, seen)
 
 
 def _is_run(folder: Path) -> bool:
@@ -86,17 +109,19 @@ def _natural(text: str) -> list:
 
 
 def load_run(path: str | os.PathLike) -> dict:
-    """Everything a run folder says about itself. Never raises for bad content."""
+    """Everything a run folder says about itself. Never raises for bad content: a file that
+    cannot be read, or holds what cnnlab never writes, becomes the run's status and reason."""
     path = Path(path)
     history = _read_history(path / "history.csv")
+    config, config_problem = _read_yaml(path / ".hydra" / "config.yaml", dict)
     run = {
         "path": path,
         "status": "missing",
-        "reason": None,
+        "reason": config_problem,
         "metrics": {},
         "history": history,
-        "config": flatten(_read_yaml(path / ".hydra" / "config.yaml", dict)),
-        "overrides": _read_yaml(path / ".hydra" / "overrides.yaml", list),
+        "config": flatten(config),
+        "overrides": _read_yaml(path / ".hydra" / "overrides.yaml", list)[0],
     }
     file = path / "metrics.json"
     if not file.exists():
@@ -105,25 +130,74 @@ def load_run(path: str | os.PathLike) -> dict:
         note = f" ({epochs} epochs in history.csv)" if epochs else ""
         return {**run, "reason": "no metrics.json" + note}
     try:
-        text = file.read_text()
+        text = _read_text(file)
         metrics = json.loads(text) if text.strip() else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: not JSON, not UTF-8
         # e.g. a run killed while writing: "Expecting ',' delimiter: line 3 column 1 (char 40)"
-        return {**run, "status": "unreadable", "reason": f"metrics.json unreadable: {error}"}
-    if not isinstance(metrics, dict):
-        return {**run, "status": "unreadable", "reason": "metrics.json is empty or not an object"}
-    status = str(metrics.get("status") or "unknown")
-    reason = None
+        reason = f"metrics.json unreadable: {_one_line(error)}"
+        return {**run, "status": "unreadable", "reason": reason}
+    problem = _content_problem(metrics)
+    if problem:
+        return {**run, "status": "unreadable", "reason": f"metrics.json: {problem}"}
+    status = _one_line(metrics.get("status") or "unknown")
+    reason = run["reason"]  # a completed run may still have a broken config
     if status != "completed":
-        reason = " ".join(str(metrics.get("error") or "").split()) or None  # keep it one line
+        reason = _one_line(metrics.get("error") or "") or None
         reason = reason or ("metrics.json has no status" if status == "unknown" else None)
+        reason = reason or run["reason"]
     return {**run, "metrics": metrics, "status": status, "reason": reason}
+
+
+def _content_problem(metrics) -> str | None:
+    """What in metrics.json is not what cnnlab writes there, on one line; None if nothing.
+    Only the keys compare reads are checked."""
+    if not isinstance(metrics, dict):
+        return "empty or not an object"
+    for key in ("status", "model"):
+        if not isinstance(metrics.get(key, ""), str | None):
+            return f"{key} is {_shown(metrics[key])}, not a string"
+    copies = metrics.get("per_seed")
+    if copies is not None and not (
+        isinstance(copies, list) and all(isinstance(copy, dict) for copy in copies)
+    ):
+        return f"per_seed is {_shown(copies)}, not a list of objects"
+    values = [(key, metrics.get(key)) for key in (*RUN_NUMBERS, *SEED_NUMBERS)]
+    values += [
+        (f"per_seed[{i}].{key}", copy.get(key))
+        for i, copy in enumerate(copies or [])
+        for key in SEED_NUMBERS
+    ]
+    for key, value in values:
+        if not isinstance(value, int | float | None) or isinstance(value, bool):
+            return f"{key} is {_shown(value)}, not a number"
+        if value is not None and not abs(value) <= MAX_NUMBER and value == value:  # NaN: none
+            return f"{key} is {_shown(value)}: out of range"
+    field = metrics.get("receptive_field")
+    if field is not None and _receptive_field(field) is None:
+        return f"receptive_field is {_shown(field)}, not a number or a list of numbers"
+    return None
+
+
+def _shown(value) -> str:
+    """A value as a short one-line repr, for a reason: a huge number or list is cut."""
+    return _one_line(reprlib.repr(value))
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _read_text(file: Path) -> str:
+    # a FIFO would block the read and a device never end it; a folder cannot be read
+    if not file.is_file():
+        raise OSError("not a regular file")
+    return file.read_text()
 
 
 def _read_history(file: Path) -> pd.DataFrame:
     """history.csv as numbers (a multi-seed run adds a seed column); empty if unreadable."""
     try:
-        text = file.read_text()
+        text = _read_text(file)
         history = pd.read_csv(io.StringIO(text)).apply(pd.to_numeric, errors="coerce")
     except (OSError, ValueError):  # pandas' parser errors and UnicodeDecodeError are ValueErrors
         return pd.DataFrame()
@@ -131,12 +205,19 @@ def _read_history(file: Path) -> pd.DataFrame:
     return history if text.endswith("\n") else history.iloc[:-1]
 
 
-def _read_yaml(file: Path, kind: type):
+def _read_yaml(file: Path, kind: type) -> tuple:
+    """The file's content if it is a `kind`, and None; else kind() and why (None too when
+    there is no file: a run copied without .hydra/ is no error)."""
+    name = f"{file.parent.name}/{file.name}"
+    if not file.exists():
+        return kind(), None
     try:
-        data = yaml.safe_load(file.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return kind()
-    return data if isinstance(data, kind) else kind()
+        data = yaml.safe_load(_read_text(file))
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as error:
+        return kind(), f"{name} unreadable: {_one_line(error)}"
+    if not isinstance(data, kind):
+        return kind(), f"{name} is {_shown(data)}, not a {YAML_KINDS[kind]}"
+    return data, None
 
 
 # ---------------------------------------------------------------- the table
@@ -159,38 +240,55 @@ def _tables(runs: Iterable, sort: str | None) -> tuple[pd.DataFrame, pd.DataFram
 
 
 def _seed_rows(runs: list[dict], names: list[str], keys: list[str]) -> pd.DataFrame:
-    """One row per trained seed: a run, or each seed of a multi-seed run."""
+    """One row per trained seed: a run, or each seed of a multi-seed run. A copy of a
+    multi-seed run that diverged keeps a row, marked, without figures of its own."""
     records = []
     for index, (run, name) in enumerate(zip(runs, names, strict=True)):
         metrics, config = run["metrics"], run["config"]
         model = metrics.get("model") or config.get("model.name")
         group = index  # runs that did not complete keep a row of their own
         if run["status"] == "completed" and config:
-            settings = {k: _canon(v) for k, v in config.items() if not _is_repeat_or_setting(k)}
+            settings = {
+                k: _canon(v)
+                for k, v in config.items()
+                if not _is_repeat_or_setting(k) and v is not None  # null: as if not there
+            }
             group = json.dumps([model, settings], sort_keys=True)
         row = {
             **{"folder": index, "group": group, "run": name, "model": model},
             **{key: config.get(key) for key in keys},
-            **{column: metrics.get(column) for column in NUMBERS},
+            **{column: metrics.get(column) for column in RUN_NUMBERS},
             "receptive_field": _receptive_field(metrics.get("receptive_field")),
             **{"status": run["status"], "reason": run["reason"]},
         }
         # a multi-seed run: accuracy and F1 of each seed, the other metrics of the run
-        for seed in metrics.get("per_seed") or [metrics]:
+        for copy in metrics.get("per_seed") or [{key: metrics.get(key) for key in SEED_NUMBERS}]:
+            diverged = copy.get("status") == "diverged"
+            seed = {key: None if diverged else copy.get(key) for key in SEED_NUMBERS}
             records.append(
-                {**row, "accuracy_%": seed.get("accuracy"), "f1_macro": seed.get("f1_macro")}
+                {**row, "accuracy_%": seed["accuracy"], "f1_macro": seed["f1_macro"]}
+                | {"diverged": diverged}
             )
-    frame = pd.DataFrame(records, dtype=object)  # object: config values keep their types
-    frame[NUMBERS] = frame[NUMBERS].apply(pd.to_numeric, errors="coerce")  # bad values: NaN
+    columns = ["folder", "group", "run", "model", *keys, *METRICS, "status", "reason", "diverged"]
+    frame = pd.DataFrame(records, columns=columns, dtype=object)  # config values keep types
+    frame[NUMBERS] = frame[NUMBERS].apply(pd.to_numeric, errors="coerce")
     frame["accuracy_%"] *= 100
+    frame["diverged"] = frame["diverged"].astype(bool)
     return frame
 
 
-def _receptive_field(value) -> str | None:
-    """16 or [16, 16] -> "16"; [5, 9] -> "5x9"."""
-    if isinstance(value, list):
-        return "x".join(dict.fromkeys(map(str, value)))
-    return None if value is None else str(value)
+def _receptive_field(value) -> int | list | None:
+    """16 or [16, 16] -> 16; [5, 9] -> [5, 9] (as `cnnlab inspect` gives it); anything
+    else (not a whole number or a list of them) -> None."""
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    return values[0] if len(set(values)) == 1 else values
+
+
+def _axes_text(value) -> str:
+    """The table's form of a receptive field: 16, or 5x9."""
+    return "x".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _group(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -198,18 +296,24 @@ def _group(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     table = groups[["run", "model", *keys, "receptive_field", "status", "reason"]].first()
     others = groups["folder"].nunique() - 1
     table["run"] += (" (+" + others.astype(str) + ")").where(others > 0, "")
-    table["n"] = groups.size()
-    mean, std = groups[NUMBERS].mean(), groups[NUMBERS].std()
-    # where the seeds agree (params), the value itself: no "± 0", no 10.800000000000001
-    mean = mean.mask(std == 0, groups[NUMBERS].first())
+    # diverged copies are counted apart and left out of every mean, std and n
+    finished = seeds[~seeds["diverged"]].groupby("group", sort=False)
+    table["n"] = finished.size().reindex(table.index, fill_value=0)
+    table["diverged"] = groups["diverged"].sum()
+    numbers = finished[NUMBERS]
+    mean, std = numbers.mean().reindex(table.index), numbers.std().reindex(table.index)
+    # where the seeds agree (params), the value itself: no "± 0", no 10.800000000000001;
+    # where every copy diverged, the run's own figures (params), no accuracy
+    mean = mean.mask(std == 0, numbers.first()).fillna(groups[NUMBERS].first())
     mean[INTEGERS] = mean[INTEGERS].round().astype("Int64")
     std = std.where(std > 0).dropna(axis=1, how="all")
     table = table.join(mean).join(std.add_suffix("_std"))
     shown = [col for col in METRICS if col not in OPTIONAL or table[col].notna().any()]
     columns = ["run", "model", *keys]
     columns += [c for col in shown for c in (col, col + "_std") if c in table]
-    columns += ["n"] * bool((table["n"] > 1).any()) + ["status"]
-    columns += ["reason"] * bool(table["reason"].notna().any())
+    diverged = bool(table["diverged"].any())
+    columns += ["n"] * (diverged or bool((table["n"] > 1).any())) + ["diverged"] * diverged
+    columns += ["status"] + ["reason"] * bool(table["reason"].notna().any())
     return table[columns].reset_index(drop=True)
 
 
@@ -246,9 +350,10 @@ def _is_repeat_or_setting(key: str) -> bool:
 
 def _differing_keys(runs: list[dict]) -> list[str]:
     # Runs without a config (died early, copied without .hydra/) would make every key look
-    # different, so only runs that have one decide. A key only some runs have (model.hidden
-    # of an MLP beside LeNet's model.channels) is a difference of model, which the model
-    # column already shows. The order is the config's own.
+    # different, so only runs that have one decide. A key that some of them lack differs
+    # too: an MLP has no model.norm, yet a LeNet-5 with norm=batch is not the plain one.
+    # Lacking a key and setting it null are one thing (an MLP and a LeNet-5 without a
+    # bottleneck), as in the groups. The order is the config's own.
     configs = [run["config"] for run in runs if run["config"]]
     keys = dict.fromkeys(key for config in configs for key in config)
     return [
@@ -256,8 +361,7 @@ def _differing_keys(runs: list[dict]) -> list[str]:
         for key in keys
         if not _is_repeat_or_setting(key)
         and key != "model.name"  # the model column
-        and all(key in config for config in configs)
-        and len({_canon(config[key]) for config in configs}) > 1
+        and len({_canon(config.get(key)) for config in configs}) > 1
     ]
 
 
@@ -289,19 +393,27 @@ def _is_numeric(column: pd.Series) -> bool:
 
 def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
     """The table as aligned text, csv, GitHub markdown or json. csv and json keep every
-    column (x and x_std, full precision); table and md show "mean ± std"."""
+    column (x and x_std, full precision; n and diverged); table and md show "mean ± std" and
+    "n, k diverged". json keeps numbers numbers (a receptive field: 16, or [5, 9])."""
     if fmt not in FORMATS:
         raise CompareError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    if fmt == "csv":
-        return table.to_csv(index=False)
     if fmt == "json":  # json has no NaN: a missing or diverged value is null
         # not to_json: it writes 10.8 as 10.800000000000001, or cuts every value to 10 digits
         return json.dumps(
             table.astype(object).where(table.notna(), None).to_dict("records"), indent=2
         )
+    if "receptive_field" in table:  # csv too: 5x9, not "[5, 9]"
+        table = table.assign(
+            receptive_field=table["receptive_field"].map(_axes_text, na_action="ignore")
+        )
+    if fmt == "csv":
+        return table.to_csv(index=False)
     if table.empty:
         return "(no runs)"
-    shown = pd.DataFrame({col: _texts(table, col) for col in table if not col.endswith("_std")})
+    hidden = [col for col in table if col.endswith("_std") or col == "diverged"]
+    shown = pd.DataFrame({col: _texts(table, col) for col in table.columns.drop(hidden)})
+    # a newline or escape code in a folder name or a reason would break the lines
+    shown = shown.apply(lambda texts: texts.str.replace(CONTROL, _escape, regex=True))
     if fmt == "md":
         shown = shown.apply(lambda texts: texts.str.replace("|", "\\|"))
     align = ["right" if _is_numeric(table[col]) else "left" for col in shown]
@@ -314,15 +426,29 @@ def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
     return "\n".join(line.rstrip() for line in text.splitlines())
 
 
+CONTROL = r"[\x00-\x1f\x7f]"
+
+
+def _escape(match: re.Match) -> str:
+    return ascii(match[0])[1:-1]  # "\n", "\x1b"
+
+
 def _texts(table: pd.DataFrame, col: str) -> pd.Series:
+    values = table[col].astype(object)  # an Int64 column of <NA> only could not hold ""
     digits = METRICS.get(col)
-    if digits is None:
-        return table[col].map(str, na_action="ignore").fillna("")
-    texts = table[col].map(lambda value: f"{value:,.{digits}f}", na_action="ignore").fillna("")
+    if col == "receptive_field":
+        texts = values.map(_axes_text, na_action="ignore")
+    elif digits is None:
+        texts = values.map(str, na_action="ignore")
+    else:
+        texts = values.map(lambda value: f"{value:,.{digits}f}", na_action="ignore")
     if col + "_std" in table:
         std = table[col + "_std"].map(lambda value: f" ± {value:,.{digits}f}", na_action="ignore")
         texts += std.fillna("")
-    return texts
+    if col == "n" and "diverged" in table:
+        texts += table["diverged"].map(lambda k: f", {k} diverged" if k else "")
+    # a blank metric has no value; a blank config key is one the run does not have
+    return texts.astype(object).fillna("" if col in METRICS or col == "reason" else UNSET)
 
 
 # ---------------------------------------------------------------- files and plots
@@ -335,15 +461,20 @@ def write_summary(runs: Iterable, out_dir: str | os.PathLike, sort: str | None =
     runs = [run if isinstance(run, dict) else load_run(run) for run in runs]
     seeds, table, keys = _tables(runs, sort)
     # The tables first: if a plot fails, the numbers are already on disk.
-    table.to_csv(out / "comparison.csv", index=False)
+    (out / "comparison.csv").write_text(format_table(table, "csv"))
     images = "![accuracy vs parameters](accuracy_vs_params.png)\n\n![test loss](loss_curves.png)"
     (out / "comparison.md").write_text(format_table(table, "md") + "\n\n" + images + "\n")
     # The plots show completed runs (the table has the others), told apart by what varies.
     seeds = seeds[seeds["status"] == "completed"]
+    seeds = seeds.assign(**{key: seeds[key].map(_label) for key in keys})
     keys = [key for key in ["model", *keys] if seeds[key].map(_canon).nunique() > 1]
     _plot_accuracy(seeds, keys, out / "accuracy_vs_params.png")
     _plot_losses(runs, seeds, keys, out / "loss_curves.png")
     return table
+
+
+def _label(value) -> str:
+    return UNSET if value is None else str(value)  # lists too: [6, 16]
 
 
 def _roles(data: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, dict]:
@@ -402,7 +533,10 @@ def _plot_losses(runs: list[dict], seeds: pd.DataFrame, keys: list[str], file: P
     columns = seeds.drop_duplicates("folder").set_index("folder")[keys].map(str)
     curves = [pd.DataFrame(columns=["epoch", "test_loss"])]  # an empty plot if no history
     curves += [runs[f]["history"].assign(**columns.loc[f].to_dict()) for f in columns.index]
-    data, roles = _roles(pd.concat(curves, ignore_index=True), keys)
+    data = pd.concat(curves, ignore_index=True)
+    # only points: a line through a diverged (inf) or garbled (NaN) value has none there
+    points = data[["epoch", "test_loss"]].apply(pd.to_numeric, errors="coerce").abs()
+    data, roles = _roles(data[(points < float("inf")).all(axis=1)], keys)
     # the seeds of one configuration (runs, or seeds in one run) become a mean and a band
     grid = sns.relplot(data, x="epoch", y="test_loss", **PLOT, **roles)
     grid.set_axis_labels("epoch", "test loss")
@@ -423,27 +557,44 @@ def _save(grid, file: Path) -> None:
 
 def compare_command(paths, sort: str | None = None, fmt: str = "table", out=None) -> int:
     """`cnnlab compare`: 0 once the table is printed (failed runs are rows, not errors),
-    2 for a bad argument."""
+    2 for a bad argument (--out included: checked before the table is printed), 1 if the
+    files for --out could not be written."""
     try:
-        runs = [load_run(path) for path in find_runs(paths)]
+        runs = load_runs(paths)
         if not runs:
             raise CompareError(f"no run folders in: {', '.join(map(str, paths))}")
         text = format_table(compare_table(runs, sort), fmt)
+        if out is not None:
+            _make_folder(out)
     except CompareError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(text)
     if out is not None:
-        write_summary(runs, out, sort)
+        try:
+            write_summary(runs, out, sort)
+        except OSError as error:  # e.g. a folder named comparison.csv in the way, a full disk
+            print(f"error: cannot write the summary into {out}: {error}", file=sys.stderr)
+            return 1
         # stderr, so that `--format json --out DIR > table.json` stays valid json
         print(f"wrote comparison.csv, comparison.md and plots to {out}", file=sys.stderr)
     return 0
 
 
-def summarize_sweep(sweep_dir: str | os.PathLike) -> pd.DataFrame:
-    """End of a multirun: the summary files into the sweep folder, the table to stdout."""
+def _make_folder(out) -> None:
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        why = error.strerror or error  # "Not a directory", "File exists"
+        raise CompareError(f"--out {out}: cannot make that folder: {why}") from None
+
+
+def summarize_sweep(sweep_dir: str | os.PathLike, runs: list[dict] | None = None) -> pd.DataFrame:
+    """End of a multirun: the summary files into the sweep folder, the table to stdout.
+    `runs`: what load_runs read there, if it was read already."""
     sweep_dir = Path(sweep_dir)
-    runs = [load_run(path) for path in find_runs([sweep_dir])] if sweep_dir.is_dir() else []
+    if runs is None:
+        runs = load_runs([sweep_dir]) if sweep_dir.is_dir() else []
     if not runs:
         print(f"no job folders in {sweep_dir}")
         return pd.DataFrame(columns=["run", "status"])
@@ -453,6 +604,12 @@ def summarize_sweep(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     return table
 
 
-def failed(table: pd.DataFrame) -> list[dict]:
-    """The rows whose run did not complete (failed, diverged, interrupted, missing, ...)."""
-    return table[table["status"] != "completed"].to_dict("records")
+def failed(runs: list[dict]) -> list[dict]:
+    """The runs (what load_run returned) that did not complete (failed, diverged,
+    interrupted, missing, ...): run (its name in the table), status and reason."""
+    names = _short_names([run["path"] for run in runs])
+    return [
+        {"run": name, "status": run["status"], "reason": run["reason"]}
+        for run, name in zip(runs, names, strict=True)
+        if run["status"] != "completed"
+    ]
