@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import SMALL, cli_env, cnnlab_train, metrics_of
 
-from cnnlab import cli, report
+from cnnlab import cli, files, report
 from cnnlab.train import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,9 +41,9 @@ def one_error_line(capfd) -> str:
 
 
 def full_disk_for(name: str, after: int = 0):
-    """report.atomic_file that writes part of `name` and then finds the disk full, from
+    """files.atomic_file that writes part of `name` and then finds the disk full, from
     its (after+1)-th write on; every other file is written as usual."""
-    real, seen = report.atomic_file, []
+    real, seen = files.atomic_file, []
 
     @contextlib.contextmanager
     def atomic_file(path):
@@ -64,9 +64,9 @@ def full_disk_for(name: str, after: int = 0):
 
 def test_atomic_write_that_fails_mid_file_keeps_the_old_file_and_no_temp(tmp_path):
     target = tmp_path / "metrics.json"
-    report.write_atomic(target, "old\n")
+    files.write_atomic(target, "old\n")
     for error in (RuntimeError("writer broke"), KeyboardInterrupt()):
-        with pytest.raises(type(error)), report.atomic_file(target) as f:
+        with pytest.raises(type(error)), files.atomic_file(target) as f:
             f.write(b"new, half")
             raise error
         assert target.read_text() == "old\n" and leftovers(tmp_path) == []
@@ -93,7 +93,7 @@ def test_checkpoint_writer_error_mid_file_keeps_the_previous_checkpoint(tmp_path
 
 
 def test_full_disk_on_history_mid_run_fails_the_run_naming_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "atomic_file", full_disk_for("history.csv", after=1))
+    monkeypatch.setattr(files, "atomic_file", full_disk_for("history.csv", after=1))
     run = tmp_path / "run"
     assert cnnlab_train(run, *QUICK, "trainer.epochs=3") == 1
     m = metrics_of(run)
@@ -104,7 +104,7 @@ def test_full_disk_on_history_mid_run_fails_the_run_naming_the_file(tmp_path, mo
 
 
 def test_full_disk_for_metrics_json_is_one_error_line(tmp_path, monkeypatch, capfd):
-    monkeypatch.setattr(report, "atomic_file", full_disk_for("metrics.json"))
+    monkeypatch.setattr(files, "atomic_file", full_disk_for("metrics.json"))
     run = tmp_path / "run"
     assert cnnlab_train(run, *QUICK) == 1
     line = one_error_line(capfd)
@@ -116,7 +116,7 @@ def test_every_write_failing_is_one_error_line_and_no_traceback(tmp_path, monkey
     def write_atomic(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(report, "write_atomic", write_atomic)
+    monkeypatch.setattr(files, "write_atomic", write_atomic)
     run = tmp_path / "run"
     assert cnnlab_train(run, *QUICK) == 1
     assert str(run / "metrics.json") in one_error_line(capfd)
@@ -199,7 +199,7 @@ def test_a_failing_confusion_plot_and_curve_are_two_warnings(tmp_path, monkeypat
 
 
 def test_an_interrupted_run_whose_metrics_cannot_be_written_says_so(tmp_path, monkeypatch, capfd):
-    monkeypatch.setattr(report, "atomic_file", full_disk_for("metrics.json"))
+    monkeypatch.setattr(files, "atomic_file", full_disk_for("metrics.json"))
     monkeypatch.setattr(cli, "load_tensors", lambda *a: signal.raise_signal(signal.SIGINT))
     run = tmp_path / "run"
     assert cnnlab_train(run, *QUICK) == 1

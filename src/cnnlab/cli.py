@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from torch import nn
 
-from cnnlab import data, loggers, report
+from cnnlab import data, files, loggers, report
 from cnnlab.config import (
     RESUMABLE_CHANGES,
     RUN_SETTINGS,
@@ -548,8 +548,8 @@ def record_failure(
     path = run_dir / "metrics.json"
     try:
         report.write_json(path, metrics)
-    except (OSError, report.WriteError) as e:
-        reason = e.reason if isinstance(e, report.WriteError) else e.strerror or str(e)
+    except (OSError, files.WriteError) as e:
+        reason = e.reason if isinstance(e, files.WriteError) else e.strerror or str(e)
         line = f"could not write {path}: {reason}"
         run = "" if outcome.message.startswith(line) else f" (the run: {outcome.message})"
         print(f"error: {line}{run}", file=sys.stderr)
@@ -566,7 +566,7 @@ def train_command(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     with contextlib.suppress(OSError, RunError):  # a disk too full for it: run_job says so
         command = reproduce_command(hydra_cfg.overrides.task) + "\n"
-        report.write_atomic(run_dir / "command.txt", command)
+        files.write_atomic(run_dir / "command.txt", command)
     metrics, outcome = run_job(cfg, run_dir, job_num, sweep_dir)
     # an interrupt stops a sweep; any other job that did not complete lets the others run
     # (the sweep reports it at the end), while a single run exits with its own code

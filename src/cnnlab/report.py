@@ -2,16 +2,14 @@
 
 metrics.json, history.csv, loss_curve.png, confusion_matrix.png and .csv, mistakes.png
 (trackers such as TensorBoard live in loggers.py). Every file a run writes, the checkpoint
-too, goes through atomic_file: a crash or a full disk mid-write never leaves a half file.
+too, goes through files.atomic_file: a crash or a full disk mid-write never leaves a half file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
 import statistics
 from pathlib import Path
 
@@ -19,53 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab import files
 from cnnlab.inspection import CONVS, conv_stages, effective_receptive_field, per_axis
-from cnnlab.outcome import RunError
 
 HISTORY_COLUMNS = ["epoch", "seed", "train_loss", "test_loss", "test_accuracy", "seconds"]
 EPOCH_FIGURES = ("train_loss", "test_loss", "test_accuracy")
 EVALUATION_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "mistakes.png")
 
 
-class WriteError(RunError):
-    """A run file that could not be written: a full disk, a folder that is not there."""
-
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"could not write {path}: {reason}")
-        self.reason = reason
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path):
-    """A binary file that becomes `path`: written beside it under a temporary name, synced
-    to disk, then renamed over it. Whatever stops the write (an error of the writer, a full
-    disk, a signal), the temporary file is removed and `path` stays as it was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """`text` as the file `path`, all or nothing (atomic_file); a failure is a WriteError
-    that names the file."""
-    try:
-        with atomic_file(path) as f:
-            f.write(text.encode())
-    except OSError as e:
-        raise WriteError(path, e.strerror or str(e)) from None
-
-
 def write_json(path: Path, obj: dict) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+    files.write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -73,7 +34,7 @@ def write_history(path: Path, history: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: row[k] for k in HISTORY_COLUMNS} for row in history)
-    write_atomic(path, buf.getvalue())
+    files.write_atomic(path, buf.getvalue())
 
 
 def by_epoch(history: list[dict]) -> dict[int, list[dict]]:
@@ -130,7 +91,7 @@ def write_confusion_csv(path: Path, cm: torch.Tensor, classes: list[str]) -> Non
     writer.writerow(["true \\ predicted", *classes])
     for name, row in zip(classes, cm.tolist(), strict=True):
         writer.writerow([name, *row])
-    write_atomic(path, buf.getvalue())
+    files.write_atomic(path, buf.getvalue())
 
 
 # ---- plots -------------------------------------------------------------------------------

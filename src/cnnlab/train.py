@@ -36,8 +36,8 @@ from torch import nn
 from tqdm import tqdm
 
 from cnnlab.config import ConfigError, Optimizer, TrainerConfig
+from cnnlab.files import atomic_file
 from cnnlab.outcome import Outcome, RunError, Status
-from cnnlab.report import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class CheckpointError(RunError):
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Written as report.write_atomic writes every run file: a process killed or a disk
+    """Written as files.write_atomic writes every run file: a process killed or a disk
     that fills mid-save leaves the previous checkpoint whole and no temporary file. A
     failed write raises (whatever torch.save raised: its zip writer's RuntimeError on a
     full disk too); it is never silent."""
