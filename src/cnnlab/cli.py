@@ -73,7 +73,8 @@ USAGE = """usage: cnnlab COMMAND [ARGS]
 
 commands:
   train [overrides]   train a model; Hydra overrides, e.g. model=mlp data=digits device=cuda
-                      (-m for sweeps, --help for Hydra's help, --cfg job to print the config)
+                      (-m for sweeps, model.width=1,2; experiment=NAME presets sweep without
+                      it; --help for Hydra's help, --cfg job to print the config)
   rerun RUN [overrides]
                       train again as RUN was trained (its .hydra/overrides.yaml), new
                       overrides winning; the new run gets a folder of its own
