@@ -36,7 +36,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from torch import nn
 
@@ -51,7 +51,7 @@ from cnnlab.config import (
     register_configs,
 )
 from cnnlab.inspection import format_inspection, inspect_model
-from cnnlab.models import build_model, count_conv_layers, summary
+from cnnlab.models import build_model, count_conv_layers, count_params, summary
 from cnnlab.outcome import EXIT_CODES, Outcome, RunError, Status
 from cnnlab.threads import run_threads
 from cnnlab.train import (
@@ -76,7 +76,8 @@ USAGE = """usage: cnnlab COMMAND [ARGS]
 
 commands:
   train [overrides]   train a model; Hydra overrides, e.g. model=mlp data=digits device=cuda
-                      (-m for sweeps, --help for Hydra's help, --cfg job to print the config)
+                      (-m for sweeps, model.width=1,2; experiment=NAME presets sweep without
+                      it; --help for Hydra's help, --cfg job to print the config)
   rerun RUN [overrides]
                       train again as RUN was trained (its .hydra/overrides.yaml), new
                       overrides winning; the new run gets a folder of its own
@@ -138,6 +139,8 @@ def schema_keys(schema: type) -> list[str]:
 def refuse_unknown_keys(cfg: DictConfig) -> None:
     """Hydra lets `+model.foo=1` add a key to a schema; nothing would read it, so say so."""
     for group in ("model", "data", "trainer", "logger"):
+        if not isinstance(cfg[group], DictConfig):  # ~model
+            raise ConfigError(f"{group} is not set (~{group}?): a run needs one, {group}=NAME")
         allowed = schema_keys(OmegaConf.get_type(cfg[group]))
         extra = [key for key in cfg[group] if key not in allowed]
         if extra:
@@ -178,80 +181,151 @@ def check_config(cfg: DictConfig) -> TrainConfig:
     refuse_unknown_keys(cfg)
     plain = OmegaConf.to_object(cfg)
     input_shape, classes = data.spec(plain.data)
-    with torch.device("meta"):
-        build_model(plain.model, input_shape, len(classes))
+    model = meta_model(plain.model, input_shape, len(classes))
     device = resolve_device(plain.device)
     choose_path(plain.trainer, device)
-    if plain.seeds > 1:
-        check_stack_fits(plain, input_shape, len(classes), device)
+    check_fits(plain, model, input_shape, len(classes), device)
     if plain.resume:
-        saved = load_checkpoint(plain.resume)
-        check_resumable(saved.get("config", {}), resume_config(plain), plain.resume)
-        if saved["epoch"] >= plain.trainer.epochs:  # nothing would train
+        checkpoint = load_checkpoint(plain.resume)
+        check_resumable(checkpoint.get("config", {}), resume_config(plain), plain.resume)
+        check_checkpoint_tensors(checkpoint, model, plain.seeds, plain.resume)
+        if checkpoint["epoch"] >= plain.trainer.epochs:  # nothing would train
             raise ConfigError(
-                f"resume={plain.resume}: the run already has {saved['epoch']} epochs and "
+                f"resume={plain.resume}: the run already has {checkpoint['epoch']} epochs and "
                 f"trainer.epochs={plain.trainer.epochs} asks for no more: pass "
-                f"trainer.epochs={saved['epoch'] + 1} or more to train on"
+                f"trainer.epochs={checkpoint['epoch'] + 1} or more to train on"
             )
     return plain
 
 
-def check_stack_fits(cfg: TrainConfig, input_shape: tuple, classes: int, device) -> None:
-    """Refuse a stack of seeds that would not fit in the device's memory, before training."""
+def meta_model(cfg, input_shape: tuple, classes: int) -> nn.Module:
+    """The model on the meta device: shapes only. A size torch cannot even compute (a
+    width of 1e9) is bad input, not a crash."""
+    try:
+        with torch.device("meta"):
+            return build_model(cfg, input_shape, classes)
+    except RunError:
+        raise
+    except (RuntimeError, ValueError, OverflowError) as e:
+        shape = "x".join(map(str, input_shape))
+        raise ConfigError(
+            f"model={cfg.name} with model.width={cfg.width} on input {shape} is too large to "
+            f"build ({first_line(e)}): use a smaller model.width or fewer, smaller layers"
+        ) from None
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def check_fits(cfg: TrainConfig, model: nn.Module, input_shape: tuple, classes: int, device):
+    """Refuse a run that would not fit in the device's memory, before training: a stack of
+    seeds by its estimated peak; one model by its weights, their gradients and one
+    optimiser buffer (float32) alone, a lower bound, so no run that fits is refused."""
     from cnnlab.stack import estimate_bytes
 
-    need = estimate_bytes(cfg.model, input_shape, classes, cfg.seeds, cfg.trainer)
     free = data.free_memory(device)
-    if free is not None and need > free:
+    if free is None:
+        return
+    if cfg.seeds > 1:
+        need = estimate_bytes(cfg.model, input_shape, classes, cfg.seeds, cfg.trainer)
+        what, remedy = f"seeds={cfg.seeds}", "use fewer seeds or a smaller trainer.batch_size"
+    else:
+        need = 3 * 4 * count_params(model)
+        what = f"model={cfg.model.name} ({count_params(model):,} parameters)"
+        remedy = "use a smaller model.width or fewer, smaller layers"
+    if need > free:
         raise ConfigError(
-            f"seeds={cfg.seeds} needs about {need / 2**30:.1f} GiB on {device}, which has "
-            f"{free / 2**30:.1f} GiB free: use fewer seeds or a smaller trainer.batch_size"
+            f"{what} needs about {need / 2**30:.1f} GiB on {device}, which has "
+            f"{free / 2**30:.1f} GiB free: {remedy}"
+        )
+
+
+def check_checkpoint_tensors(checkpoint: dict, model: nn.Module, seeds: int, path) -> None:
+    """A checkpoint whose config matches but whose tensors do not fit the model (an edited
+    or foreign file) is refused here, by name and shape, not halfway into loading it. Seeds
+    trained together keep each tensor with a leading copy dimension (stack.stack_models)."""
+    copies = (seeds,) if seeds > 1 else ()
+    expected = {k: (*copies, *v.shape) for k, v in model.state_dict().items()}
+    saved = checkpoint["model"]
+    if not isinstance(saved, dict) or not all(torch.is_tensor(v) for v in saved.values()):
+        raise ConfigError(f"resume={path}: its model entry is not a dict of tensors")
+    found = {k: tuple(v.shape) for k, v in saved.items()}
+    wrong = [f"{k} missing" for k in expected if k not in found]
+    wrong += [f"{k} unexpected" for k in found if k not in expected]
+    wrong += [
+        f"{k} of shape {list(found[k])} (the model's: {list(expected[k])})"
+        for k in expected
+        if k in found and tuple(found[k]) != tuple(expected[k])
+    ]
+    if wrong:
+        raise ConfigError(
+            f"resume={path}: the checkpoint's tensors do not fit the model: "
+            f"{', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''}"
         )
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-def check_output_folder(overrides: list[str], multirun: bool) -> None:
-    """Refuse a run (or sweep) folder that cannot be made, under a file or in a folder
-    that is not writable, before Hydra tries to make it. Checked up to its first ${...}:
-    the folder itself is claimed only as Hydra resolves it."""
+def check_output_folders(hydra_cfg: DictConfig, multirun: bool) -> None:
+    """Refuse a run (or sweep) folder that cannot be made, before Hydra tries to make it:
+    empty (the folder cnnlab runs in would become the run folder), under a file, or in a
+    folder that is not writable. Checked up to its first ${...}: the folder itself is
+    claimed only as Hydra resolves it."""
+    folders = OmegaConf.to_container(hydra_cfg, resolve=False)  # resolving creates them
+    for kind in ("run", "sweep"):
+        if not str(folders[kind]["dir"]).strip():
+            raise ConfigError(f"hydra.{kind}.dir is empty: name the folder, or leave the default")
     kind = "sweep" if multirun else "run"
-    key = f"hydra.{kind}.dir"
-    if any(override_key(o).startswith("hydra.") for o in overrides):
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="train"):
-            hydra_cfg = compose("train", overrides=fixed, return_hydra_config=True).hydra
-    else:  # train.yaml's folder: a file read, not a compose (70 ms of every start)
-        hydra_cfg = OmegaConf.load(config_dir() / "train.yaml").hydra
-    text = OmegaConf.to_container(hydra_cfg, resolve=False)[kind]["dir"]  # resolving claims it
+    text = folders[kind]["dir"]
     fixed_part = Path(re.sub(r"^\$\{cnnlab\.unique:", "", str(text)).split("${")[0] or ".")
     for folder in (fixed_part, *fixed_part.parents):
         if not folder.exists() and not folder.is_symlink():
             continue
         if not folder.is_dir():
-            raise ConfigError(f"{key}={text}: {folder} is a file, not a folder: give a folder path")
+            raise ConfigError(
+                f"hydra.{kind}.dir={text}: {folder} is a file, not a folder: give a folder path"
+            )
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise ConfigError(f"{key}={text}: cannot write in {folder}: give a folder path")
+            raise ConfigError(
+                f"hydra.{kind}.dir={text}: cannot write in {folder}: give a folder path"
+            )
         return
 
 
-def composed_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
-    """The config of every job the command will run, composed as Hydra will compose it.
+def composed_jobs(
+    overrides: list[str], multirun: bool | None = None, writes: bool = True
+) -> list[DictConfig]:
+    """The config of every job the command will run, composed as Hydra will compose it:
+    multirun True for -m, False where one run is meant (inspect), None where the config
+    decides (a preset that is a sweep sets hydra.mode: MULTIRUN, as experiment=... does).
+    `writes`: the command makes run folders, so they are checked too.
     A sweeper other than Hydra's basic one (Optuna) picks its values as it goes: then only
-    the fixed part is composed here, and each trial is checked when it runs."""
+    the fixed part is composed here, and each trial is checked when it runs. Where one run
+    is meant, a value that sweeps is refused: Hydra would run its first value, or none."""
     parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
     with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="train"):
-        if not multirun:
-            return [compose("train", overrides=fixed)]
-        sweeper = compose("train", overrides=fixed, return_hydra_config=True).hydra.sweeper
-        if sweeper._target_ != BASIC_SWEEPER:
-            return [compose("train", overrides=fixed)]
-        params = [f"{k}={v}" for k, v in (sweeper.params or {}).items()] + list(overrides)
-        jobs = BasicSweeper.split_arguments(parser.parse_overrides(params), None)[0]
+        first = compose("train", overrides=fixed, return_hydra_config=True)
+        sweeper = first.hydra.sweeper
+        if multirun is None:
+            multirun = first.hydra.mode == RunMode.MULTIRUN
+        if writes:
+            check_output_folders(first.hydra, multirun)
+        with read_write(first), open_dict(first):
+            del first["hydra"]  # the job's config, as Hydra hands it to the job
+        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        final = {o.get_key_element(): o for o in parser.parse_overrides(params + overrides)}
+        sweeps = [o.input_line for o in final.values() if o.is_sweep_override()]
+        if not multirun and sweeps:
+            raise ConfigError(
+                f"{', '.join(sweeps)}: several values where one run is meant; give one "
+                f"value, or run them all as a sweep with -m (cnnlab train -m ...)"
+            )
+        if not multirun or sweeper._target_ != BASIC_SWEEPER:
+            return [first]
+        jobs = BasicSweeper.split_arguments(list(final.values()), None)[0]
         return [compose("train", overrides=list(job)) for job in jobs]
 
 
@@ -607,9 +681,8 @@ def train_main(args: list[str]) -> int:
     hydra_only = (hydra_args.help, hydra_args.hydra_help, hydra_args.cfg, hydra_args.info)
     if not any(hydra_only) and not hydra_args.shell_completion:
         try:
-            for job in composed_jobs(hydra_args.overrides, hydra_args.multirun):
+            for job in composed_jobs(hydra_args.overrides, hydra_args.multirun or None):
                 check_config(job)
-            check_output_folder(hydra_args.overrides, hydra_args.multirun)
         except BAD_INPUT as e:
             return refuse_bad_input(e)
     sys.argv = ["cnnlab train", *args]
@@ -710,8 +783,8 @@ def rerun_main(args: list[str]) -> int:
         return 0 if args else 2
     path = Path(args[0]) / ".hydra" / "overrides.yaml"
     try:
-        old = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         reason = "not found" if isinstance(e, FileNotFoundError) else type(e).__name__
         print(
             f"error: {path}: {reason}; rerun takes a run folder that cnnlab train wrote",
@@ -719,9 +792,16 @@ def rerun_main(args: list[str]) -> int:
         )
         return 2
     if not isinstance(old, list) or not all(isinstance(o, str) for o in old):
-        print(f"error: {path} is not a list of overrides", file=sys.stderr)
+        print(
+            f"error: {path} is not a list of overrides (strings such as model=mlp): "
+            f"rerun takes a run folder that cnnlab train wrote",
+            file=sys.stderr,
+        )
         return 2
     overrides = merge_overrides(old, args[1:])
+    # one run, as RUN was: a preset that is a sweep (experiment=...) would run all its jobs
+    if not any(a in ("-m", "--multirun") or override_key(a) == "hydra.mode" for a in args[1:]):
+        overrides.append("hydra.mode=RUN")
     print(f"rerun of {args[0]}: {reproduce_command(overrides)}", flush=True)
     return train_main(overrides)
 
@@ -856,11 +936,11 @@ def inspect_main(args: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        cfg = check_config(composed_jobs(a.overrides, multirun=False)[0])
+        cfg = check_config(composed_jobs(a.overrides, multirun=False, writes=False)[0])
     except BAD_INPUT as e:
         return refuse_bad_input(e)
     input_shape, classes = data.spec(cfg.data)
-    model = build_model(cfg.model, input_shape, len(classes))
+    model = meta_model(cfg.model, input_shape, len(classes))  # shapes need no weights
     print(format_inspection(inspect_model(model, input_shape), a.format))
     return 0
 
@@ -918,11 +998,18 @@ def exit_now(code: int | str | None) -> None:
 
 
 def entry() -> None:
-    """The `cnnlab` console script."""
+    """The `cnnlab` console script. A reader that closes stdout early (`cnnlab inspect |
+    head`) ends the command quietly, as SIGPIPE ends other tools: 128 + SIGPIPE, no
+    traceback; a run whose log lines lose their reader trains on (logging drops them)."""
+    logging.raiseExceptions = False  # else each log line to a closed stdout prints a traceback
     try:
         code = main()
     except SystemExit as e:
         code = e.code
+    except BrokenPipeError:
+        # Python's recommended way: later writes to stdout (the final flush) go nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = Outcome(Status.interrupted, signal=signal.SIGPIPE).exit_code
     exit_now(code)
 
 

@@ -12,7 +12,9 @@ dataclasses, so they work from a notebook too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -104,9 +106,52 @@ class ConfigError(RunError, ValueError):
 
 
 def _positive(key: str, value, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+    # written so that NaN fails too (every comparison with NaN is false)
+    if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
         allowed = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{key}={value} is not allowed: it must be {allowed}")
+        raise ConfigError(f"{key}={value} is not allowed: it must be a finite number {allowed}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_or_pair(key: str, value, allow_zero: bool = False):
+    """An int, or [h, w] of ints (returned as a tuple), each > 0 (>= 0 with allow_zero)."""
+    pair = isinstance(value, list | tuple)
+    values = tuple(value) if pair else (value,)
+    if (pair and len(values) != 2) or not all(
+        _is_int(v) and (v > 0 or (allow_zero and v == 0)) for v in values
+    ):
+        allowed = ">= 0" if allow_zero else ">= 1"
+        shown = list(values) if pair else value
+        raise ConfigError(f"{key}={shown!r} is not allowed: use an int {allowed} or [h, w] of them")
+    return values if pair else value
+
+
+# More layers than any model here wants; it bounds the time a config's check takes (a
+# model is built on the meta device, about 0.5 ms a layer).
+MAX_LAYERS = 1000
+
+
+def _layers(key: str, count: int, value) -> None:
+    if count > MAX_LAYERS:
+        raise ConfigError(f"{key}={value} makes {count} layers: at most {MAX_LAYERS} are allowed")
+
+
+def refuse_non_finite(node, key: str = "") -> None:
+    """Every float of a config (a field, or an item of a list field) must be finite: NaN
+    or infinity passes most range checks (every comparison with NaN is false) and then
+    breaks a model's size or the training. One walk over the dataclasses, so a new float
+    key is covered without a line of its own."""
+    if is_dataclass(node):
+        for f in fields(node):
+            refuse_non_finite(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(node, list | tuple):
+        if any(isinstance(v, float) and not math.isfinite(v) for v in node):
+            raise ConfigError(f"{key}={list(node)} is not allowed: every number must be finite")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} is not allowed: it must be a finite number")
 
 
 @dataclass
@@ -121,6 +166,7 @@ class MLPConfig:
         _positive("model.width", self.width)
         for h in self.hidden:
             _positive("model.hidden", h)
+        _layers("model.hidden", len(self.hidden), self.hidden)
 
 
 @dataclass
@@ -146,32 +192,33 @@ class LeNetConfig:
     def __post_init__(self):
         # Deeper checks that need the input size (a map shrinking below 1x1, groups not
         # dividing the channels) happen in models.py, where that size is known.
-        if isinstance(self.kernel_size, list | tuple):
-            self.kernel_size = tuple(self.kernel_size)  # YAML lists become tuples
-            if len(self.kernel_size) != 2:
-                raise ConfigError(
-                    f"model.kernel_size={list(self.kernel_size)} is not allowed: "
-                    f"use an int or [h, w]"
-                )
-        for k in self.kernel_size if isinstance(self.kernel_size, tuple) else (self.kernel_size,):
-            _positive("model.kernel_size", k)
+        self.kernel_size = _int_or_pair("model.kernel_size", self.kernel_size)  # lists: tuples
+        if not self.channels:
+            raise ConfigError(
+                "model.channels=[] is not allowed: the LeNet family needs at least one conv "
+                "stage (model=mlp has none)"
+            )
         for c in self.channels:
             _positive("model.channels", c)
         for units in self.fc:
             _positive("model.fc", units)
         _positive("model.width", self.width)
         _positive("model.depth", self.depth)
+        _layers("model.depth", self.depth * len(self.channels), self.depth)
+        _layers("model.fc", len(self.fc), self.fc)
         _positive("model.stride", self.stride)
         _positive("model.dilation", self.dilation)
         _positive("model.groups", self.groups)
         if self.bottleneck is not None:
             _positive("model.bottleneck", self.bottleneck)
-        if isinstance(self.padding, str) and self.padding not in ("same", "valid"):
-            raise ConfigError(
-                f"model.padding={self.padding!r} is not allowed: use an int >= 0, 'same' or 'valid'"
-            )
-        if isinstance(self.padding, int):
-            _positive("model.padding", self.padding, allow_zero=True)
+        if isinstance(self.padding, str):
+            if self.padding not in ("same", "valid"):
+                raise ConfigError(
+                    f"model.padding={self.padding!r} is not allowed: use an int >= 0, "
+                    f"[h, w], 'same' or 'valid'"
+                )
+        else:
+            self.padding = _int_or_pair("model.padding", self.padding, allow_zero=True)
 
 
 @dataclass
@@ -252,19 +299,7 @@ class ImageFolderDataConfig(DataConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        size = self.image_size
-        if isinstance(size, list | tuple):
-            size = self.image_size = tuple(size)
-        sizes = size if isinstance(size, tuple) else (size,)
-        if (
-            len(sizes) not in (1, 2)
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes)
-            or min(sizes) < 1
-        ):
-            shown = list(size) if isinstance(size, tuple) else size
-            raise ConfigError(
-                f"data.image_size={shown!r} is not allowed: use an int >= 1 or [h, w]"
-            )
+        self.image_size = _int_or_pair("data.image_size", self.image_size)
         if self.channels not in (1, 3):
             raise ConfigError(
                 f"data.channels={self.channels} is not allowed: use 1 (grey) or 3 (RGB)"
@@ -335,6 +370,10 @@ class MLflowLoggerConfig:
     experiment: str | None = None  # default: the sweep folder for a sweep's jobs, else "cnnlab"
 
 
+# what `device` may name (design.md); whether that device is there is train.resolve_device's
+DEVICE_NAMES = r"auto|cpu|mps|cuda(:[0-9]+)?"
+
+
 @dataclass
 class TrainConfig:
     model: Any = None  # MLPConfig or LeNetConfig, chosen by the model group
@@ -348,6 +387,12 @@ class TrainConfig:
     pictures: bool = True  # filters.png and feature_maps.png (off for large sweeps)
 
     def __post_init__(self):
+        refuse_non_finite(self)
+        if not re.fullmatch(DEVICE_NAMES, str(self.device)):
+            raise ConfigError(
+                f"device={self.device!r} is not allowed: use auto, cpu, cuda, cuda:N (N a "
+                f"GPU's index) or mps"
+            )
         if not 0 <= self.seed < 2**32:  # what numpy's and torch's seeding accept
             raise ConfigError(f"seed={self.seed} is not allowed: it must be in 0..{2**32 - 1}")
         if self.seeds < 1 or self.seed + self.seeds > 2**32:
@@ -368,14 +413,22 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    # in a group of their own, so that `model=` and friends offer only real choices
-    cs.store(group="schema", name="mlp", node=MLPConfig)
-    cs.store(group="schema", name="lenet", node=LeNetConfig)
-    cs.store(group="schema", name="data", node=DataConfig)
-    cs.store(group="schema", name="synthetic_data", node=SyntheticDataConfig)
-    cs.store(group="schema", name="ucr_data", node=UcrDataConfig)
-    cs.store(group="schema", name="image_folder_data", node=ImageFolderDataConfig)
-    cs.store(group="schema", name="trainer", node=TrainerConfig)
-    cs.store(group="schema", name="no_logger", node=NoLoggerConfig)
-    cs.store(group="schema", name="tensorboard_logger", node=TensorBoardLoggerConfig)
-    cs.store(group="schema", name="mlflow_logger", node=MLflowLoggerConfig)
+    # at the root, as train_schema: a group of their own would be offered by `model=` and
+    # listed among the config groups of `cnnlab train --help`
+    for name, node in SCHEMAS.items():
+        cs.store(name=f"{name}_schema", node=node)
+
+
+# the YAML files under configs/ name these as /<name>_schema in their defaults lists
+SCHEMAS = {
+    "mlp": MLPConfig,
+    "lenet": LeNetConfig,
+    "data": DataConfig,
+    "synthetic_data": SyntheticDataConfig,
+    "ucr_data": UcrDataConfig,
+    "image_folder_data": ImageFolderDataConfig,
+    "trainer": TrainerConfig,
+    "no_logger": NoLoggerConfig,
+    "tensorboard_logger": TensorBoardLoggerConfig,
+    "mlflow_logger": MLflowLoggerConfig,
+}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -107,7 +108,7 @@ class MLflowLogger(RunLogger):
     metrics.json's numbers as final metrics, and the run folder's files as artifacts.
 
     The experiment is cfg.experiment, else the sweep folder for a sweep's jobs (so one sweep
-    is one experiment), else "cnnlab".
+    is one experiment), named as from the folder cnnlab runs in, else "cnnlab".
     """
 
     def __init__(self, cfg, run_dir: Path, params: dict, sweep_dir: Path | None = None):
@@ -119,7 +120,9 @@ class MLflowLogger(RunLogger):
         run_dir = Path(run_dir).resolve()
         artifact_location = artifact_root(cfg.tracking_uri)
         self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
-        name = cfg.experiment or (str(Path(sweep_dir).resolve()) if sweep_dir else "cnnlab")
+        for key, value in HTTP_SETTINGS.items():  # the user's own settings win
+            os.environ.setdefault(key, value)
+        name = cfg.experiment or (sweep_name(sweep_dir) if sweep_dir else "cnnlab")
         tags = {"cnnlab.run_dir": str(run_dir)}
         if sweep_dir:
             tags["cnnlab.sweep_dir"] = str(Path(sweep_dir).resolve())
@@ -161,6 +164,22 @@ class MLflowLogger(RunLogger):
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id, self.status)
+
+
+# MLflow's defaults retry an HTTP request 7 times with backoff (minutes against a server
+# that is down, a warning each time) and wait 120 s for an answer. A tracker must never
+# hold up a run: one try, 10 s, and the first failure turns the tracker off (Guarded).
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def sweep_name(sweep_dir: Path) -> str:
+    """outputs/sweeps/DAY/TIME: the sweep folder relative to the folder cnnlab runs in (as
+    the user names it), absolute only when it lies elsewhere."""
+    path = Path(sweep_dir).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def is_number(value) -> bool:
