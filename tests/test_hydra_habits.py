@@ -242,7 +242,9 @@ def test_a_failing_tracker_warns_once_and_never_raises(caplog):
 
 
 def test_a_missing_tracker_package_warns_naming_the_extra(tmp_path, caplog, monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
+    # import mlflow (and any of its modules an earlier test loaded) now raises ImportError
+    for name in ["mlflow", *(m for m in sys.modules if m.startswith("mlflow."))]:
+        monkeypatch.setitem(sys.modules, name, None)
     with caplog.at_level(logging.WARNING, logger="cnnlab"):
         tracker = loggers.open_logger(TrainConfig(logger=MLflowLoggerConfig()), tmp_path)
     assert type(tracker) is loggers.RunLogger

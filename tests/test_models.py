@@ -404,7 +404,7 @@ def test_residual_body_growing_the_map_is_refused():
         ({"bottleneck": 0}, "model.bottleneck=0"),
         ({"kernel_size": 0}, "model.kernel_size=0"),
         ({"kernel_size": -3}, "model.kernel_size=-3"),
-        ({"kernel_size": [3, 0]}, "model.kernel_size=0"),
+        ({"kernel_size": [3, 0]}, "model.kernel_size=[3, 0]"),
         ({"kernel_size": [3, 3, 3]}, "model.kernel_size=[3, 3, 3]"),
         ({"padding": -1}, "model.padding=-1"),
         ({"padding": "full"}, "model.padding='full'"),
