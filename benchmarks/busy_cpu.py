@@ -31,9 +31,11 @@ import torch  # noqa: E402
 from cnnlab import data  # noqa: E402
 from cnnlab.bench import machine_info  # noqa: E402
 from cnnlab.config import DataConfig, LeNetConfig, TrainerConfig  # noqa: E402
+from cnnlab.devices import seed_everything  # noqa: E402
+from cnnlab.engine import TrainData  # noqa: E402
+from cnnlab.loop import StopRequest, start_run, train_epoch  # noqa: E402
 from cnnlab.models import build_model  # noqa: E402
 from cnnlab.threads import run_threads  # noqa: E402
-from cnnlab.train import StopRequest, TrainData, seed_everything, start_run, train_epoch  # noqa: E402
 
 SPIN = "import time\nend = time.time() + 600\nwhile time.time() < end: pass"
 

@@ -2,7 +2,7 @@
 
     python benchmarks/seeds.py --data fashion_mnist --models lenet5 --seeds 1,4,8 --epochs 3
 
-Each stack is what `cnnlab train seeds=N` runs: cnnlab.train.start_run with N seeds (one
+Each stack is what `cnnlab train seeds=N` runs: cnnlab.loop.start_run with N seeds (one
 seed: the plain model on cnnlab's fast path; several: the stacked copies of stack.py),
 stepped by train_epoch. Epochs alternate between the stack sizes (1 seed epoch 1, 4 seeds
 epoch 1, 8 seeds epoch 1, 1 seed epoch 2, ...), so a change in the machine's load hits all
@@ -41,18 +41,11 @@ import torch.nn.functional as F  # noqa: E402
 from cnnlab import data  # noqa: E402
 from cnnlab.bench import machine_info, synchronize  # noqa: E402
 from cnnlab.config import DataConfig, LeNetConfig, MLPConfig, TrainerConfig  # noqa: E402
+from cnnlab.devices import resolve_device, seed_everything  # noqa: E402
+from cnnlab.engine import TrainData, make_optimizer  # noqa: E402
+from cnnlab.loop import RunState, StopRequest, start_run, train_epoch  # noqa: E402
 from cnnlab.models import build_model  # noqa: E402
 from cnnlab.stack import estimate_bytes  # noqa: E402
-from cnnlab.train import (  # noqa: E402
-    RunState,
-    StopRequest,
-    TrainData,
-    make_optimizer,
-    resolve_device,
-    seed_everything,
-    start_run,
-    train_epoch,
-)
 
 MODELS = {"mlp": MLPConfig, "lenet5": LeNetConfig, "lenet5_bn": lambda: LeNetConfig(norm="batch")}
 

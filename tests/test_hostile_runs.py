@@ -20,7 +20,7 @@ import torch
 from conftest import SMALL, cli_env, cnnlab_train, metrics_of
 
 from cnnlab import cli, files, report
-from cnnlab.train import load_checkpoint
+from cnnlab.loop import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -39,9 +39,9 @@ from conftest import (
 )
 from hydra.errors import HydraException
 
-from cnnlab import cli, data, train
+from cnnlab import cli, data, devices
 from cnnlab.config import DataConfig
-from cnnlab.train import CheckpointError, load_checkpoint, save_checkpoint
+from cnnlab.loop import CheckpointError, load_checkpoint, save_checkpoint
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,7 +79,7 @@ def snapshot(folder: Path) -> dict:
 KILL_MID_SAVE = """
 import io, os, sys, time
 import torch
-from cnnlab.train import save_checkpoint
+from cnnlab.loop import save_checkpoint
 
 path = sys.argv[1]
 save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
@@ -288,7 +288,7 @@ def test_same_seed_same_results_other_seed_other_results(runs):
 
 
 def test_each_sweep_job_trains_with_its_own_numeric_flags(tmp_path):
-    before = train.current_numerics()
+    before = devices.current_numerics()
     sweep = tmp_path / "sweep"
     code = cnnlab_train(
         sweep, "model=mlp", *SMALL, "trainer.epochs=1",
@@ -307,7 +307,7 @@ def test_each_sweep_job_trains_with_its_own_numeric_flags(tmp_path):
             "cudnn_deterministic": True,
             "cudnn_benchmark": False,
         }, job.name
-    assert train.current_numerics() == before  # and nothing outlives the sweep
+    assert devices.current_numerics() == before  # and nothing outlives the sweep
 
 
 @pytest.mark.gpu

@@ -9,7 +9,7 @@ import torch
 from conftest import SMALL, cnnlab_train, history_of, metrics_of, patch_steps
 
 from cnnlab.compare import compare_command
-from cnnlab.train import load_checkpoint
+from cnnlab.loop import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from cnnlab import data
 from cnnlab.cli import main as cli_main
 from cnnlab.config import LeNetConfig, MLPConfig, SyntheticDataConfig, TrainerConfig
+from cnnlab.engine import TrainData
+from cnnlab.loop import StopRequest, fit, start_run
 from cnnlab.models import build_model
-from cnnlab.train import StopRequest, TrainData, fit, start_run
 
 SEED = 0
 DATA = SyntheticDataConfig(train_size=320, test_size=128)  # 5 steps of 64 per epoch

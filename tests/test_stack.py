@@ -10,9 +10,10 @@ from torch import nn
 from cnnlab import data
 from cnnlab import stack as stack_module
 from cnnlab.config import LeNetConfig, MLPConfig, SyntheticDataConfig, TrainerConfig
+from cnnlab.devices import seed_everything
+from cnnlab.engine import TrainData, make_optimizer
 from cnnlab.models import build_model, count_params
 from cnnlab.stack import SeedStack, estimate_bytes, stack_models
-from cnnlab.train import TrainData, make_optimizer, seed_everything
 
 CPU = torch.device("cpu")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

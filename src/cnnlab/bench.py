@@ -8,7 +8,7 @@ settings (batch 64, Adam 1e-3) on the same data, in one process on one device:
            step. Its shuffle is drawn the way cnnlab draws its own (one randperm per epoch
            from a generator seeded alike, on the same device), so both see the same batches
            and their accuracies differ only by float rounding, not by luck;
-  cnnlab:  cnnlab.train's start_run and train_epoch, the step and epoch every run uses
+  cnnlab:  cnnlab.loop's start_run and train_epoch, the step and epoch every run uses
            (its own fast path: eager, CUDA graph, ...).
 Epochs alternate between the two (classic 1, cnnlab 1, classic 2, ...), so a change in
 the machine's background load hits both. An epoch's time is its training loop only
@@ -39,17 +39,10 @@ from cnnlab.config import (
     SyntheticDataConfig,
     TrainerConfig,
 )
+from cnnlab.devices import device_name, resolve_device, seed_everything
+from cnnlab.engine import TrainData
+from cnnlab.loop import StopRequest, start_run, train_epoch
 from cnnlab.models import build_model
-from cnnlab.train import (
-    StopRequest,
-    TrainData,
-    device_name,
-    evaluate,
-    resolve_device,
-    seed_everything,
-    start_run,
-    train_epoch,
-)
 
 # the default config of each model schema: "mlp" and "lenet5", the chapter's two models
 MODELS = {schema().name: schema for schema in models.MODELS}
@@ -186,7 +179,7 @@ def bench_model(
         seconds.append(time.perf_counter() - started)
     out = {
         "model": name,
-        "cnnlab": summary(seconds, evaluate(state.model, tensors, cfg).accuracy, path=engine.path),
+        "cnnlab": summary(seconds, engine.evaluate()[0].accuracy, path=engine.path),
     }
     if run is not None:
         out["classic"] = summary(run.epoch_seconds, run.accuracy())

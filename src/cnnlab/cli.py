@@ -50,25 +50,21 @@ from cnnlab.config import (
     is_run_setting,
     register_configs,
 )
+from cnnlab.devices import device_name, numerics, resolve_device, seed_everything
+from cnnlab.engine import TrainData, choose_path
 from cnnlab.inspection import format_inspection, inspect_model
-from cnnlab.models import build_model, count_conv_layers, count_params, summary
-from cnnlab.outcome import EXIT_CODES, Outcome, RunError, Status
-from cnnlab.threads import run_threads
-from cnnlab.train import (
+from cnnlab.loop import (
     Interrupted,
     RunState,
     StopRequest,
-    TrainData,
-    choose_path,
-    device_name,
     fit,
     load_checkpoint,
-    numerics,
-    resolve_device,
     save_checkpoint,
-    seed_everything,
     start_run,
 )
+from cnnlab.models import build_model, count_conv_layers, count_params, summary
+from cnnlab.outcome import EXIT_CODES, Outcome, RunError, Status
+from cnnlab.threads import run_threads
 
 log = logging.getLogger("cnnlab")
 

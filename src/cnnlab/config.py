@@ -370,7 +370,7 @@ class MLflowLoggerConfig:
     experiment: str | None = None  # default: the sweep folder for a sweep's jobs, else "cnnlab"
 
 
-# what `device` may name (design.md); whether that device is there is train.resolve_device's
+# what `device` may name (design.md); whether that device is there is devices.resolve_device's
 DEVICE_NAMES = r"auto|cpu|mps|cuda(:[0-9]+)?"
 
 

@@ -32,9 +32,9 @@ from torch import nn
 from torch.func import functional_call
 
 from cnnlab.config import TrainerConfig
+from cnnlab.engine import OPTIMIZERS, Evaluation, TrainData, autocast, evaluate, make_optimizer
 from cnnlab.layers import LayerNorm
 from cnnlab.models import MLP, LeNet, Residual, build_model, count_params
-from cnnlab.train import Evaluation, autocast, make_optimizer
 
 # ---- stacked layers ------------------------------------------------------------------------
 
@@ -278,7 +278,7 @@ class SeedStack:
         models: list[nn.Module],
         device: torch.device,
         trainer_cfg: TrainerConfig,
-        data,  # train.TrainData
+        data: TrainData,
         graph: bool = False,
     ):
         self.device, self.n = device, len(models)  # n copies
@@ -332,36 +332,13 @@ class SeedStack:
         with self.autocast:
             return self.model(grouped_input(x, self.n, self.memory_format)).float()
 
-    @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[Evaluation]:
-        """Each copy's Evaluation on (x, y), in eval mode, as Trainer.evaluate gives it.
+        """Each copy's Evaluation on (x, y), in eval mode, as one model alone gets it.
 
         batch_size counts images times copies (batch_size / N images per forward), so the
         memory evaluation takes does not grow with the stack."""
         batch_size = max(1, batch_size // self.n)
-        self.model.eval()
-        total_loss = torch.zeros(self.n, device=self.device)
-        preds, confs = [], []
-        for i in range(0, len(x), batch_size):
-            logits = self.logits(x[i : i + batch_size])
-            yb = y[i : i + batch_size]
-            total_loss += (
-                F.cross_entropy(logits.flatten(0, 1), yb.repeat(self.n), reduction="none")
-                .view(self.n, -1)
-                .sum(1)
-            )
-            conf, pred = logits.softmax(-1).max(-1)
-            preds.append(pred)
-            confs.append(conf)
-        self.model.train()
-        predictions, confidence = torch.cat(preds, 1).cpu(), torch.cat(confs, 1).cpu()
-        count = max(1, len(y))
-        correct = (predictions == y.cpu()).sum(1).tolist()
-        losses = (total_loss / count).tolist()
-        return [
-            Evaluation(losses[i], correct[i] / count, predictions[i], confidence[i])
-            for i in range(self.n)
-        ]
+        return evaluate(self.model, self.logits, x, y, batch_size, copies=self.n)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -405,8 +382,8 @@ def estimate_bytes(
         model(torch.empty(1, *input_shape))
     for h in hooks:
         h.remove()
-    moments = {"sgd": 1, "adam": 2, "adamw": 2}[str(trainer_cfg.optimizer)]
-    weights = (2 + moments) * count_params(model)  # parameter, gradient, moments
+    states = OPTIMIZERS[trainer_cfg.optimizer].states
+    weights = (2 + states) * count_params(model)  # parameter, gradient, optimiser state
     train = 2 * trainer_cfg.batch_size * sum(sizes)
     evaluation = 3 * trainer_cfg.eval_batch_size * max(sizes)
     return 4 * (n_seeds * (weights + train) + evaluation)

@@ -1,25 +1,16 @@
-"""Training: a run's state, one epoch, the loop that calls it, evaluation and checkpoints.
+"""Training: a run's state, one epoch, the loop that calls it, and checkpoints.
 
 nanoGPT's shape: everything a run is lives in one `RunState` (model, optimiser, every random
-state, where the epoch stands in images, history) with one save and one load;
-`train_epoch` steps through the rest of the current epoch; `fit` is the loop that calls it,
-evaluates and checkpoints. No file formats here but the checkpoint's.
-
-Where the speed comes from (figures in the README): the data already sit on the device
-(data.py) and an epoch is a seeded on-device permutation cut into slices; the loss of every
-step goes into a device buffer that is read every `log_every` steps, so the host never
-waits on the device in between; on CUDA the whole step (batch gather, forward, backward,
-Adam) is captured once and replayed as a CUDA graph, which removes the per-kernel launch
-cost that dominates a model as small as LeNet-5.
+state, where the epoch stands in images, history) with one save and one load; `train_epoch`
+steps through the rest of the current epoch; `fit` is the loop that calls it, evaluates and
+checkpoints. No file formats here but the checkpoint's; the pieces of a step are engine.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import pickle
-import platform
 import random
 import re
 import signal
@@ -35,113 +26,21 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab.config import ConfigError, Optimizer, TrainerConfig
+from cnnlab.config import TrainerConfig
+from cnnlab.engine import (
+    GraphedStep,
+    TrainData,
+    autocast,
+    channels_last_pays,
+    choose_path,
+    evaluate_model,
+    make_optimizer,
+)
 from cnnlab.files import atomic_file
 from cnnlab.outcome import Outcome, RunError, Status
+from cnnlab.stack import SeedStack
 
 log = logging.getLogger(__name__)
-
-
-# ---- device, numerics and seeds ----------------------------------------------------------
-
-
-def available_devices() -> list[str]:
-    found = ["cpu"]
-    found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if torch.backends.mps.is_available():
-        found.append("mps")
-    return found
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto = cuda, else mps, else cpu; a device that is not there is a ConfigError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    ok = device is not None and (
-        device.type == "cpu"
-        or (device.type == "cuda" and (device.index or 0) < torch.cuda.device_count())
-        or (device.type == "mps" and torch.backends.mps.is_available())
-    )
-    if not ok:
-        raise ConfigError(
-            f"device={name!r} is not available on this machine: available are "
-            f"{', '.join(available_devices())} (or auto)"
-        )
-    return device
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or on Linux the CPU's marketing name (else the architecture)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(
-                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def current_numerics() -> dict[str, bool]:
-    """The flags that decide how float32 math runs, as metrics.json records them."""
-    return {
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-    }
-
-
-@contextlib.contextmanager
-def numerics(cfg: TrainerConfig):
-    """Set every numeric flag both ways for one run and put the old values back after.
-
-    Hydra's basic launcher runs all jobs of a sweep in one process, so a flag one job turns
-    on must not outlive it. cuDNN's TF32 is on by default in torch: "fp32" turns it off.
-    cuDNN is always held to deterministic algorithms: its fastest ones accumulate with
-    atomics, and two runs of one seed then drift apart; on an H100 that costs LeNet-5
-    0.25 -> 0.31 s an epoch, a price worth a seed that repeats.
-    """
-    saved = (
-        torch.get_float32_matmul_precision(),
-        torch.backends.cudnn.allow_tf32,
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-    )
-    tf32 = cfg.precision == "tf32"
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # matmul TF32 or not
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.use_deterministic_algorithms(cfg.deterministic)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield current_numerics()
-    finally:
-        precision, cudnn_tf32, algorithms, warn_only, deterministic, benchmark = saved
-        torch.set_float32_matmul_precision(precision)
-        torch.backends.cudnn.allow_tf32 = cudnn_tf32
-        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = (
-            deterministic,
-            benchmark,
-        )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # CPU and every CUDA device
 
 
 def _plain(obj):
@@ -294,103 +193,6 @@ def load_checkpoint(path: Path) -> dict:
 
 # ---- one step ----------------------------------------------------------------------------
 
-OPTIMIZERS: dict[Optimizer, type[torch.optim.Optimizer]] = {
-    Optimizer.adam: torch.optim.Adam,
-    Optimizer.adamw: torch.optim.AdamW,
-    Optimizer.sgd: torch.optim.SGD,
-}
-
-
-def make_optimizer(model: nn.Module, cfg: TrainerConfig, device: torch.device, graph: bool):
-    cls = OPTIMIZERS[cfg.optimizer]
-    if cls is torch.optim.SGD:
-        return cls(model.parameters(), lr=cfg.lr, momentum=0.9)
-    # fused: one kernel for the whole update, on CUDA and on the CPU (one op for all
-    # parameters instead of about ten per parameter; the same update to float rounding;
-    # 2-core CPU, batch 64: MLP 1.23x, LeNet-5 1.03-1.17x faster). capturable: the step
-    # count stays on the GPU, which graph capture needs.
-    fused = device.type in ("cuda", "cpu")
-    return cls(model.parameters(), lr=cfg.lr, fused=fused, capturable=graph)
-
-
-def channels_last_pays(model: nn.Module, device: torch.device) -> bool:
-    """On CPU, oneDNN's convolutions and max-pooling skip their layout conversions when
-    tensors are NHWC (channels_last). On the 2-core CPU, steps timed interleaved (two runs):
-    LeNet-5 with fused Adam 1.08-1.2x faster in NHWC than NCHW, 1.18-1.30x with both
-    against NCHW and the default Adam; the wide and deep variants about 1.2x. BatchNorm's
-    NHWC kernel is slower for few channels (3x at 6 channels), so models with it stay NCHW.
-    Same math, other rounding: losses match NCHW to ~1e-7 over the first steps."""
-    modules = list(model.modules())
-    return (
-        device.type == "cpu"
-        and any(isinstance(m, nn.Conv2d) for m in modules)
-        and not any(isinstance(m, nn.BatchNorm2d) for m in modules)
-    )
-
-
-def choose_path(cfg: TrainerConfig, device: torch.device) -> str:
-    """eager | compile | cuda_graph: the fastest path that gives the same results."""
-    if cfg.compile:
-        return "compile"
-    graph_ok = device.type == "cuda" and cfg.optimizer != "sgd"
-    if cfg.cuda_graph == "true" and not graph_ok:
-        raise ConfigError(
-            f"trainer.cuda_graph=true needs device=cuda and adam/adamw (got device={device}, "
-            f"optimizer={cfg.optimizer}): use trainer.cuda_graph=auto"
-        )
-    return "cuda_graph" if graph_ok and cfg.cuda_graph != "false" else "eager"
-
-
-def autocast(cfg: TrainerConfig, device: torch.device):
-    return torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16", cache_enabled=False
-    )
-
-
-class GraphedStep:
-    """A training step replayed from a CUDA graph for full batches.
-
-    The first WARMUP calls run eagerly on a side stream (real steps, so no extra update is
-    made; it lets cuDNN and the optimiser allocate their state), the next one captures the
-    same function and replays it. A batch of another size (an epoch's short last batch)
-    runs eagerly; the graph keeps its own memory, so that step cannot disturb it.
-    """
-
-    WARMUP = 3
-
-    def __init__(self, step: Callable, shape: tuple[int, int], device: torch.device):
-        self.step, self.calls, self.graph = step, 0, None
-        self.idx = torch.zeros(shape, dtype=torch.long, device=device)
-
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        if idx.shape != self.idx.shape:
-            return self.step(idx)
-        if self.graph is None and self.calls < self.WARMUP:
-            self.calls += 1
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                loss = self.step(idx)
-            torch.cuda.current_stream().wait_stream(side)
-            return loss
-        self.idx.copy_(idx)
-        if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.loss = self.step(self.idx)
-        self.graph.replay()
-        return self.loss
-
-
-@dataclass
-class TrainData:
-    """The normalised training and test tensors, already on the training device."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
 
 @dataclass
 class Engine:
@@ -417,8 +219,6 @@ def start_run(
             build(seeds[0]), data, cfg, device, path
         )
     else:
-        from cnnlab.stack import SeedStack
-
         stack = SeedStack([build(s) for s in seeds], device, cfg, data, graph=path == "cuda_graph")
         model, optimizer, step, copy = stack.model, stack.optimizer, stack.step, stack.copy
 
@@ -450,10 +250,10 @@ def one_model(model: nn.Module, data: TrainData, cfg: TrainerConfig, device, pat
         optimizer.step()
         return loss.detach().reshape(1)
 
-    return model, optimizer, step, lambda: [evaluate(model, data, cfg)], lambda i: model
+    return model, optimizer, step, lambda: [evaluate_model(model, data, cfg)], lambda i: model
 
 
-# ---- an epoch, evaluation and the loop ---------------------------------------------------
+# ---- an epoch and the loop ---------------------------------------------------------------
 
 
 class Interrupted(BaseException):
@@ -577,36 +377,6 @@ def diverged(state: RunState, value: float, step: int, copy: int) -> Outcome | N
     return Outcome(Status.diverged, f"{where}: stopped; {kept}")
 
 
-@dataclass
-class Evaluation:
-    loss: float
-    accuracy: float
-    predictions: torch.Tensor  # on the CPU
-    confidence: torch.Tensor  # softmax probability of the predicted class
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: TrainData, cfg: TrainerConfig) -> Evaluation:
-    model.eval()
-    amp = autocast(cfg, data.x_test.device)
-    total_loss = torch.zeros((), device=data.x_test.device)
-    preds, confs = [], []
-    for i in range(0, len(data.x_test), cfg.eval_batch_size):
-        x = data.x_test[i : i + cfg.eval_batch_size]
-        y = data.y_test[i : i + cfg.eval_batch_size]
-        with amp:
-            logits = model(x).float()
-        total_loss += F.cross_entropy(logits, y, reduction="sum")
-        conf, pred = logits.softmax(1).max(1)
-        preds.append(pred)
-        confs.append(conf)
-    model.train()
-    predictions = torch.cat(preds).cpu()
-    n = max(1, len(data.y_test))
-    accuracy = (predictions == data.y_test.cpu()).sum().item() / n
-    return Evaluation(total_loss.item() / n, accuracy, predictions, torch.cat(confs).cpu())
-
-
 def fit(
     state: RunState,
     engine: Engine,
@@ -663,8 +433,7 @@ def fit(
 
 
 def log_epoch(state: RunState, rows: list[dict], epochs: int) -> None:
-    """One line per epoch; with several seeds, the mean and spread of the copies still
-    training."""
+    """One line per epoch; with several seeds, the mean and spread of the live copies."""
     alive = state.live_rows(rows)
     scale = {"train_loss": 1, "test_loss": 1, "test_accuracy": 100}
     unit = {"train_loss": "", "test_loss": "", "test_accuracy": "%"}
