@@ -87,14 +87,14 @@ def write_ucr(root: Path, name: str = "Chinatown") -> Path:
     return folder / f"{name}_TRAIN.tsv"
 
 
-def write_images(root: Path) -> list[Path]:
-    """root/CLASS/i.png, two classes of four; returns root and its class folders."""
-    for c, name in enumerate(("cat", "dog")):
+def write_images(root: Path, names=("cat", "dog")) -> list[Path]:
+    """root/CLASS/i.png, four images a class; returns root and its class folders."""
+    for c, name in enumerate(names):
         for i in range(4):
             path = root / name / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.new("L", (8, 8), c * 100 + i).save(path)
-    return [root, root / "cat", root / "dog"]
+            Image.new("L", (8, 8), c * 10 + i).save(path)
+    return [root] + [root / name for name in names]
 
 
 def test_a_ucr_run_opens_its_training_file_once(tmp_path, events):
@@ -108,8 +108,18 @@ def test_a_ucr_run_opens_its_training_file_once(tmp_path, events):
     assert opens(events, train_file.with_name("Chinatown_TEST.tsv")) == 1
 
 
+def test_a_ucr_sweep_opens_each_set_s_files_once(tmp_path, events):
+    names = ["Chinatown", "Coffee"]
+    files = [write_ucr(tmp_path / "data", name) for name in names]
+    settle()
+    overrides = [*RUN, "data=ucr", f"data.name={','.join(names)}", f"data.root={tmp_path}/data"]
+    assert cnnlab_train(tmp_path / "sweep", *overrides, multirun=True) == 0
+    assert [opens(events, f) for f in files] == [1, 1]
+
+
 def test_an_image_folder_run_lists_each_folder_once(tmp_path, events):
-    folders = write_images(tmp_path / "imgs")
+    # more class folders than reads are kept (base.KEPT): the folder is kept as one read
+    folders = write_images(tmp_path / "imgs", [f"class{i}" for i in range(base.KEPT + 2)])
     settle()
     code = cnnlab_train(
         tmp_path / "run",
@@ -121,7 +131,7 @@ def test_an_image_folder_run_lists_each_folder_once(tmp_path, events):
         f"data.root={tmp_path}/data",
     )
     assert code == 0 and metrics_of(tmp_path / "run")["status"] == "completed"
-    assert [listings(events, f) for f in folders] == [1, 1, 1]
+    assert [listings(events, f) for f in folders] == [1] * len(folders)
 
 
 def ucr_cfg(root: Path):

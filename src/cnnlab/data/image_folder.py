@@ -27,40 +27,28 @@ def image_size(cfg: ImageFolderDataConfig) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-# The pre-flight check (data.spec) and the run (data.load) both scan the folder: each
-# listing is kept (read_once) and made again only where a folder has changed since.
+def class_folders(folder: Path, stamps: list | None = None) -> list[Path]:
+    """The folders in `folder` but hidden ones, by name; its stamp (base.stamp) taken before
+    it is listed goes to `stamps`."""
+    if stamps is not None:
+        stamps.append((folder, stamp(folder)))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def class_folders(folder: Path) -> list[Path]:
-    """The folders in `folder` but hidden ones, by name."""
-
-    def read():
-        then = stamp(folder)  # before the listing: a change while it lists is seen next time
-        found = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        return found, [(folder, then)]
-
-    return read_once(("class folders", os.path.abspath(folder)), read)
-
-
-def image_files(folder: Path, skipped: list[str] | None = None) -> list[str]:
+def image_files(
+    folder: Path, skipped: list[str] | None = None, stamps: list | None = None
+) -> list[str]:
     """Image files below a class folder (sub-folders too), by name; other files and hidden
     ones are left out. Entries named as images that are not regular files (a FIFO, a device,
-    a broken link: opening a FIFO would wait forever) go to `skipped`."""
-    key = ("image files", os.path.abspath(folder))
-    found, passed = read_once(key, lambda: walk_images(folder))
-    if skipped is not None:
-        skipped += passed
-    return found
-
-
-def walk_images(folder: Path) -> tuple[tuple[list[str], list[str]], list]:
-    """image_files' listing: (found, skipped), and the stamp of every folder listed. Plain
-    strings and scandir: with pathlib, listing 4,000 files took 0.25 s, most of a cached
-    load; and a DirEntry knows its type without a stat (a link is followed)."""
-    found, skipped, stamps, folders = [], [], [], [str(folder)]
+    a broken link: opening a FIFO would wait forever) go to `skipped`; the stamp of each
+    folder, taken before it is listed, to `stamps`. Plain strings and scandir: with pathlib,
+    listing 4,000 files took 0.25 s, most of a cached load; and a DirEntry knows its type
+    without a stat (a link is followed)."""
+    found, folders = [], [str(folder)]
     while folders:
         path = folders.pop()
-        stamps.append((path, stamp(path)))
+        if stamps is not None:
+            stamps.append((path, stamp(path)))
         for entry in list_folder(path):
             if entry.name.startswith("."):
                 continue
@@ -70,9 +58,31 @@ def walk_images(folder: Path) -> tuple[tuple[list[str], list[str]], list]:
                 continue
             elif is_regular(entry):
                 found.append(entry.path)
-            else:
+            elif skipped is not None:
                 skipped.append(entry.path)
-    return (sorted(found), skipped), stamps
+    return sorted(found)
+
+
+def list_tree(train_dir: Path, test_dir: Path | None) -> dict:
+    """The class folders of train_dir (and of test_dir) and the image files of each, named
+    by class, with the names skipped. The pre-flight check (data.spec) and the run
+    (data.load) both need it: listed once, and again only where a folder has changed
+    (read_once). Shared between callers: not to be changed."""
+
+    def read():
+        stamps, skipped = [], []
+        classes = [p.name for p in class_folders(train_dir, stamps)]
+        tree = {
+            "classes": classes,
+            "train": {c: image_files(train_dir / c, skipped, stamps) for c in classes},
+        }
+        if test_dir is not None:
+            tested = [p.name for p in class_folders(test_dir, stamps)]
+            tree["test"] = {c: image_files(test_dir / c, skipped, stamps) for c in tested}
+        return {**tree, "skipped": sorted(skipped)}, stamps
+
+    key = (os.path.abspath(train_dir), test_dir and os.path.abspath(test_dir))
+    return read_once(("image folder", *key), read)
 
 
 def list_folder(folder: str) -> list[os.DirEntry]:
@@ -119,24 +129,20 @@ def scan_image_folder(cfg: ImageFolderDataConfig) -> dict:
             f"the class folders), or only class folders to split by data.test_fraction"
         )
     train_dir = split[0] if all(given) else root
-    classes = [p.name for p in class_folders(train_dir)]
+    tree = list_tree(train_dir, split[1] if all(given) else None)
+    classes = tree["classes"]
     if not classes:
         raise ConfigError(
             f"data.path={cfg.path}: no class folders in {train_dir} (expected "
             f"{train_dir}/CLASS/IMAGE.png, one folder per class)"
         )
-    skipped = []
-    parts = {"train": {c: image_files(train_dir / c, skipped) for c in classes}}
-    if all(given):
-        test_classes = [p.name for p in class_folders(split[1])]
-        if extra := [c for c in test_classes if c not in classes]:
-            raise ConfigError(
-                f"data.path={cfg.path}: test/{extra[0]} has no training folder "
-                f"(train/ has {', '.join(classes)})"
-            )
-        parts["test"] = {c: image_files(split[1] / c, skipped) for c in test_classes}
-    check_image_counts(cfg, parts, all(given))
-    return {"root": root, "classes": classes, **parts, "skipped": sorted(skipped)}
+    if extra := [c for c in tree.get("test", {}) if c not in classes]:
+        raise ConfigError(
+            f"data.path={cfg.path}: test/{extra[0]} has no training folder "
+            f"(train/ has {', '.join(classes)})"
+        )
+    check_image_counts(cfg, {k: v for k, v in tree.items() if k in ("train", "test")}, all(given))
+    return {"root": root, **tree}
 
 
 def check_image_counts(cfg: ImageFolderDataConfig, parts: dict, split_given: bool) -> None:
