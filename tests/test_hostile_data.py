@@ -23,7 +23,7 @@ from PIL import Image
 
 from cnnlab import data
 from cnnlab.config import DataConfig, ImageFolderDataConfig, UcrDataConfig
-from cnnlab.data import DataError
+from cnnlab.data import DataError, download
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -388,7 +388,7 @@ def trickle(monkeypatch):
     for 10 s); DOWNLOAD_DEADLINE is 2 s. Yields the server's base URL."""
     for key in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(data, "DOWNLOAD_DEADLINE", 2)
+    monkeypatch.setattr(download, "DOWNLOAD_DEADLINE", 2)
 
     class Slow(http.server.BaseHTTPRequestHandler):
         def do_GET(self):

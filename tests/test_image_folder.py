@@ -15,7 +15,7 @@ from PIL import Image
 
 from cnnlab import data
 from cnnlab.config import ConfigError, DataConfig, ImageFolderDataConfig
-from cnnlab.data import DataError
+from cnnlab.data import DataError, image_folder
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "image_folder_load.py"
 _spec = importlib.util.spec_from_file_location("image_folder_load", BENCH)
@@ -49,7 +49,7 @@ def folder_cfg(path, tmp_path, **kw) -> ImageFolderDataConfig:
 
 def test_spec_reads_folder_names_and_decodes_nothing(tmp_path, monkeypatch):
     make_folder(tmp_path / "imgs", {"cat": 2, "Ankle boot": 3})
-    monkeypatch.setattr(data, "decode_image", None)  # any decode would fail
+    monkeypatch.setattr(image_folder, "decode_image", None)  # any decode would fail
     cfg = folder_cfg(tmp_path / "imgs", tmp_path, image_size=[20, 12], channels=3)
     assert data.spec(cfg) == ((3, 20, 12), ["Ankle boot", "cat"])
 
@@ -190,11 +190,11 @@ def test_second_load_reads_the_cache_and_a_changed_file_is_decoded_again(tmp_pat
     first = data.load(cfg)
     assert len(list((tmp_path / "data" / "image_folder_cache").glob("*.pt"))) == 1
     real = data.decode_images
-    monkeypatch.setattr(data, "decode_images", None)  # a second decode would fail
+    monkeypatch.setattr(image_folder, "decode_images", None)  # a second decode would fail
     again = data.load(cfg)
     assert torch.equal(again.x_train, first.x_train) and torch.equal(again.x_test, first.x_test)
     # a changed file (new content and mtime) and another target shape: each decodes anew
-    monkeypatch.setattr(data, "decode_images", real)
+    monkeypatch.setattr(image_folder, "decode_images", real)
     write_image(tmp_path / "imgs" / "a" / "0.png", 250)
     os.utime(tmp_path / "imgs" / "a" / "0.png", (time.time() + 5, time.time() + 5))
     changed = data.load(cfg)

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 import cnnlab.cli
 from cnnlab import data
 from cnnlab.config import ConfigError, UcrDataConfig
-from cnnlab.data import DataError
+from cnnlab.data import DataError, tensors
 
 CACHE = Path(os.environ.get("CNNLAB_TEST_CACHE", Path.home() / ".cache" / "cnnlab-tests"))
 WHEEL = CACHE / data.UCR_WHEEL
@@ -250,7 +250,7 @@ def test_auto_normalize_on_series_uses_the_training_data(root):
 
 
 def test_data_too_large_for_the_device_fail_naming_the_size(monkeypatch):
-    monkeypatch.setattr(data, "free_memory", lambda device: 1000)
+    monkeypatch.setattr(tensors, "free_memory", lambda device: 1000)
     with pytest.raises(DataError) as e:
         data.to_device(torch.zeros(10, 1, 100), torch.device("cpu"), [0.0, 1.0])
     assert "10x1x100" in str(e.value) and "GiB" in str(e.value) and "device=cpu" in str(e.value)

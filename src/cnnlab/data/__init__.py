@@ -1,0 +1,165 @@
+"""Datasets as tensors: source files -> uint8 tensors -> normalised tensors on the device.
+
+A dataset the size of MNIST is 47 MB as uint8, so it is loaded once, normalised once and
+kept on the training device; batches are slices of a permutation (train.py). There are no
+per-sample transforms and no DataLoader workers: for data this small they cost more than
+the model does (see benchmarks/). Images are uint8 (N x C x H x W); time series are
+float32 (N x C x length), since their values are not bytes.
+
+The package holds one module per source, as torchvision's datasets do: idx (MNIST,
+Fashion-MNIST), builtin (CIFAR-10, digits, synthetic), ucr, image_folder; beside them
+base (Dataset, DataError, read_once), download (fetch) and tensors (to_device). This
+module is the registry and what the rest of cnnlab calls: spec, load, SOURCES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from cnnlab.config import (
+    ConfigError,
+    DataConfig,
+    ImageFolderDataConfig,
+    SyntheticDataConfig,
+    UcrDataConfig,
+)
+from cnnlab.data.base import OFFLINE_HINT, DataError, Dataset, data_folder
+from cnnlab.data.builtin import (
+    CIFAR10_CLASSES,
+    CIFAR_FILES,
+    CIFAR_FOLDER,
+    cifar_spec,
+    load_cifar10,
+    load_digits,
+    synthetic,
+    synthetic_spec,
+)
+from cnnlab.data.download import DOWNLOAD_DEADLINE, fetch, file_digest
+from cnnlab.data.idx import (
+    DEBIAN_FASHION_MNIST,
+    DIGITS,
+    FASHION_CLASSES,
+    IDX_FILES,
+    find_idx_files,
+    idx_spec,
+    load_idx_dataset,
+    read_idx,
+)
+from cnnlab.data.image_folder import (
+    IMAGE_BACKGROUND,
+    IMAGE_CACHE_VERSION,
+    IMAGE_SUFFIXES,
+    decode_image,
+    decode_images,
+    image_files,
+    image_folder_spec,
+    listed_images,
+    load_image_folder,
+    scan_image_folder,
+)
+from cnnlab.data.tensors import as_float, channel_stats, free_memory, to_device
+from cnnlab.data.ucr import (
+    UCR_FOLDER,
+    UCR_NAMES,
+    UCR_WHEEL,
+    UCR_WHEEL_SETS,
+    load_ucr,
+    read_ucr_set,
+    ucr_spec,
+)
+
+# what the rest of cnnlab, the tests and benchmarks/ use, as they did when this was one file
+__all__ = [
+    "CIFAR10_CLASSES", "CIFAR_FILES", "CIFAR_FOLDER", "DEBIAN_FASHION_MNIST", "DIGITS",
+    "DOWNLOAD_DEADLINE", "FASHION_CLASSES", "IDX_FILES", "IMAGE_BACKGROUND",
+    "IMAGE_CACHE_VERSION", "IMAGE_SUFFIXES", "OFFLINE_HINT", "SAMPLE_SEED", "SOURCES",
+    "UCR_FOLDER", "UCR_NAMES", "UCR_WHEEL", "UCR_WHEEL_SETS", "ConfigError", "DataConfig",
+    "DataError", "Dataset", "ImageFolderDataConfig", "Source", "SyntheticDataConfig",
+    "UcrDataConfig", "as_float", "channel_stats", "data_folder", "decode_image",
+    "decode_images", "fetch", "file_digest", "find_idx_files", "fixed", "free_memory",
+    "image_files", "listed_images", "load", "read_idx", "read_ucr_set", "sample",
+    "scan_image_folder", "source", "spec", "to_device",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset name's two jobs: its input shape and class names, known without a data load
+    (so a model can be built and checked before any data loads: most know them by heart,
+    UCR sets read their training labels, image folders list their class folders), and its
+    loader. `schema` is the config class its keys come from."""
+
+    spec: Callable[[DataConfig], tuple[tuple[int, ...], list[str]]]
+    load: Callable[[DataConfig], Dataset]
+    schema: type = DataConfig
+
+
+def fixed(shape: tuple[int, ...], classes: list[str]):
+    return lambda cfg: (shape, classes)
+
+
+def spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
+    return source(cfg).spec(cfg)
+
+
+def source(cfg: DataConfig) -> Source:
+    name = cfg.source or cfg.name
+    if name not in SOURCES:
+        raise ConfigError(f"data.name={name!r} is not allowed: choose one of {', '.join(SOURCES)}")
+    src = SOURCES[name]
+    if not isinstance(cfg, src.schema):
+        raise ConfigError(f"data.name={name!r} has keys of its own: choose it with data={name}")
+    return src
+
+
+def load(cfg: DataConfig) -> Dataset:
+    """The dataset, cut to data.train_size / test_size, with data.normalize resolved."""
+    ds = source(cfg).load(cfg)
+    train, test = sample(ds.y_train, cfg.train_size), sample(ds.y_test, cfg.test_size)
+    x_train = ds.x_train[train]
+    normalize = channel_stats(x_train) if cfg.normalize == "auto" else list(cfg.normalize)
+    return Dataset(
+        x_train, ds.y_train[train], ds.x_test[test], ds.y_test[test], ds.classes, normalize
+    )
+
+
+# The seed of every sample data.train_size / test_size take: a constant, not the run's seed,
+# so runs with different seeds train and test on the same images.
+SAMPLE_SEED = 0
+
+
+def sample(y: torch.Tensor, n: int | None) -> torch.Tensor | slice:
+    """Which n of the labels y to keep: a seeded sample stratified by class (each class keeps
+    its share, the remainder going to the largest fractions), in the set's own order; all of
+    them (a slice, no copy) when n is None or not smaller. A folder listed class by class, cut
+    to its first n, would keep the first classes only."""
+    if n is None or n >= len(y):
+        return slice(None)
+    counts = torch.bincount(y)
+    share = counts.double() * n / len(y)
+    take = share.floor().long()
+    # the images left over go to the classes with the largest fractions (ties: lower class)
+    order = sorted(range(len(counts)), key=lambda c: (-(share[c] - take[c]).item(), c))
+    for c in order[: n - int(take.sum())]:
+        take[c] += 1
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    kept = []
+    for c, k in enumerate(take.tolist()):
+        members = (y == c).nonzero().flatten()
+        kept.append(members[torch.randperm(len(members), generator=g)[:k]])
+    return torch.cat(kept).sort().values
+
+
+# Every dataset name, declared once: the config, bench and the CLI read them from here.
+SOURCES: dict[str, Source] = {
+    "mnist": Source(idx_spec, load_idx_dataset),
+    "fashion_mnist": Source(idx_spec, load_idx_dataset),
+    "cifar10": Source(cifar_spec, load_cifar10),
+    "digits": Source(fixed((1, 28, 28), DIGITS), load_digits),
+    "synthetic": Source(synthetic_spec, synthetic, SyntheticDataConfig),
+    "ucr": Source(ucr_spec, load_ucr, UcrDataConfig),
+    "image_folder": Source(image_folder_spec, load_image_folder, ImageFolderDataConfig),
+}
