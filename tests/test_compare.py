@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from cnnlab import compare
+from cnnlab import compare, plots, records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -100,7 +100,7 @@ def make_run(
 
 def table_rows(*folders, sort=None):
     """compare_table over the runs in folders, as one dict per row."""
-    return compare.compare_table(compare.find_runs(folders), sort=sort).to_dict("records")
+    return compare.compare_table(records.find_runs(folders), sort=sort).to_dict("records")
 
 
 # width x depth: parameters grow with both, as in the chapter's exercise
@@ -120,27 +120,27 @@ def sweep(tmp_path):
 
 
 def test_find_runs_in_a_sweep_in_natural_order(tmp_path, sweep):
-    assert len(compare.find_runs([sweep])) == 4
+    assert len(records.find_runs([sweep])) == 4
     for job in (2, 10, 1):
         (tmp_path / "many" / f"{job}_x").mkdir(parents=True)  # empty job folders: runs too
-    names = [path.name for path in compare.find_runs([tmp_path / "many"])]
+    names = [path.name for path in records.find_runs([tmp_path / "many"])]
     assert names == ["1_x", "2_x", "10_x"]
 
 
 def test_find_runs_mixes_sweeps_and_runs_without_duplicates(tmp_path, sweep):
     single = make_run(tmp_path / "runs" / "one")
-    runs = compare.find_runs([sweep, single, sweep / "0_model.width=1,model.depth=1"])
+    runs = records.find_runs([sweep, single, sweep / "0_model.width=1,model.depth=1"])
     assert len(runs) == 5
 
 
 def test_find_runs_unknown_path(tmp_path):
     with pytest.raises(ValueError, match="nowhere"):
-        compare.find_runs([tmp_path / "nowhere"])
+        records.find_runs([tmp_path / "nowhere"])
 
 
 @pytest.mark.parametrize("fmt", compare.FORMATS)
 def test_four_rows_in_every_format(sweep, fmt):
-    text = compare.format_table(compare.compare_table(compare.find_runs([sweep])), fmt)
+    text = compare.format_table(compare.compare_table(records.find_runs([sweep])), fmt)
     if fmt == "json":
         rows = json.loads(text)
     elif fmt == "csv":
@@ -171,7 +171,7 @@ def test_columns_are_the_differing_config_keys(sweep):
 
 
 def test_table_and_markdown_show_percent_with_two_decimals(sweep):
-    rows = compare.compare_table(compare.find_runs([sweep]))
+    rows = compare.compare_table(records.find_runs([sweep]))
     assert "macs" not in rows and "receptive_field" not in rows
     for fmt in ("table", "md"):
         text = compare.format_table(rows, fmt)
@@ -179,7 +179,7 @@ def test_table_and_markdown_show_percent_with_two_decimals(sweep):
 
 
 def test_sort_ascending_and_descending(sweep):
-    runs = compare.find_runs([sweep])
+    runs = records.find_runs([sweep])
     ascending = list(compare.compare_table(runs, sort="params")["params"])
     assert ascending == sorted(GRID.values())
     descending = list(compare.compare_table(runs, sort="-params")["params"])
@@ -192,7 +192,7 @@ def test_sort_text_in_natural_order_numbers_as_numbers_blanks_last(tmp_path):
     for job, width in enumerate([0.5, 0.25, 2, 1, 0.75, 3, 1.5, 4, 8, 16, 0.125]):
         make_run(tmp_path / f"{job}_model.width={width}", width=width, accuracy=0.9 - job / 100)
     (tmp_path / "11_model.width=32").mkdir()  # no config, no metrics: blank width
-    runs = compare.find_runs([tmp_path])
+    runs = records.find_runs([tmp_path])
     widths = list(compare.compare_table(runs, sort="model.width")["model.width"])
     assert widths[:-1] == [0.125, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 8, 16]
     assert widths[-1] is None
@@ -203,9 +203,9 @@ def test_sort_text_in_natural_order_numbers_as_numbers_blanks_last(tmp_path):
 
 
 def test_unknown_sort_key_and_format(sweep):
-    rows = compare.compare_table(compare.find_runs([sweep]))
+    rows = compare.compare_table(records.find_runs([sweep]))
     with pytest.raises(ValueError, match="'speed'.*params"):
-        compare.compare_table(compare.find_runs([sweep]), sort="speed")
+        compare.compare_table(records.find_runs([sweep]), sort="speed")
     with pytest.raises(ValueError, match="'xml'.*table, csv, md, json"):
         compare.format_table(rows, "xml")
 
@@ -261,7 +261,7 @@ def test_seeds_are_grouped_into_mean_and_std(tmp_path):
     for seed, accuracy in enumerate(accuracies):
         make_run(tmp_path / f"{seed}_seed={seed}", seed=seed, accuracy=accuracy)
     make_run(tmp_path / "3_model.width=2", width=2, params=120000)  # a different setting
-    rows = compare.compare_table(compare.find_runs([tmp_path]))
+    rows = compare.compare_table(records.find_runs([tmp_path]))
     assert len(rows) == 2
     group, single = rows.to_dict("records")
     assert group["n"] == 3 and single["n"] == 1
@@ -286,7 +286,7 @@ def test_write_summary_files_and_plots(tmp_path, sweep):
     (sweep / "1_model.width=1,model.depth=2" / "history.csv").unlink()  # skipped in the plot
     (sweep / "4_model.width=4,model.depth=1").mkdir()  # no metrics: skipped in the plot
     out = tmp_path / "summary"
-    table = compare.write_summary(compare.find_runs([sweep]), out)
+    table = compare.write_summary(records.find_runs([sweep]), out)
     assert len(table) == 5
     with open(out / "comparison.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 5
@@ -382,7 +382,7 @@ def test_macs_and_receptive_field_columns_after_params(tmp_path, capsys):
     rows = table_rows(tmp_path)
     assert list(rows[0])[3:7] == ["params", "macs", "receptive_field", "conv_layers"]
     assert [row["receptive_field"] for row in rows[:2]] == [16, [5, 9]]  # as inspect has it
-    text = compare.format_table(compare.compare_table(compare.find_runs([tmp_path])))
+    text = compare.format_table(compare.compare_table(records.find_runs([tmp_path])))
     assert "289,886" in text and "5x9" in text
 
     runs = [tmp_path / "0_a", tmp_path / "1_b"]
@@ -403,7 +403,7 @@ def test_plots_of_multi_seed_runs_with_macs_and_a_facet_per_third_key(tmp_path):
     for job, (width, depth) in enumerate(GRID):
         folder = runs / f"{job}_w{width}d{depth}"
         make_run(folder, width=width, depth=depth, seeds=[0.9, 0.92], macs=1000 * width * depth)
-    table = compare.write_summary(compare.find_runs([runs]), tmp_path / "two_keys")
+    table = compare.write_summary(records.find_runs([runs]), tmp_path / "two_keys")
     assert list(table["n"]) == [2] * 4
     accuracy = png_size(tmp_path / "two_keys" / "accuracy_vs_params.png")
     losses = png_size(tmp_path / "two_keys" / "loss_curves.png")
@@ -412,7 +412,7 @@ def test_plots_of_multi_seed_runs_with_macs_and_a_facet_per_third_key(tmp_path):
     make_run(runs / "4_w1d1k3", width=1, depth=1, seeds=[0.9, 0.91])
     config = runs / "4_w1d1k3" / ".hydra" / "config.yaml"
     config.write_text(config.read_text().replace("kernel_size: 5", "kernel_size: 3"))
-    compare.write_summary(compare.find_runs([runs]), tmp_path / "three_keys")
+    compare.write_summary(records.find_runs([runs]), tmp_path / "three_keys")
     assert png_size(tmp_path / "three_keys" / "loss_curves.png")[0] > 1.5 * losses[0]
 
 
@@ -424,8 +424,8 @@ def test_each_row_of_accuracy_panels_names_its_measure(tmp_path, monkeypatch):
     config = runs / "4_k3" / ".hydra" / "config.yaml"
     config.write_text(config.read_text().replace("kernel_size: 5", "kernel_size: 3"))
     grids = []
-    monkeypatch.setattr(compare, "_save", lambda grid, file: grids.append(grid))
-    compare.write_summary(compare.find_runs([runs]), tmp_path / "out")
+    monkeypatch.setattr(plots, "save", lambda grid, file: grids.append(grid))
+    compare.write_summary(records.find_runs([runs]), tmp_path / "out")
     axes = grids[0].axes  # accuracy: a row per measure, a column per kernel size
     assert [[a.get_xlabel() for a in row] for row in axes] == [
         ["parameters"] * 2,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import SMALL, cnnlab_train
 
-from cnnlab import cli, compare, data
+from cnnlab import cli, compare, data, plots, records
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,7 +105,7 @@ def test_depths_of_a_sweep_beside_an_mlp_stay_apart_in_table_and_plots(tmp_path,
     hand_run(tmp_path / "4_model=mlp", {"name": "mlp", "hidden": [128]}, {"params": 5000})
     for job in tmp_path.iterdir():
         (job / "history.csv").write_text("epoch,test_loss\n1,2.0\n2,1.0\n")
-    runs = compare.find_runs([tmp_path])
+    runs = records.find_runs([tmp_path])
     table = compare.compare_table(runs)
     assert len(table) == 5  # five configurations: none merged
     assert list(table["model.depth"]) == [1, 2, 1, 2, None]
@@ -114,9 +114,9 @@ def test_depths_of_a_sweep_beside_an_mlp_stay_apart_in_table_and_plots(tmp_path,
     assert (mlp["model.channels"], mlp["model.depth"], mlp["model.hidden"]) == ("-", "-", "[128]")
 
     drawn = []
-    roles = compare._roles
-    monkeypatch.setattr(compare, "_save", lambda grid, file: None)
-    monkeypatch.setattr(compare, "_roles", lambda *a: drawn.append(roles(*a)) or drawn[-1])
+    roles = plots.roles_of
+    monkeypatch.setattr(plots, "save", lambda grid, file: None)
+    monkeypatch.setattr(plots, "roles_of", lambda *a: drawn.append(roles(*a)) or drawn[-1])
     compare.write_summary(runs, tmp_path / "out")
     for plot, (frame, role) in zip(("accuracy", "losses"), drawn, strict=True):
         by = [role[name] for name in ("hue", "style", "col") if name in role]
@@ -231,7 +231,7 @@ def test_seeds_of_one_config_in_a_stack_and_single_runs(tmp_path):
     stack_run(tmp_path / "0_seeds=3", [0.90, None, 0.92])
     hand_run(tmp_path / "1_seed=5", metrics={"accuracy": 0.94})
     hand_run(tmp_path / "2_seed=6", metrics={"status": "diverged", "accuracy": None})
-    group, alone = compare.compare_table(compare.find_runs([tmp_path])).to_dict("records")
+    group, alone = compare.compare_table(records.find_runs([tmp_path])).to_dict("records")
     assert (group["run"], group["n"], group.get("diverged")) == ("0_seeds=3 (+1)", 3, 1)
     assert group["accuracy_%"] == pytest.approx(92.0)
     assert (alone["run"], alone["status"], alone["n"], alone["diverged"]) == (

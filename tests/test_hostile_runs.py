@@ -213,10 +213,10 @@ def test_an_interrupted_run_whose_metrics_cannot_be_written_says_so(tmp_path, mo
 # signal sent on that line arrives during it
 DRIVER = """
 import sys, time
-from cnnlab import cli, data, report
+from cnnlab import cli, data, pictures
 stage = sys.argv[1]
 module, name = {"data": (data, "load"), "model": (cli, "start_run"),
-                "pictures": (report, "plot_filters")}[stage]
+                "pictures": (pictures, "plot_filters")}[stage]
 real = getattr(module, name)
 def slow(*args, **kwargs):
     print("AT", stage, flush=True)

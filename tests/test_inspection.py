@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab import report
+from cnnlab import pictures
 from cnnlab.config import LeNetConfig, MLPConfig
 from cnnlab.inspection import (
     conv_stages,
@@ -129,7 +129,7 @@ def test_inspection_leaves_the_model_as_it_was():
     model = build_model(LeNetConfig(norm="batch"), MNIST, 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     inspect_model(model, MNIST)
-    report.plot_feature_maps(model, torch.randn(2, *MNIST), io.BytesIO())  # nothing on disk
+    pictures.plot_feature_maps(model, torch.randn(2, *MNIST), io.BytesIO())  # nothing on disk
     assert model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), f"{key} changed"
@@ -205,19 +205,19 @@ def assert_png(path):
 
 def test_filters_and_feature_maps_for_lenet(tmp_path):
     model = build_model(LeNetConfig(), MNIST, 10)
-    report.plot_filters(model, tmp_path / "filters.png")
-    assert report.plot_feature_maps(model, torch.randn(3, *MNIST), tmp_path / "fm.png") == 2
+    pictures.plot_filters(model, tmp_path / "filters.png")
+    assert pictures.plot_feature_maps(model, torch.randn(3, *MNIST), tmp_path / "fm.png") == 2
     assert_png(tmp_path / "filters.png")
     assert_png(tmp_path / "fm.png")
 
 
 def test_mlp_filters_are_input_shaped_templates(tmp_path):
     model = build_model(MLPConfig(), MNIST, 10)
-    name, weights = report.first_layer_weights(model, MNIST)
+    name, weights = pictures.first_layer_weights(model, MNIST)
     assert (name, tuple(weights.shape)) == ("net.1", (128, 1, 28, 28))
-    report.plot_filters(model, tmp_path / "filters.png", MNIST)
+    pictures.plot_filters(model, tmp_path / "filters.png", MNIST)
     assert_png(tmp_path / "filters.png")
-    assert report.plot_feature_maps(model, torch.randn(2, *MNIST), tmp_path / "fm.png") == 0
+    assert pictures.plot_feature_maps(model, torch.randn(2, *MNIST), tmp_path / "fm.png") == 0
     assert not (tmp_path / "fm.png").exists()
 
 
@@ -225,8 +225,8 @@ def test_pictures_of_a_one_dimensional_model(tmp_path):
     model = nn.Sequential(
         nn.Conv1d(2, 4, 5), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(4, 4, 3), nn.Flatten()
     )
-    report.plot_filters(model, tmp_path / "filters.png")
-    assert report.plot_feature_maps(model, torch.randn(2, 2, 40), tmp_path / "fm.png") == 2
+    pictures.plot_filters(model, tmp_path / "filters.png")
+    assert pictures.plot_feature_maps(model, torch.randn(2, 2, 40), tmp_path / "fm.png") == 2
     assert_png(tmp_path / "filters.png")
     assert_png(tmp_path / "fm.png")
 
@@ -234,7 +234,7 @@ def test_pictures_of_a_one_dimensional_model(tmp_path):
 def test_which_layers_the_pictures_show():
     # a 1x1 bottleneck has no spatial picture: filters.png shows the 5x5 conv behind it
     model = build_model(LeNetConfig(bottleneck=4), MNIST, 10)
-    name, weights = report.first_layer_weights(model)
+    name, weights = pictures.first_layer_weights(model)
     assert (name, tuple(weights.shape)) == ("features.0.1.0", (6, 4, 5, 5))
     assert [n for n, _ in conv_stages(model)] == [
         "features.0.0",
@@ -248,7 +248,7 @@ def test_which_layers_the_pictures_show():
 
 
 def test_mosaic_puts_gaps_between_tiles():
-    image = report.mosaic(np.ones((5, 3, 2)), cols=3)
+    image = pictures.mosaic(np.ones((5, 3, 2)), cols=3)
     assert image.shape == (3 + 1 + 3, 3 * 2 + 2)
     assert np.isnan(image[3]).all() and np.isnan(image[:, 2]).all()
     assert np.isnan(image[4:, 6:]).all()  # the grid's unused sixth place
@@ -263,11 +263,11 @@ def test_effective_receptive_field_lies_inside_the_theoretical_one(tmp_path):
     # the centre unit (2, 2) of the 4x4 map sees input rows and columns 8..23: 16 pixels
     assert (seen.min(0).values.tolist(), seen.max(0).values.tolist()) == ([8, 8], [23, 23])
     assert all(p.grad is None for p in model.parameters())
-    assert report.plot_effective_receptive_field(
+    assert pictures.plot_effective_receptive_field(
         model, torch.randn(2, *MNIST), 16, tmp_path / "e.png"
     )
     assert_png(tmp_path / "e.png")
     mlp = build_model(MLPConfig(), MNIST, 10)
-    assert not report.plot_effective_receptive_field(
+    assert not pictures.plot_effective_receptive_field(
         mlp, torch.randn(2, *MNIST), 28, tmp_path / "m.png"
     )

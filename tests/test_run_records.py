@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import SMALL, cnnlab_train, metrics_of, patch_steps
 
-from cnnlab import cli, loggers, report
+from cnnlab import cli, loggers, pictures, report
 from cnnlab.config import LeNetConfig
 from cnnlab.models import build_model, count_conv_layers
 
@@ -62,7 +62,7 @@ def test_a_diverged_copy_is_left_out_of_every_mean_and_picture(tmp_path, monkeyp
     Recorder.rows = []
     monkeypatch.setattr(loggers, "open_logger", lambda *args: Recorder())
     seen = {}
-    curve, filters, maps = report.plot_loss_curve, report.plot_filters, report.plot_feature_maps
+    curve, filters, maps = report.plot_loss_curve, pictures.plot_filters, pictures.plot_feature_maps
 
     def keep(name, draw):
         def wrapped(*args, **kwargs):
@@ -72,8 +72,8 @@ def test_a_diverged_copy_is_left_out_of_every_mean_and_picture(tmp_path, monkeyp
         return wrapped
 
     monkeypatch.setattr(report, "plot_loss_curve", keep("curve", curve))
-    monkeypatch.setattr(report, "plot_filters", keep("filters", filters))
-    monkeypatch.setattr(report, "plot_feature_maps", keep("maps", maps))
+    monkeypatch.setattr(pictures, "plot_filters", keep("filters", filters))
+    monkeypatch.setattr(pictures, "plot_feature_maps", keep("maps", maps))
     run = tmp_path / "run"
     assert cnnlab_train(run, "model=lenet5", *SMALL, "trainer.epochs=2", "seeds=3") == 0
     assert [r["status"] for r in metrics_of(run)["per_seed"]] == ["diverged", *["completed"] * 2]
@@ -101,7 +101,7 @@ def boom(*args, **kwargs):
 @pytest.mark.parametrize(
     "target, name",
     [
-        ((report, "plot_filters"), "filters.png"),
+        ((pictures, "plot_filters"), "filters.png"),
         ((loggers.RunLogger, "final"), "logger=none final()"),
     ],
     ids=["filters", "tracker-final"],

@@ -222,7 +222,7 @@ def print_table(report: dict) -> None:
     )
 
 
-def main(args: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cnnlab bench",
         description=__doc__,
@@ -244,6 +244,11 @@ def main(args: list[str]) -> int:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    return p
+
+
+def main(args: list[str]) -> int:
+    p = parser()
     a = p.parse_args(args)
     names = a.models.split(",")
     if unknown := [n for n in names if n not in MODELS]:

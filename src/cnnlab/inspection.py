@@ -120,39 +120,11 @@ def inspect_model(model: nn.Module, input_shape: tuple) -> dict:
     """Parameters, MACs and receptive field of `model` on inputs of `input_shape`
     (channels, *spatial), in total and per leaf layer, in the order the layers run.
 
-    One forward pass of a zero batch of one, in eval mode (batch norm's running statistics
-    stay untouched), under no_grad: inference_mode was reported to make FlopCounterMode
-    count nothing (torch 2.14 counts the same under both).
+    Nothing here reads a weight, so a model built on the meta device (as the pre-flight
+    check builds it) gives the same answer as one with real weights, for no memory.
     """
-    # imported here: it costs every cnnlab command 0.3 s of start-up, and only this needs it
-    from torch.utils.flop_counter import FlopCounterMode
-
-    first = next(model.parameters(), None)
-    x = torch.zeros(
-        1,
-        *input_shape,
-        device=first.device if first is not None else None,
-        dtype=first.dtype if first is not None else None,
-    )
-    shapes: dict[nn.Module, list[int]] = {}
-
-    def record_shape(layer, inputs, output):
-        if isinstance(output, torch.Tensor):
-            shapes[layer] = list(output.shape[1:])
-
-    hooks = [m.register_forward_hook(record_shape) for m in model.modules()]
-    was_training = model.training
-    counter = FlopCounterMode(display=False)
-    try:
-        model.eval()
-        with torch.no_grad(), counter:
-            model(x)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    shapes, counter = traced_forward(model, input_shape)
     flops = counter.get_flop_counts()  # keyed by the root's class name, then dotted names
-
     spatial = tuple(input_shape[1:])
     fields: dict[str, Field] = {}
     leaf_fields(model, "", ((1,) * len(spatial), (1,) * len(spatial)), spatial, fields)
@@ -185,6 +157,44 @@ def inspect_model(model: nn.Module, input_shape: tuple) -> dict:
         "receptive_field": receptive_field,
         "layers": layers,
     }
+
+
+def traced_forward(model: nn.Module, input_shape: tuple):
+    """The output shape (without the batch axis) of every module, and the flop counter,
+    after one forward pass of a zero batch of one on the model's device and dtype.
+
+    In eval mode (batch norm's running statistics stay untouched), under no_grad:
+    inference_mode was reported to make FlopCounterMode count nothing (torch 2.14 counts
+    the same under both).
+    """
+    # imported here: it costs every cnnlab command 0.3 s of start-up, and only this needs it
+    from torch.utils.flop_counter import FlopCounterMode
+
+    first = next(model.parameters(), None)
+    x = torch.zeros(
+        1,
+        *input_shape,
+        device=first.device if first is not None else None,
+        dtype=first.dtype if first is not None else None,
+    )
+    shapes: dict[nn.Module, list[int]] = {}
+
+    def record_shape(layer, inputs, output):
+        if isinstance(output, torch.Tensor):
+            shapes[layer] = list(output.shape[1:])
+
+    hooks = [m.register_forward_hook(record_shape) for m in model.modules()]
+    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return shapes, counter
 
 
 # ---- output ------------------------------------------------------------------------------
