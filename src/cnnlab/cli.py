@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from torch import nn
 
-from cnnlab import data, files, loggers, report
+from cnnlab import data, files, loggers, pictures, report
 from cnnlab.config import (
     RESUMABLE_CHANGES,
     RUN_SETTINGS,
@@ -410,8 +410,8 @@ def draw_pictures(engine, state: RunState, tensors: TrainData, input_shape, run_
     model = functools.cache(lambda: engine.copy(state.shown_copy()))
     filters, maps = run_dir / "filters.png", run_dir / "feature_maps.png"
     return [
-        (filters.name, lambda: report.plot_filters(model(), filters, input_shape)),
-        (maps.name, lambda: report.plot_feature_maps(model(), tensors.x_test[:4], maps)),
+        (filters.name, lambda: pictures.plot_filters(model(), filters, input_shape)),
+        (maps.name, lambda: pictures.plot_feature_maps(model(), tensors.x_test[:4], maps)),
     ]
 
 
