@@ -75,6 +75,14 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> list[dict]:
     return [load_run(path) for path in find_runs(paths)]
 
 
+def runs_in(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """load_runs, refusing paths that hold no run folder (a typo, an empty folder)."""
+    runs = load_runs(paths)
+    if not runs:
+        raise CompareError(f"no run folders in: {', '.join(map(str, paths))}")
+    return runs
+
+
 def _walk(folder: Path, seen: set[tuple[int, int]]) -> Iterable[Path]:
     try:
         info = folder.stat()
@@ -560,9 +568,7 @@ def compare_command(paths, sort: str | None = None, fmt: str = "table", out=None
     2 for a bad argument (--out included: checked before the table is printed), 1 if the
     files for --out could not be written."""
     try:
-        runs = load_runs(paths)
-        if not runs:
-            raise CompareError(f"no run folders in: {', '.join(map(str, paths))}")
+        runs = runs_in(paths)
         text = format_table(compare_table(runs, sort), fmt)
         if out is not None:
             _make_folder(out)
