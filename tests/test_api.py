@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import RUN_FILES, SMALL, cli_env, cnnlab_train, metrics_of
+from conftest import QUICK, RUN_FILES, cli_env, cnnlab_train, metrics_of
 
 from cnnlab import cli
 from cnnlab.api import Run, compare, train
@@ -21,7 +21,8 @@ from cnnlab.outcome import CnnlabError, RunError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RUN = ["device=cpu", "trainer.progress=false", *SMALL, "trainer.epochs=1"]
+# what cnnlab_train adds for the shell
+RUN = ["device=cpu", "trainer.progress=false", *QUICK]
 
 
 def files_in(folder: Path) -> set[str]:
@@ -43,10 +44,10 @@ def runs(tmp_path_factory):
     under one working folder."""
     cwd = tmp_path_factory.mktemp("cwd")
     with contextlib.chdir(cwd):
-        run = train(*RUN)
+        run = train(*RUN, "pictures=true")
         argv = sys.argv
         try:
-            assert cli.main(["train", *RUN]) == 0
+            assert cli.main(["train", *RUN, "pictures=true"]) == 0
         finally:
             sys.argv = argv
     return cwd, run
@@ -72,7 +73,8 @@ def test_train_writes_the_folder_a_shell_run_writes(runs):
         assert set(RUN_FILES) <= files_in(folder)
     assert files_in(api_run) == files_in(shell_run)
     overrides = [yaml.safe_load((f / ".hydra/overrides.yaml").read_text()) for f in day.iterdir()]
-    assert overrides == [RUN, RUN]  # the task's overrides: no hydra.run.dir among them
+    # the task's overrides, as given: no hydra.run.dir among them
+    assert overrides == [[*RUN, "pictures=true"]] * 2
     assert (api_run / "command.txt").read_text() == (shell_run / "command.txt").read_text()
 
 
@@ -115,7 +117,7 @@ def test_a_sweep_or_a_hydra_flag_is_refused(tmp_path, monkeypatch, arg):
 
 def test_a_run_folder_given_by_override_is_used(tmp_path):
     folder = tmp_path / "my run's"  # quoted for Hydra, as in the shell
-    run = train(*RUN, "pictures=false", f"hydra.run.dir='{tmp_path}/my run\\'s'")
+    run = train(*RUN, f"hydra.run.dir='{tmp_path}/my run\\'s'")
     assert run.run_dir == folder and run.metrics == metrics_of(folder)
 
 
