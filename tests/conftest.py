@@ -16,7 +16,9 @@ import torch
 
 from cnnlab import cli
 
-# every file a completed run folder holds, as design.md lists them
+# every file a completed run folder holds: the run-folder contract (the README's "A run
+# folder" table); tensorboard/ only with logger=tensorboard, the two pictures only with
+# pictures=true
 RUN_FILES = [
     "metrics.json",
     "history.csv",
@@ -30,6 +32,7 @@ RUN_FILES = [
     ".hydra/config.yaml",
     ".hydra/overrides.yaml",
     ".hydra/hydra.yaml",
+    "command.txt",
     "train.log",
 ]
 
@@ -93,6 +96,9 @@ def run_cli():
 
 # a run of a few steps: synthetic data, small sets, small batches
 SMALL = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=32"]
+# a whole run of those steps, quickly: one epoch, no pictures (a later override wins: add
+# trainer.epochs=2 or pictures=true where a test needs them)
+QUICK = [*SMALL, "trainer.epochs=1", "pictures=false"]
 
 
 @pytest.fixture(scope="module")

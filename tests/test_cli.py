@@ -1,6 +1,6 @@
 """The `cnnlab` command as a user runs it: subcommands, Hydra's flags, errors that stop a run
-before any data loads, one real training run end to end (every run-folder file of
-design.md, checked against numbers computed here), run-folder naming, and the wheel."""
+before any data loads, one real training run end to end (every file of
+conftest.RUN_FILES, checked against numbers computed here), run-folder naming, and the wheel."""
 
 import csv
 import json
@@ -116,50 +116,25 @@ def test_train_cfg_job_prints_the_config_and_creates_nothing(tmp_path, run_cli):
 
 # ---- errors that stop a run before any data loads ----------------------------------------
 
-COMPOSE_ERRORS = {
-    "model.widht=2": ["widht"],
-    "trainer.epochs=abc": ["trainer.epochs", "abc"],
-    "model.activation=tanh": ["model.activation", "tanh"],
-    "data=nosuch": ["data", "nosuch"],
-}
 
-
-@pytest.mark.parametrize(("override", "named"), COMPOSE_ERRORS.items(), ids=list(COMPOSE_ERRORS))
-def test_compose_error_exits_nonzero_naming_the_key_before_any_data(
-    tmp_path, run_cli, override, named
+def test_bad_input_through_the_console_script_is_one_line_and_exit_2_before_any_data(
+    tmp_path, run_cli
 ):
+    """The console script's path (entry, its fast exit) for bad input. Every kind of bad
+    input runs in-process: test_reliability's BAD_INPUT (one line, exit 2, no data, no run
+    folder) and test_config (compose and range errors)."""
     started = time.monotonic()
     # the default data is MNIST, absent from the empty data folder: had the run gone as far
     # as loading data, it would have made data/MNIST/raw and tried to download
-    result = run_cli(tmp_path, "train", "model=lenet5", override)
+    result = run_cli(tmp_path, "train", "model=lenet5", "model.widht=2")
     elapsed = time.monotonic() - started
-    assert result.returncode != 0
-    for word in named:
-        assert word in output(result), output(result)
+    assert result.returncode == 2, output(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), output(result)
+    assert "model.widht" in lines[0] and "allowed keys: name, channels" in lines[0], lines[0]
     assert "Traceback" not in output(result)
     assert elapsed < FAST_FAIL_SECONDS
-    assert not (tmp_path / "outputs").exists()  # Hydra stopped before making a run folder
-    assert_no_data_loaded(tmp_path)
-
-
-RANGE_ERRORS = {
-    "trainer.lr=0": (r"trainer\.lr=0(\.0)?\b", "> 0"),
-    "trainer.epochs=-1": (r"trainer\.epochs=-1\b", ">= 0"),
-    "trainer.batch_size=0": (r"trainer\.batch_size=0\b", "> 0"),
-}
-
-
-@pytest.mark.parametrize(("override", "expected"), RANGE_ERRORS.items(), ids=list(RANGE_ERRORS))
-def test_out_of_range_value_exits_2_with_one_line_naming_key_value_and_rule(
-    tmp_path, run_cli, override, expected
-):
-    key_value, rule = expected
-    result = run_cli(tmp_path, "train", override)  # default data: MNIST, absent here
-    assert result.returncode == 2, output(result)
-    lines = [line for line in output(result).splitlines() if re.search(key_value, line)]
-    assert len(lines) == 1, output(result)
-    assert rule in lines[0], lines[0]
-    assert "Traceback" not in output(result)
+    assert not (tmp_path / "outputs").exists()  # stopped before making a run folder
     assert_no_data_loaded(tmp_path)
 
 

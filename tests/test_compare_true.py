@@ -10,13 +10,11 @@ import statistics
 
 import pytest
 import yaml
-from conftest import SMALL, cnnlab_train
+from conftest import QUICK, cnnlab_train
 
 from cnnlab import cli, compare, data, plots, records
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-FAST = [*SMALL, "trainer.epochs=1", "pictures=false"]
 
 
 def compare_cli(capsys, *args):
@@ -61,7 +59,7 @@ def trio(tmp_path_factory):
     root = tmp_path_factory.mktemp("trio")
     batch = ["model.norm=batch", "model.padding=same", "model.activation=gelu"]
     for name, overrides in {"plain": [], "batch": batch, "mlp": ["model=mlp"]}.items():
-        assert cnnlab_train(root / name, *FAST, *overrides) == 0
+        assert cnnlab_train(root / name, *QUICK, *overrides) == 0
     return root
 
 
@@ -162,7 +160,7 @@ def test_a_sweep_whose_jobs_all_fail_exits_1_naming_them(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(data, "load", broken)  # after the checks: the jobs fail as they run
     sweep = tmp_path / "sweep"
-    assert cnnlab_train(sweep, *FAST, "model.width=1,2", multirun=True) == 1
+    assert cnnlab_train(sweep, *QUICK, "model.width=1,2", multirun=True) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     (line,) = [line for line in err.splitlines() if line.startswith("error: 2 job(s)")]
@@ -175,7 +173,7 @@ def test_a_failed_summary_fails_the_sweep(tmp_path, monkeypatch, capsys):
         raise RuntimeError("no room for the plots")
 
     monkeypatch.setattr(compare, "summarize_sweep", broken)
-    assert cnnlab_train(tmp_path / "sweep", *FAST, "model.width=1", multirun=True) == 1
+    assert cnnlab_train(tmp_path / "sweep", *QUICK, "model.width=1", multirun=True) == 1
     err = capsys.readouterr().err
     assert f"error: the summary of {tmp_path / 'sweep'} failed: RuntimeError: no room" in err
     assert "job(s) did not complete" not in err  # the one job completed

@@ -22,7 +22,7 @@ from cnnlab.config import (
 
 CONFIGS = cnnlab.cli.config_dir()
 
-# the options the issue and design.md name: each must exist and compose
+# the presets the README's commands and the chapter's exercises use: each must exist and compose
 REQUIRED = {
     "model": ["mlp", "lenet5", "lenet5_wide", "lenet5_deep", "resnet_small"],
     "data": ["mnist", "fashion_mnist", "digits", "synthetic", "cifar10"],

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL, cli_env, cnnlab_train, metrics_of
+from conftest import QUICK, SMALL, cli_env, cnnlab_train, metrics_of
 
 from cnnlab import cli, files, report
 from cnnlab.loop import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-QUICK = ["model=mlp", *SMALL, "trainer.epochs=2", "pictures=false"]
+MLP = ["model=mlp", *QUICK]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
@@ -84,7 +84,7 @@ def test_checkpoint_writer_error_mid_file_keeps_the_previous_checkpoint(tmp_path
 
     monkeypatch.setattr(torch, "save", save)
     run = tmp_path / "run"
-    assert cnnlab_train(run, *QUICK) == 1
+    assert cnnlab_train(run, *MLP, "trainer.epochs=2") == 1
     m = metrics_of(run)
     assert m["status"] == "failed" and "PytorchStreamWriter failed" in m["error"]
     assert "could not write checkpoint" in m["error"]
@@ -95,7 +95,7 @@ def test_checkpoint_writer_error_mid_file_keeps_the_previous_checkpoint(tmp_path
 def test_full_disk_on_history_mid_run_fails_the_run_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(files, "atomic_file", full_disk_for("history.csv", after=1))
     run = tmp_path / "run"
-    assert cnnlab_train(run, *QUICK, "trainer.epochs=3") == 1
+    assert cnnlab_train(run, *MLP, "trainer.epochs=3") == 1
     m = metrics_of(run)
     assert m["status"] == "failed"
     assert f"could not write {run / 'history.csv'}: No space left on device" in m["error"]
@@ -106,7 +106,7 @@ def test_full_disk_on_history_mid_run_fails_the_run_naming_the_file(tmp_path, mo
 def test_full_disk_for_metrics_json_is_one_error_line(tmp_path, monkeypatch, capfd):
     monkeypatch.setattr(files, "atomic_file", full_disk_for("metrics.json"))
     run = tmp_path / "run"
-    assert cnnlab_train(run, *QUICK) == 1
+    assert cnnlab_train(run, *MLP) == 1
     line = one_error_line(capfd)
     assert f"could not write {run / 'metrics.json'}: No space left on device" in line
     assert not (run / "metrics.json").exists() and leftovers(run) == []
@@ -118,7 +118,7 @@ def test_every_write_failing_is_one_error_line_and_no_traceback(tmp_path, monkey
 
     monkeypatch.setattr(files, "write_atomic", write_atomic)
     run = tmp_path / "run"
-    assert cnnlab_train(run, *QUICK) == 1
+    assert cnnlab_train(run, *MLP) == 1
     assert str(run / "metrics.json") in one_error_line(capfd)
 
 
@@ -127,7 +127,7 @@ def test_a_folder_under_a_file_is_one_error_line(tmp_path, capfd, multirun):
     (tmp_path / "a_file").write_text("")
     folder = tmp_path / "a_file" / "run"
     extra = ["seed=0,1"] if multirun else []
-    assert cnnlab_train(folder, *QUICK, *extra, multirun=multirun) == 2
+    assert cnnlab_train(folder, *MLP, *extra, multirun=multirun) == 2
     line = one_error_line(capfd)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     assert line.startswith(f"error: {key}={folder}: {tmp_path / 'a_file'} is a file")
@@ -143,7 +143,7 @@ def test_an_exception_in_describe_model_fails_the_run_with_its_reason(tmp_path, 
 
     monkeypatch.setattr(cli, "describe_model", describe)
     run = tmp_path / "run"
-    assert cnnlab_train(run, *QUICK) == 1
+    assert cnnlab_train(run, *MLP) == 1
     assert "Traceback" not in capfd.readouterr().err
     m = metrics_of(run)
     assert m["status"] == "failed" and m["error"] == "ValueError: no table for this model"
@@ -157,7 +157,7 @@ def test_sigint_while_building_the_model_is_an_interrupted_run(tmp_path, monkeyp
 
     monkeypatch.setattr(cli, "describe_model", describe)
     run = tmp_path / "run"
-    assert cnnlab_train(run, *QUICK) == 130
+    assert cnnlab_train(run, *MLP) == 130
     m = metrics_of(run)
     assert m["status"] == "interrupted" and m["error"] == "SIGINT before training started"
 
@@ -175,7 +175,7 @@ def test_sigint_during_the_metrics_write_is_recorded(tmp_path, monkeypatch, writ
 
     monkeypatch.setattr(report, "write_json", write_json)
     run = tmp_path / "run"
-    assert cnnlab_train(run, *QUICK) == 130
+    assert cnnlab_train(run, *MLP) == 130
     m = metrics_of(run)
     assert m["status"] == "interrupted" and m["error"].startswith("SIGINT after training")
     assert m["accuracy"] is not None and leftovers(run) == []
@@ -188,7 +188,7 @@ def test_a_failing_confusion_plot_and_curve_are_two_warnings(tmp_path, monkeypat
     monkeypatch.setattr(report, "plot_confusion_matrix", broken)
     monkeypatch.setattr(report, "plot_loss_curve", broken)
     run = tmp_path / "run"
-    assert cnnlab_train(run, *QUICK) == 0
+    assert cnnlab_train(run, *MLP) == 0
     m = metrics_of(run)
     assert m["status"] == "completed" and m["accuracy"] is not None
     assert m["warnings"] == [
@@ -202,7 +202,7 @@ def test_an_interrupted_run_whose_metrics_cannot_be_written_says_so(tmp_path, mo
     monkeypatch.setattr(files, "atomic_file", full_disk_for("metrics.json"))
     monkeypatch.setattr(cli, "load_tensors", lambda *a: signal.raise_signal(signal.SIGINT))
     run = tmp_path / "run"
-    assert cnnlab_train(run, *QUICK) == 1
+    assert cnnlab_train(run, *MLP) == 1
     line = one_error_line(capfd)
     assert "metrics.json: No space left on device" in line and "SIGINT" in line
 

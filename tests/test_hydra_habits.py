@@ -15,20 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CNNLAB, cli_env
+from conftest import CNNLAB, QUICK, cli_env
 
 from cnnlab import cli, loggers
 from cnnlab.config import MLflowLoggerConfig, TrainConfig
 
-TINY = [
-    "model=mlp",
-    "data=synthetic",
-    "data.train_size=128",
-    "data.test_size=64",
-    "trainer.epochs=1",
-    "trainer.progress=false",
-    "device=cpu",
-]
+TINY = ["model=mlp", *QUICK, "trainer.progress=false", "device=cpu"]  # for a cnnlab process
 
 
 def read_history(run: Path) -> list[dict]:

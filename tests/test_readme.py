@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import SMALL, TIMING_KEYS, cnnlab_train, metrics_of
+from conftest import QUICK, TIMING_KEYS, cnnlab_train, metrics_of
 
 from cnnlab import cli
 from cnnlab.config import ConfigError
@@ -42,7 +42,7 @@ def twins(tmp_path_factory):
     """Two runs with the same seed and config, one after the other in this process."""
     root = tmp_path_factory.mktemp("twins")
     for name in ("a", "b"):
-        code = cnnlab_train(root / name, *SMALL, "trainer.epochs=1", "pictures=false")
+        code = cnnlab_train(root / name, *QUICK)
         assert code == 0
     return metrics_of(root / "a"), metrics_of(root / "b")
 

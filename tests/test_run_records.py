@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import SMALL, cnnlab_train, metrics_of, patch_steps
+from conftest import QUICK, SMALL, cnnlab_train, metrics_of, patch_steps
 
 from cnnlab import cli, loggers, pictures, report
 from cnnlab.config import LeNetConfig
@@ -18,7 +18,7 @@ from cnnlab.models import build_model, count_conv_layers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-QUICK = ["model=mlp", *SMALL, "trainer.epochs=1"]
+MLP = ["model=mlp", *QUICK]
 
 
 # ---- 18.3: peak memory per run --------------------------------------------------------------
@@ -36,7 +36,7 @@ def test_each_sweep_job_records_its_own_peak_memory(tmp_path, monkeypatch):
         return original(cfg, device)
 
     monkeypatch.setattr(cli, "load_tensors", load)
-    code = cnnlab_train(tmp_path, *QUICK, "pictures=false", "seed=0,1", multirun=True)
+    code = cnnlab_train(tmp_path, *MLP, "seed=0,1", multirun=True)
     assert code == 0 and calls == [0, 1]
     first, second = (metrics_of(next(tmp_path.glob(f"{n}_*"))) for n in (0, 1))
     assert second["peak_rss_mb"] < first["peak_rss_mb"] - 512
@@ -109,7 +109,7 @@ def boom(*args, **kwargs):
 def test_a_failure_after_the_evaluation_is_a_warning(tmp_path, monkeypatch, target, name):
     monkeypatch.setattr(*target, boom)
     run = tmp_path / "run"
-    assert cnnlab_train(run, *QUICK) == 0
+    assert cnnlab_train(run, *MLP, "pictures=true") == 0
     m = metrics_of(run)
     assert m["status"] == "completed" and "error" not in m
     assert 0 <= m["accuracy"] <= 1 and len(m["per_class"]) == 10
@@ -119,7 +119,7 @@ def test_a_failure_after_the_evaluation_is_a_warning(tmp_path, monkeypatch, targ
 
 
 def test_a_run_without_trouble_has_no_warnings(tmp_path):
-    assert cnnlab_train(tmp_path / "run", *QUICK, "pictures=false") == 0
+    assert cnnlab_train(tmp_path / "run", *MLP) == 0
     assert metrics_of(tmp_path / "run")["warnings"] == []
 
 
@@ -129,7 +129,7 @@ def test_a_tracker_that_stops_logging_is_a_warning_in_metrics(tmp_path, monkeypa
             raise OSError("disk full")
 
     monkeypatch.setattr(loggers, "open_logger", lambda *a: loggers.Guarded("broken", Broken()))
-    assert cnnlab_train(tmp_path / "run", *QUICK, "pictures=false") == 0
+    assert cnnlab_train(tmp_path / "run", *MLP) == 0
     m = metrics_of(tmp_path / "run")
     assert m["warnings"] == ["logger=broken stopped logging: OSError: disk full"]
 
@@ -140,10 +140,10 @@ def test_a_tracker_that_stops_logging_is_a_warning_in_metrics(tmp_path, monkeypa
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_a_resume_with_nothing_to_train_is_refused(tmp_path, capfd, epochs):
     done = tmp_path / "done"
-    assert cnnlab_train(done, *QUICK[:-1], "trainer.epochs=2", "pictures=false") == 0
+    assert cnnlab_train(done, *MLP, "trainer.epochs=2") == 0
     capfd.readouterr()
     run = tmp_path / "resumed"
-    args = (*QUICK[:-1], f"trainer.epochs={epochs}", f"resume={done}")
+    args = (*MLP, f"trainer.epochs={epochs}", f"resume={done}")
     assert cnnlab_train(run, *args) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: resume={done}"), err
@@ -180,5 +180,5 @@ def test_asymmetric_kernels_are_conv_layers(kernel):
 
 def test_logging_handler_is_gone_after_the_run(tmp_path):
     before = list(logging.getLogger("cnnlab").handlers)
-    assert cnnlab_train(tmp_path / "run", *QUICK, "pictures=false", "trainer.epochs=0") == 0
+    assert cnnlab_train(tmp_path / "run", *MLP, "trainer.epochs=0") == 0
     assert logging.getLogger("cnnlab").handlers == before

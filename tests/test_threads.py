@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import SMALL, cnnlab_train, metrics_of, patch_steps
+from conftest import QUICK, cnnlab_train, metrics_of, patch_steps
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
@@ -15,8 +15,6 @@ from cnnlab import cli, threads
 from cnnlab.threads import busy_cores, choose_threads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-RUN = [*SMALL, "trainer.epochs=1", "pictures=false"]
 
 
 def not_measured():
@@ -89,7 +87,7 @@ def test_without_proc_stat_the_load_average_counts(monkeypatch):
 
 
 def test_a_run_records_its_threads(tmp_path):
-    assert cnnlab_train(tmp_path, *RUN) == 0
+    assert cnnlab_train(tmp_path, *QUICK) == 0
     # one_thread set 1: auto stays at or below the count the process had
     assert metrics_of(tmp_path)["threads"] == 1
     log = (tmp_path / "train.log").read_text()
@@ -98,7 +96,7 @@ def test_a_run_records_its_threads(tmp_path):
 
 
 def test_an_explicit_number_is_used_and_the_count_put_back(tmp_path):
-    assert cnnlab_train(tmp_path, *RUN, "trainer.threads=2") == 0
+    assert cnnlab_train(tmp_path, *QUICK, "trainer.threads=2") == 0
     assert metrics_of(tmp_path)["threads"] == 2
     assert "threads: 2 (trainer.threads)" in (tmp_path / "train.log").read_text()
     assert torch.get_num_threads() == 1
@@ -110,7 +108,7 @@ def test_the_count_is_put_back_after_a_failed_run(tmp_path, monkeypatch):
         raise RuntimeError("boom")
 
     patch_steps(monkeypatch, fail)
-    assert cnnlab_train(tmp_path, *RUN, "trainer.threads=2") == 1
+    assert cnnlab_train(tmp_path, *QUICK, "trainer.threads=2") == 1
     assert metrics_of(tmp_path)["status"] == "failed"
     assert torch.get_num_threads() == 1
 
@@ -118,7 +116,7 @@ def test_the_count_is_put_back_after_a_failed_run(tmp_path, monkeypatch):
 @pytest.mark.parametrize("value", ["0", "-3", "many", "nan", "1.5", "true"])
 def test_a_bad_thread_count_is_refused_before_the_run(tmp_path, capsys, value):
     run = tmp_path / "run"
-    assert cnnlab_train(run, *RUN, f"trainer.threads={value}") == 2
+    assert cnnlab_train(run, *QUICK, f"trainer.threads={value}") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: trainer.threads=")
     assert "use auto or a whole number >= 1" in err

@@ -63,7 +63,7 @@ from cnnlab.loop import (
     start_run,
 )
 from cnnlab.models import build_model, count_conv_layers, count_params, summary
-from cnnlab.outcome import EXIT_CODES, Outcome, RunError, Status
+from cnnlab.outcome import EXIT_CODES, CnnlabError, Outcome, RunError, Status
 from cnnlab.threads import run_threads
 
 log = logging.getLogger("cnnlab")
@@ -677,8 +677,7 @@ def train_main(args: list[str]) -> int:
     hydra_only = (hydra_args.help, hydra_args.hydra_help, hydra_args.cfg, hydra_args.info)
     if not any(hydra_only) and not hydra_args.shell_completion:
         try:
-            for job in composed_jobs(hydra_args.overrides, hydra_args.multirun or None):
-                check_config(job)
+            preflight(hydra_args.overrides, hydra_args.multirun)
         except BAD_INPUT as e:
             return refuse_bad_input(e)
     sys.argv = ["cnnlab train", *args]
@@ -700,15 +699,28 @@ def train_main(args: list[str]) -> int:
 BAD_INPUT = (HydraException, OmegaConfBaseException, RunError)
 
 
+def preflight(overrides: list[str], multirun: bool) -> None:
+    """Every job's config composed and checked, and the output folder: raises one of
+    BAD_INPUT before anything is written."""
+    for job in composed_jobs(overrides, multirun or None):
+        check_config(job)
+
+
+def cnnlab_error(e: BaseException) -> CnnlabError:
+    """A bad-input error as its one line and the status that decides the exit code:
+    bad_input for a config, failed for data that cannot be had (a RunError's status
+    decides, wherever it is raised, in this check or in the run)."""
+    return CnnlabError(compose_error_line(e), e.status if isinstance(e, RunError) else None)
+
+
 def refuse_bad_input(e: BaseException) -> int:
-    """One `error:` line on stderr and the exit code of the error's status: bad_input for a
-    config, failed for data that cannot be had (a RunError's status decides, wherever it is
-    raised, in this check or in the run). A user who set HYDRA_FULL_ERROR=1 gets Hydra's
-    whole trace instead."""
+    """One `error:` line on stderr and cnnlab_error's exit code. A user who set
+    HYDRA_FULL_ERROR=1 gets Hydra's whole trace instead."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1" and not isinstance(e, RunError):
         raise e
-    print(f"error: {compose_error_line(e)}", file=sys.stderr)
-    return EXIT_CODES[e.status if isinstance(e, RunError) else Status.bad_input]
+    error = cnnlab_error(e)
+    print(f"error: {error}", file=sys.stderr)
+    return error.exit_code
 
 
 # lines of Hydra's and OmegaConf's messages that say nothing about this override
@@ -739,6 +751,47 @@ def compose_error_line(e: BaseException) -> str:
         else:
             out.append(line.rstrip("."))
     return "; ".join(out + ([allowed] if allowed else []))
+
+
+def run_folder(overrides: list[str]) -> str:
+    """hydra.run.dir as Hydra would resolve it for these overrides; resolving it claims
+    the folder (the cnnlab.unique resolver)."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="train"):
+        return str(compose("train", overrides, return_hydra_config=True).hydra.run.dir)
+
+
+def refuse_sweeps(overrides: list[str]) -> None:
+    """What would not be one run: a sweep value (a,b or range(3)) or one of Hydra's flags."""
+    parser = OverridesParser.create()
+    for arg in overrides:
+        if not is_override(arg) or parser.parse_override(arg).is_sweep_override():
+            raise ConfigError(
+                f"{arg}: train() takes overrides for one run (key=value), not Hydra's flags "
+                f"or a sweep: call it once per value, or sweep with cnnlab train -m"
+            )
+
+
+def train_once(overrides: list[str]) -> tuple[Path, int]:
+    """One run as `cnnlab train OVERRIDES` runs it, for the Python API (cnnlab.api): its
+    folder and the exit code the shell would give. Bad input, Hydra's flags and sweeps
+    raise a CnnlabError before anything is written."""
+    try:
+        refuse_sweeps(overrides)
+        preflight(overrides, multirun=False)
+        run_dir = run_folder(overrides)
+    except BAD_INPUT as e:
+        raise cnnlab_error(e) from None
+    quoted = run_dir.replace("'", "\\'")  # a quoted value: any path, one quote escaped
+    args = merge_overrides(overrides, [f"hydra.run.dir='{quoted}'"])
+    argv, sys.argv = sys.argv, ["cnnlab train", *args]
+    try:
+        train_command()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+    return Path(run_dir), code
 
 
 # ---- rerun -------------------------------------------------------------------------------

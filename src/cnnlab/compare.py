@@ -28,6 +28,7 @@ from cnnlab.records import (
     load_runs,
     natural,
     receptive_field,
+    runs_in,
 )
 
 # The metric columns in the order shown, with the digits that table and md show (csv and json
@@ -307,9 +308,7 @@ def compare_command(paths, sort: str | None = None, fmt: str = "table", out=None
     2 for a bad argument (--out included: checked before the table is printed), 1 if the
     files for --out could not be written."""
     try:
-        runs = load_runs(paths)
-        if not runs:
-            raise CompareError(f"no run folders in: {', '.join(map(str, paths))}")
+        runs = runs_in(paths)
         text = format_table(compare_table(runs, sort), fmt)
         if out is not None:
             _make_folder(out)

@@ -43,6 +43,17 @@ class RunError(Exception):
             self.status = status
 
 
+class CnnlabError(RunError):
+    """What the shell would print as its one `error:` line, raised by the Python API
+    (cnnlab.api) instead: the same message, and the exit code `cnnlab` would exit with."""
+
+    status = Status.bad_input
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
 @dataclass
 class Outcome:
     """How a run (or the part of it that trains) ended, and what to say about it."""

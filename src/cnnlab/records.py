@@ -51,6 +51,14 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> list[dict]:
     return [load_run(path) for path in find_runs(paths)]
 
 
+def runs_in(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """load_runs, refusing paths that hold no run folder (a typo, an empty folder)."""
+    runs = load_runs(paths)
+    if not runs:
+        raise CompareError(f"no run folders in: {', '.join(map(str, paths))}")
+    return runs
+
+
 def _walk(folder: Path, seen: set[tuple[int, int]]) -> Iterable[Path]:
     try:
         info = folder.stat()

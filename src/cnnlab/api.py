@@ -1,0 +1,77 @@
+"""cnnlab from Python: `train(*overrides)` runs what `cnnlab train` runs, `compare_runs(*paths)`
+is `cnnlab compare`'s table (not `compare`: that name is the module cnnlab.compare).
+
+    from cnnlab import compare_runs, train
+    run = train("model=lenet5", "data=digits", "seeds=3")
+    run.metrics["accuracy"], run.history, run.run_dir
+    compare_runs("outputs")
+
+Bad input raises a CnnlabError (cnnlab.outcome) whose message is the line the shell prints
+after `error: `, and whose exit_code is the code it exits with; nothing is written. A run that
+starts but fails or diverges is returned: its folder holds the reason, in metrics["status"]
+and metrics["error"]. A run stopped by SIGINT or SIGTERM raises KeyboardInterrupt once its
+folder is written, so a script or notebook stops there as it would without cnnlab.
+
+Torch, Hydra and pandas load on the first call, not on import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnlab.outcome import EXIT_CODES, CnnlabError, Status
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class Run:
+    """A run folder as `cnnlab train` wrote it: metrics.json, history.csv, and the folder."""
+
+    metrics: dict
+    history: pd.DataFrame
+    run_dir: Path
+
+    def __repr__(self) -> str:  # not the whole history and metrics
+        accuracy = self.metrics.get("accuracy")
+        shown = "" if accuracy is None else f", accuracy={accuracy:.4f}"
+        return f"Run({str(self.run_dir)!r}, status={self.metrics.get('status')!r}{shown})"
+
+
+def train(*overrides: str) -> Run:
+    """`cnnlab train OVERRIDES` (one run, overrides as in the shell), returning its Run."""
+    from cnnlab import cli
+
+    run_dir, code = cli.train_once(list(overrides))
+    run_dir = run_dir.absolute()  # the folder still, should the caller change folder
+    path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # the run could not write it: the shell said why
+        raise CnnlabError(f"{path}: {e}", Status.failed) from None
+    if code >= EXIT_CODES[Status.interrupted]:
+        raise KeyboardInterrupt(f"{run_dir}: {metrics.get('error', 'interrupted')}")
+    return Run(metrics, _history(run_dir / "history.csv"), run_dir)
+
+
+def _history(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    # a run that failed before its first epoch has none
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def compare_runs(*paths: str | os.PathLike, sort: str | None = None) -> pd.DataFrame:
+    """`cnnlab compare PATHS [--sort KEY]`'s table: one row per experiment, over the run
+    folders in and under `paths` (run or sweep folders)."""
+    from cnnlab import compare as comparison  # pandas: on the first call
+
+    try:
+        return comparison.compare_table(comparison.runs_in(paths), sort)
+    except comparison.CompareError as e:
+        raise CnnlabError(str(e)) from None

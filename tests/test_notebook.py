@@ -1,0 +1,58 @@
+"""examples/chapter.ipynb runs end to end in a real Jupyter kernel (nbclient), in a folder of
+its own, offline, with an empty data folder: every cell without an error, a run folder per
+train() call, and the tables and pictures it shows."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import CNNLAB, cli_env
+
+nbclient = pytest.importorskip("nbclient")  # the dev extra: nbclient, nbformat, ipykernel
+nbformat = pytest.importorskip("nbformat")
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "chapter.ipynb"
+
+
+def texts(cell) -> str:
+    """What a code cell showed: its streams and the text of its results."""
+    out = []
+    for output in cell.get("outputs", []):
+        out.append(output.get("text", ""))
+        out.append(output.get("data", {}).get("text/plain", ""))
+    return "".join(out)
+
+
+def test_the_committed_notebook_has_no_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+
+
+def test_the_chapter_notebook_runs_end_to_end(tmp_path):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    env = cli_env(tmp_path)
+    env["PATH"] = f"{CNNLAB.parent}{os.pathsep}{env.get('PATH', '')}"  # `!cnnlab` is ours
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute(env=env)  # an error in any cell raises CellExecutionError
+
+    runs = sorted(p.parent for p in (tmp_path / "outputs").rglob("metrics.json"))
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in runs]
+    assert len(runs) == 6  # MLP, LeNet-5, and the four of width x depth
+    assert all(m["status"] == "completed" and 0 < m["accuracy"] <= 1 for m in metrics)
+    assert sorted(len(m["seeds"]) for m in metrics) == [1, 1, 3, 3, 3, 3]
+
+    shown = [texts(cell) for cell in nb.cells if cell.cell_type == "code"]
+    assert any("accuracy" in text and "lenet5" in text and "mlp" in text for text in shown)
+    assert any("total" in text and "Conv2d" in text for text in shown)  # cnnlab inspect
+    assert sum("accuracy_%" in text for text in shown) == 2  # the two compare tables
+    pictures = [
+        output
+        for cell in nb.cells
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
+    assert len(pictures) == 2  # the two loss curves
