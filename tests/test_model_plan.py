@@ -27,7 +27,6 @@ EXTRAS = [
     ({"residual": True, "padding": "valid"}, (1, 28, 28)),
     ({"depth": 3, "norm": "group", "groups": 2, "bottleneck": 4}, (1, 28, 28)),
     ({"kernel_size": (3, 5), "padding": "same", "pool": "avg", "norm": "layer"}, (1, 20, 36)),
-    ({"channels": [], "fc": [10]}, (1, 28, 28)),
     ({"residual": True, "depth": 2, "bottleneck": 4, "kernel_size": 3, "padding": 1}, (2, 60)),
     ({"channels": [8, 16, 32], "norm": "batch", "dilation": 2, "padding": "same"}, (3, 100)),
 ]

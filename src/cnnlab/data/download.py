@@ -32,12 +32,14 @@ def fetch(url: str, dest: Path, algorithm: str, expected: str) -> None:
     DataError naming the URL. A line names the URL and size first; a progress bar follows
     when stderr is a terminal."""
     from urllib.error import URLError
-    from urllib.request import urlopen
+    from urllib.request import build_opener
 
     deadline, digest = time.monotonic() + DOWNLOAD_DEADLINE, hashlib.new(algorithm)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with urlopen(url, timeout=min(READ_TIMEOUT, DOWNLOAD_DEADLINE)) as response:
+        # an opener of its own: urlopen's shared one keeps the proxy settings of its first use
+        opener = build_opener()
+        with opener.open(url, timeout=min(READ_TIMEOUT, DOWNLOAD_DEADLINE)) as response:
             size = int(response.headers.get("Content-Length") or 0) or None
             mb = size and size >= 2**20
             known = f" ({size / 2**20:.1f} MB)" if mb else f" ({size:,} bytes)" if size else ""
