@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import cli
+import cnnlab.run
+from cnnlab import cli, hydra_app
+
+# what the entry points do first: tests that compose train.yaml themselves need the
+# schemas and resolvers
+hydra_app.setup()
 
 # every file a completed run folder holds: the run-folder contract (the README's "A run
 # folder" table); tensorboard/ only with logger=tensorboard, the two pictures only with
@@ -148,7 +153,7 @@ def history_of(run_dir: Path) -> list[dict]:
 
 def patch_steps(monkeypatch, before_step) -> None:
     """Call before_step(state, n) before the n-th training step (1-based, over the run)."""
-    original = cli.start_run
+    original = cnnlab.run.start_run
 
     def start(*args, **kwargs):
         state, engine = original(*args, **kwargs)
@@ -160,4 +165,4 @@ def patch_steps(monkeypatch, before_step) -> None:
 
         return state, dataclasses.replace(engine, step=counted)
 
-    monkeypatch.setattr(cli, "start_run", start)
+    monkeypatch.setattr(cnnlab.run, "start_run", start)

@@ -16,6 +16,7 @@ import yaml
 from conftest import QUICK, RUN_FILES, cli_env, cnnlab_train, metrics_of
 
 from cnnlab import Run, cli, compare_runs, train
+from cnnlab import run as run_module
 from cnnlab.outcome import CnnlabError, RunError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,7 +133,7 @@ def test_an_interrupted_run_raises_keyboard_interrupt_after_its_files(tmp_path, 
     def describe(*args):
         signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(cli, "describe_model", describe)
+    monkeypatch.setattr(run_module, "describe_model", describe)
     with pytest.raises(KeyboardInterrupt, match="SIGINT before training started"):
         train(*RUN, "model=mlp", f"hydra.run.dir={tmp_path / 'run'}")
     assert metrics_of(tmp_path / "run")["status"] == "interrupted"

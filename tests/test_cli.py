@@ -21,6 +21,7 @@ import yaml
 from conftest import RUN_FILES
 
 import cnnlab.cli
+import cnnlab.hydra_app
 from cnnlab import data
 from cnnlab.config import DataConfig, LeNetConfig, MLPConfig
 from cnnlab.data import IDX_FILES
@@ -365,7 +366,7 @@ def test_mlp_end_to_end(tmp_path, run_cli):
 
 def test_unique_dir_appends_a_number_when_the_folder_exists(tmp_path):
     base = str(tmp_path / "outputs" / "2026-01-01" / "12-00-00_lenet5")
-    first, second, third = (cnnlab.cli.unique_dir(base) for _ in range(3))
+    first, second, third = (cnnlab.hydra_app.unique_dir(base) for _ in range(3))
     assert (first, second, third) == (base, f"{base}-2", f"{base}-3")
     assert all(Path(p).is_dir() for p in (first, second, third))
 
@@ -431,11 +432,12 @@ def test_wheel_ships_the_configs_and_finds_them_from_any_folder(tmp_path):
     )
     script = (
         "from hydra import compose, initialize_config_dir\n"
-        "import cnnlab.cli\n"
-        "d = cnnlab.cli.config_dir()\n"
+        "import cnnlab.hydra_app\n"
+        "cnnlab.hydra_app.setup()\n"
+        "d = cnnlab.hydra_app.config_dir()\n"
         "with initialize_config_dir(config_dir=str(d), version_base='1.3'):\n"
         "    cfg = compose('train', overrides=['model=mlp', 'data=digits'])\n"
-        "print(cnnlab.cli.__file__, d, cfg.model.name, cfg.data.name, sep='\\n')\n"
+        "print(cnnlab.hydra_app.__file__, d, cfg.model.name, cfg.data.name, sep='\\n')\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],

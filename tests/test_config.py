@@ -10,7 +10,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import cnnlab.cli  # registers the schemas in Hydra's ConfigStore
+import cnnlab.hydra_app  # conftest calls its setup(): the schemas in Hydra's ConfigStore
 from cnnlab import data
 from cnnlab.config import (
     ConfigError,
@@ -20,7 +20,7 @@ from cnnlab.config import (
     TrainerConfig,
 )
 
-CONFIGS = cnnlab.cli.config_dir()
+CONFIGS = cnnlab.hydra_app.config_dir()
 
 # the presets the README's commands and the chapter's exercises use: each must exist and compose
 REQUIRED = {

@@ -19,7 +19,8 @@ import pytest
 import torch
 from conftest import QUICK, SMALL, cli_env, cnnlab_train, metrics_of
 
-from cnnlab import cli, files, report
+from cnnlab import files, report
+from cnnlab import run as run_module
 from cnnlab.loop import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -141,7 +142,7 @@ def test_an_exception_in_describe_model_fails_the_run_with_its_reason(tmp_path, 
     def describe(*args):
         raise ValueError("no table for this model")
 
-    monkeypatch.setattr(cli, "describe_model", describe)
+    monkeypatch.setattr(run_module, "describe_model", describe)
     run = tmp_path / "run"
     assert cnnlab_train(run, *MLP) == 1
     assert "Traceback" not in capfd.readouterr().err
@@ -155,7 +156,7 @@ def test_sigint_while_building_the_model_is_an_interrupted_run(tmp_path, monkeyp
         signal.raise_signal(signal.SIGINT)
         raise AssertionError("the signal did not stop the run")
 
-    monkeypatch.setattr(cli, "describe_model", describe)
+    monkeypatch.setattr(run_module, "describe_model", describe)
     run = tmp_path / "run"
     assert cnnlab_train(run, *MLP) == 130
     m = metrics_of(run)
@@ -200,7 +201,7 @@ def test_a_failing_confusion_plot_and_curve_are_two_warnings(tmp_path, monkeypat
 
 def test_an_interrupted_run_whose_metrics_cannot_be_written_says_so(tmp_path, monkeypatch, capfd):
     monkeypatch.setattr(files, "atomic_file", full_disk_for("metrics.json"))
-    monkeypatch.setattr(cli, "load_tensors", lambda *a: signal.raise_signal(signal.SIGINT))
+    monkeypatch.setattr(run_module, "load_tensors", lambda *a: signal.raise_signal(signal.SIGINT))
     run = tmp_path / "run"
     assert cnnlab_train(run, *MLP) == 1
     line = one_error_line(capfd)
@@ -213,9 +214,9 @@ def test_an_interrupted_run_whose_metrics_cannot_be_written_says_so(tmp_path, mo
 # signal sent on that line arrives during it
 DRIVER = """
 import sys, time
-from cnnlab import cli, data, pictures
+from cnnlab import cli, data, pictures, run
 stage = sys.argv[1]
-module, name = {"data": (data, "load"), "model": (cli, "start_run"),
+module, name = {"data": (data, "load"), "model": (run, "start_run"),
                 "pictures": (pictures, "plot_filters")}[stage]
 real = getattr(module, name)
 def slow(*args, **kwargs):

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import CNNLAB, QUICK, cli_env
 
-from cnnlab import cli, loggers
+from cnnlab import cli, hydra_app, loggers, shell
 from cnnlab.config import MLflowLoggerConfig, TrainConfig
 
 TINY = ["model=mlp", *QUICK, "trainer.progress=false", "device=cpu"]  # for a cnnlab process
@@ -122,7 +122,7 @@ def test_zsh_completion_through_bashcompinit(tmp_path):
 )
 def test_completion_target_takes_the_command_out_of_the_line(line, names, for_hydra):
     commands = ["train", "rerun", "compare"]
-    assert cli.completion_target(line, len(line), commands) == (names, for_hydra)
+    assert shell.completion_target(line, len(line), commands) == (names, for_hydra)
 
 
 def test_completion_with_a_shell_hydra_lacks_is_one_error_line(capsys):
@@ -137,7 +137,7 @@ def test_completion_with_a_shell_hydra_lacks_is_one_error_line(capsys):
 def test_merge_overrides_new_ones_win_by_key():
     old = ["model=mlp", "trainer.epochs=1", "+model.extra=1", "seed=3"]
     new = ["trainer.epochs=2", "model.extra=5", "--cfg", "job"]
-    assert cli.merge_overrides(old, new) == [
+    assert hydra_app.merge_overrides(old, new) == [
         "model=mlp",
         "seed=3",
         "trainer.epochs=2",
@@ -149,7 +149,7 @@ def test_merge_overrides_new_ones_win_by_key():
 
 def test_reproduce_command_quotes_for_the_shell():
     overrides = ["model.channels=[8,16]", "hydra.job.name=a b", "data=digits"]
-    command = cli.reproduce_command(overrides)
+    command = hydra_app.reproduce_command(overrides)
     assert shlex.split(command) == ["cnnlab", "train", *overrides]
 
 
@@ -176,7 +176,7 @@ def new_run_folder(cwd: Path, original: Path) -> Path:
 def test_command_txt_reproduces_the_run(original_run):
     cwd, run = original_run
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
-    assert (run / "command.txt").read_text() == cli.reproduce_command(overrides) + "\n"
+    assert (run / "command.txt").read_text() == hydra_app.reproduce_command(overrides) + "\n"
 
 
 def test_rerun_repeats_the_run_in_a_new_folder(tmp_path, original_run, run_cli):

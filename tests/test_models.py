@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-import cnnlab.cli
+import cnnlab.hydra_app
 from cnnlab.config import ConfigError, LeNetConfig, MLPConfig
 from cnnlab.layers import ACTIVATIONS, NORMS
 from cnnlab.models import build_model, count_conv_layers, count_params, summary
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def compose_model(*overrides):
     """The model config as `cnnlab train` sees it: composed by Hydra, then the dataclass.
     Cached: each compose costs a quarter second, and no test changes the config it gets."""
-    with initialize_config_dir(config_dir=str(cnnlab.cli.config_dir()), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(cnnlab.hydra_app.config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides))
     return OmegaConf.to_object(cfg.model)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import QUICK, TIMING_KEYS, cnnlab_train, metrics_of
 
-from cnnlab import cli
+from cnnlab import checks, cli, hydra_app
 from cnnlab.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_readme_lists_the_inspect_json_keys(capsys):
 
 
 def jobs(*overrides: str) -> list:
-    return cli.composed_jobs(list(overrides), multirun=True)
+    return hydra_app.composed_jobs(list(overrides), multirun=True)
 
 
 def test_readme_run_counts_match_the_composed_sweeps():
@@ -123,7 +123,7 @@ def test_data_digits_fits_the_presets_the_readme_says(tmp_path, monkeypatch):
     for preset in PRESETS:
         try:
             for job in jobs(f"experiment={preset}", "data=digits"):
-                cli.check_config(job)
+                checks.check_config(job)
         except ConfigError:
             assert preset in refused, f"experiment={preset} data=digits is refused: say so"
         else:

@@ -39,7 +39,7 @@ from conftest import (
 )
 from hydra.errors import HydraException
 
-from cnnlab import cli, data, devices
+from cnnlab import data, devices, run
 from cnnlab.config import DataConfig
 from cnnlab.loop import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -785,7 +785,7 @@ def test_out_of_memory_run_is_recorded_as_failed(tmp_path, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(cli, "fit", oom)
+    monkeypatch.setattr(run, "fit", oom)
     assert cnnlab_train(tmp_path / "run", "model=mlp", *SMALL) == 1
     m = metrics_of(tmp_path / "run")
     assert m["status"] == "failed" and "smaller batch" in m["error"]

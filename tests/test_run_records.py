@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import QUICK, SMALL, cnnlab_train, metrics_of, patch_steps
 
-from cnnlab import cli, loggers, pictures, report
+from cnnlab import loggers, pictures, report, run
 from cnnlab.config import LeNetConfig
 from cnnlab.models import build_model, count_conv_layers
 
@@ -26,7 +26,7 @@ MLP = ["model=mlp", *QUICK]
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the per-run RSS peak is Linux's VmHWM")
 def test_each_sweep_job_records_its_own_peak_memory(tmp_path, monkeypatch):
-    original, calls = cli.load_tensors, []
+    original, calls = run.load_tensors, []
 
     def load(cfg, device):  # job 0 alone touches 1 GiB more, then frees it
         if not calls:
@@ -35,7 +35,7 @@ def test_each_sweep_job_records_its_own_peak_memory(tmp_path, monkeypatch):
         calls.append(cfg.seed)
         return original(cfg, device)
 
-    monkeypatch.setattr(cli, "load_tensors", load)
+    monkeypatch.setattr(run, "load_tensors", load)
     code = cnnlab_train(tmp_path, *MLP, "seed=0,1", multirun=True)
     assert code == 0 and calls == [0, 1]
     first, second = (metrics_of(next(tmp_path.glob(f"{n}_*"))) for n in (0, 1))

@@ -230,12 +230,12 @@ def test_tensorboard_logger_writes_scalars(tmp_path, run_cli):
 def test_parallel_sweep_spreads_jobs_over_gpus(monkeypatch):
     import torch
 
-    from cnnlab import cli
+    from cnnlab import run
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
-    devices = [str(cli.pick_device("auto", job)) for job in range(4)]
+    devices = [str(run.pick_device("auto", job)) for job in range(4)]
     assert devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:0"]
-    assert str(cli.pick_device("cpu", 1)) == "cpu"  # an explicit device is never moved
+    assert str(run.pick_device("cpu", 1)) == "cpu"  # an explicit device is never moved
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert str(cli.pick_device("auto", 5)) == "cuda"  # one GPU: every job shares it
+    assert str(run.pick_device("auto", 5)) == "cuda"  # one GPU: every job shares it

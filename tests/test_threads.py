@@ -11,7 +11,7 @@ from conftest import QUICK, cnnlab_train, metrics_of, patch_steps
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from cnnlab import cli, threads
+from cnnlab import hydra_app, threads
 from cnnlab.threads import busy_cores, choose_threads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,15 +125,15 @@ def test_a_bad_thread_count_is_refused_before_the_run(tmp_path, capsys, value):
 
 def test_a_joblib_sweep_tells_each_job_its_n_jobs():
     overrides = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
-    with initialize_config_dir(str(cli.config_dir()), version_base="1.3"):
+    with initialize_config_dir(str(hydra_app.config_dir()), version_base="1.3"):
         joblib = compose("train", overrides=overrides, return_hydra_config=True)
         basic = compose("train", return_hydra_config=True)
     hydra_config = HydraConfig.instance()
     saved = hydra_config.cfg
     try:
         hydra_config.set_config(joblib)
-        assert cli.parallel_jobs() == 3
+        assert hydra_app.parallel_jobs() == 3
         hydra_config.set_config(basic)
-        assert cli.parallel_jobs() is None
+        assert hydra_app.parallel_jobs() is None
     finally:
         hydra_config.cfg = saved

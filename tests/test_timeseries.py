@@ -20,7 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import cnnlab.cli
+import cnnlab.hydra_app
 from cnnlab import data
 from cnnlab.config import ConfigError, UcrDataConfig
 from cnnlab.data import DataError, tensors
@@ -260,7 +260,7 @@ def test_data_too_large_for_the_device_fail_naming_the_size(monkeypatch):
 
 
 def compose_train(*overrides):
-    with initialize_config_dir(config_dir=str(cnnlab.cli.config_dir()), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(cnnlab.hydra_app.config_dir()), version_base="1.3"):
         return OmegaConf.to_object(compose("train", overrides=list(overrides)))
 
 
@@ -275,7 +275,7 @@ def test_timeseries_preset_sets_epochs_per_set(name, epochs):
     cfg = compose_train(f"ucr_set={name}", "model=mlp")
     assert isinstance(cfg.data, UcrDataConfig)
     assert (cfg.data.name, cfg.trainer.epochs) == (name, epochs)
-    preset = OmegaConf.load(cnnlab.cli.config_dir() / "experiment" / "timeseries.yaml")
+    preset = OmegaConf.load(cnnlab.hydra_app.config_dir() / "experiment" / "timeseries.yaml")
     params = preset.hydra.sweeper.params
     assert params.ucr_set == "ECG200,ECG5000,FordA" and params.model == "mlp,lenet5"
     assert preset.seeds == 3  # trained together in each run

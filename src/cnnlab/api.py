@@ -45,9 +45,9 @@ class Run:
 
 def train(*overrides: str) -> Run:
     """`cnnlab train OVERRIDES` (one run, overrides as in the shell), returning its Run."""
-    from cnnlab import cli
+    from cnnlab import hydra_app
 
-    run_dir, code = cli.train_once(list(overrides))
+    run_dir, code = hydra_app.train_once(list(overrides))
     run_dir = run_dir.absolute()  # the folder still, should the caller change folder
     path = run_dir / "metrics.json"
     try:

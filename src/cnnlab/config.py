@@ -1,12 +1,13 @@
-"""Config schemas: one dataclass per config group, registered in Hydra's ConfigStore.
+"""Config schemas: one dataclass per config group (hydra_app.setup() puts them in Hydra's
+ConfigStore).
 
 The YAML files under configs/ name these schemas in their defaults lists, so Hydra
 checks every key and type at compose time: `model.widht=2` or `trainer.epochs=abc`
 fails before any data loads. Choices are StrEnums so an unknown value is refused with
 the allowed ones listed. Range checks (lr > 0, ...) live in __post_init__ and run when
-cli.py turns the config into these objects, still before any data loads.
+checks.py turns the config into these objects, still before any data loads.
 
-Nothing here imports Hydra at module level: models, data and train take these plain
+Nothing here imports Hydra: models, data and train take these plain
 dataclasses, so they work from a notebook too.
 """
 
@@ -405,18 +406,6 @@ class TrainConfig:
                 f"seeds={self.seeds} with trainer.compile=true is not supported: several "
                 f"seeds train as one stacked model (eager, or a CUDA graph on CUDA)"
             )
-
-
-def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore; the YAML files list them in their defaults."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    # at the root, as train_schema: a group of their own would be offered by `model=` and
-    # listed among the config groups of `cnnlab train --help`
-    for name, node in SCHEMAS.items():
-        cs.store(name=f"{name}_schema", node=node)
 
 
 # the YAML files under configs/ name these as /<name>_schema in their defaults lists

@@ -26,6 +26,7 @@ import torch
 log = logging.getLogger(__name__)
 
 WINDOW = 0.1  # seconds over which other processes' use of the cores is measured
+MARK_AGE = 30.0  # seconds mark_start's sample serves: a start-up is shorter
 
 
 def usable_cpus() -> set[int]:
@@ -49,15 +50,43 @@ def busy_ticks(cpus: set[int]) -> int | None:
     return sum(int(f[i]) for f in fields for i in (0, 1, 2, 5, 6, 7)) if fields else None
 
 
+# a first sample taken as the command starts (mark_start): (cpus, ticks, own times, when)
+_start: tuple | None = None
+
+
+def mark_start() -> None:
+    """Take busy_cores' first sample now, as the command starts, so that the window it
+    measures is the start-up itself and the run's first busy_cores need not sleep."""
+    global _start
+    cpus = usable_cpus()
+    _start = (cpus, busy_ticks(cpus), os.times(), time.monotonic())
+
+
+def first_sample(cpus: set[int]) -> tuple:
+    """mark_start's sample, used once (a later run in the process measures afresh) and
+    only while it is recent (it says what other processes do now), else one taken now."""
+    global _start
+    start, _start = _start, None
+    if (
+        start is not None
+        and start[0] == cpus
+        and start[1] is not None
+        and time.monotonic() - start[3] < MARK_AGE
+    ):
+        return start[1:]
+    return busy_ticks(cpus), os.times(), time.monotonic()
+
+
 def busy_cores(cpus: set[int], window: float = WINDOW) -> float:
-    """How many of `cpus` other processes keep busy now: on Linux their busy time over
-    `window` seconds less this process's own, so neither this process's start-up nor its
-    earlier runs count, and a process that just started or ended counts as it is now.
-    Elsewhere the 1-minute load average, which lags and counts this process too."""
-    before, own_before, started = busy_ticks(cpus), os.times(), time.monotonic()
+    """How many of `cpus` other processes keep busy now: on Linux their busy time over at
+    least `window` seconds (from mark_start's sample, if there is one) less this process's
+    own, so neither this process's start-up nor its earlier runs count, and a process that
+    just started or ended counts as it is now. Elsewhere the 1-minute load average, which
+    lags and counts this process too."""
+    before, own_before, started = first_sample(cpus)
     if before is None:
         return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    time.sleep(window)
+    time.sleep(max(0.0, started + window - time.monotonic()))
     after, own_after = busy_ticks(cpus), os.times()
     seconds = time.monotonic() - started
     own = own_after.user + own_after.system - own_before.user - own_before.system

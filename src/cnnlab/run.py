@@ -1,0 +1,337 @@
+"""One run end to end from a plain TrainConfig that checks.check_config passed: load the
+data, build the model, train, write the run folder's files (metrics.json, history.csv, the
+pictures), whatever stops it. It knows nothing of Hydra: hydra_app hands it the job's
+config, its folders and how many jobs share the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import re
+import resource
+import signal
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab import data, files, loggers, pictures, report
+from cnnlab.checks import Checked, resume_config
+from cnnlab.config import TrainConfig
+from cnnlab.devices import device_name, numerics, resolve_device, seed_everything
+from cnnlab.engine import TrainData
+from cnnlab.inspection import format_inspection, inspect_model
+from cnnlab.loop import Interrupted, RunState, StopRequest, fit, save_checkpoint, start_run
+from cnnlab.models import build_model, count_conv_layers, summary
+from cnnlab.outcome import Outcome, RunError, Status
+from cnnlab.threads import run_threads
+
+# the run's own logger, under the name the CLI's logging configures (train.log)
+log = logging.getLogger("cnnlab")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start this run's memory peaks from what the process holds now: Hydra's basic
+    launcher runs every job of a sweep in one process, whose peaks would carry over. On
+    Linux, 5 written to clear_refs resets the kernel's RSS peak (VmHWM); where that cannot
+    be done the RSS peak stays the process's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mb() -> float:
+    """The RSS peak since reset_peak_memory (VmHWM), else getrusage's for the process."""
+    with contextlib.suppress(OSError, TypeError), open("/proc/self/status") as f:
+        return int(re.search(r"^VmHWM:\s*(\d+) kB", f.read(), re.M)[1]) / 2**10
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """This run's peaks (reset_peak_memory), for metrics.json."""
+    out = {"peak_rss_mb": round(peak_rss_mb(), 1)}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    elif device.type == "mps":  # MPS keeps no peak: what its driver holds at the end
+        out["mps_allocated_mb"] = round(torch.mps.driver_allocated_memory() / 2**20, 1)
+    return out
+
+
+def pick_device(name: str, job_num: int | None) -> torch.device:
+    # in a parallel sweep on a machine with several GPUs, spread jobs by job number
+    if name == "auto" and job_num is not None and torch.cuda.device_count() > 1:
+        name = f"cuda:{job_num % torch.cuda.device_count()}"
+    return resolve_device(name)
+
+
+def load_tensors(cfg: TrainConfig, device: torch.device) -> tuple[data.Dataset, TrainData]:
+    """The dataset as loaded (uint8, for the report) and normalised on the device."""
+    ds = data.load(cfg.data)
+    shape = "x".join(map(str, ds.x_train.shape[1:]))
+    log.info(
+        "data %s: %d train / %d test of %s on %s",
+        *(cfg.data.name, len(ds.y_train), len(ds.y_test), shape, device),
+    )
+    norm = ds.normalize  # data.normalize, with auto worked out from the training data
+    return ds, TrainData(
+        data.to_device(ds.x_train, device, norm),
+        ds.y_train.to(device),
+        data.to_device(ds.x_test, device, norm),
+        ds.y_test.to(device),
+    )
+
+
+def describe_model(cfg: TrainConfig, model: nn.Module, input_shape: tuple) -> dict:
+    """The model's figures for metrics.json; its inspect table goes into train.log."""
+    info, layers = inspect_model(model, input_shape), summary(model)
+    log.info("model %s: %s parameters | %s", cfg.model.name, f"{info['params']:,}", layers)
+    log.info("layers (cnnlab inspect):\n%s", format_inspection(info, "table"))
+    return {
+        "params": info["params"],
+        "macs": info["macs"],
+        "receptive_field": info["receptive_field"],
+        "conv_layers": count_conv_layers(model),
+        "layers": layers,
+    }
+
+
+def draw_pictures(engine, state: RunState, tensors: TrainData, input_shape, run_dir: Path):
+    """filters.png and feature_maps.png (from the same first test images every run) of the
+    copy every picture shows, as (file name, function that draws it)."""
+    model = functools.cache(lambda: engine.copy(state.shown_copy()))
+    filters, maps = run_dir / "filters.png", run_dir / "feature_maps.png"
+    return [
+        (filters.name, lambda: pictures.plot_filters(model(), filters, input_shape)),
+        (maps.name, lambda: pictures.plot_feature_maps(model(), tensors.x_test[:4], maps)),
+    ]
+
+
+def run_metrics(
+    cfg: TrainConfig, state: RunState, path: str, outcome: Outcome, device: torch.device
+) -> dict:
+    """metrics.json's figures about the run itself (the evaluation adds its own)."""
+    return {
+        "status": str(outcome.status),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "accuracy": None,
+        "f1_macro": None,
+        "per_class": None,
+        "epochs_completed": state.epoch,
+        "images_seen": state.images_seen,
+        "train_seconds": round(state.train_seconds, 3),
+        "images_per_second": round(state.images_seen / max(state.train_seconds, 1e-9), 1),
+        "device": str(device),
+        "device_name": device_name(device),
+        "seed": cfg.seed,
+        "seeds": state.seeds,
+        "torch_version": torch.__version__,
+        "path": path,
+        "precision": str(cfg.trainer.precision),
+        "threads": torch.get_num_threads(),  # called inside run_threads: the run's count
+        "resumed_from": cfg.resume,
+        **peak_memory(device),
+        **({"error": outcome.message} if outcome.status != Status.completed else {}),
+    }
+
+
+class KeptWarnings(logging.Handler):
+    """Every `warning: ...` line a run logs, without the prefix: metrics.json's `warnings`."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = str(record.getMessage())
+        if message.startswith("warning: "):
+            self.lines.append(message.removeprefix("warning: ").splitlines()[0])
+
+
+def write_results(
+    cfg: TrainConfig, run_dir: Path, metrics: dict, run: tuple, evaluations, run_logger
+) -> None:
+    """history.csv and metrics.json as soon as the figures exist; then the pictures and
+    the tracker's final(), each of which may fail as a warning (train.log and metrics.json's
+    `warnings`) without costing the results. `run` is (state, engine, dataset, tensors,
+    input shape)."""
+    state, engine, ds, tensors, input_shape = run
+    title, steps = f"{cfg.model.name} on {cfg.data.name}", []
+    if evaluations is not None:
+        figures, cm = report.evaluation_figures(evaluations, state, ds)
+        metrics |= figures
+        steps += report.evaluation_files(run_dir, figures, cm, evaluations, state, ds, title)
+    report.write_history(run_dir / "history.csv", state.history)
+    report.write_json(run_dir / "metrics.json", metrics)
+    rows = state.live_rows(state.history)
+    if rows:
+        curve = run_dir / "loss_curve.png"
+        steps.insert(0, (curve.name, lambda: report.plot_loss_curve(rows, curve, title)))
+    if cfg.pictures:
+        steps += draw_pictures(engine, state, tensors, input_shape, run_dir)
+    steps.append((f"logger={cfg.logger.name} final()", lambda: run_logger.final(metrics, run_dir)))
+    for name, write in steps:
+        try:
+            write()
+        except Exception as e:
+            log.warning("warning: %s failed: %s", name, loggers.first_line(e))
+
+
+def settle(run_dir: Path, metrics: dict, outcome: Outcome, stop: StopRequest) -> Outcome:
+    """metrics.json once more, with the warnings and the status the process exits with: a
+    signal noted since training ended makes a completed run interrupted (its results
+    whole). A signal during this write writes it again."""
+    while True:
+        if outcome.status == Status.completed and stop.signal is not None:
+            name = signal.Signals(stop.signal).name
+            message = f"{name} after training completed; the results are whole"
+            outcome = Outcome(Status.interrupted, message, stop.signal)
+            log.warning(message)
+        metrics["status"] = str(outcome.status)
+        if outcome.status != Status.completed:
+            metrics["error"] = outcome.message
+        report.write_json(run_dir / "metrics.json", metrics)
+        if outcome.status != Status.completed or stop.signal is None:
+            return outcome
+
+
+def train_run(checked: Checked, run_dir: Path, job: Job, stop, kept) -> tuple[dict, Outcome]:
+    """One training run into run_dir: its metrics, and the outcome the process reports.
+    `stop` is catching signals: until training starts one raises Interrupted; from there on
+    it waits for the run's files. `kept`: the run's warnings so far (a list that grows)."""
+    started_at = datetime.now().isoformat(timespec="seconds")
+    cfg, job_num, sweep_dir = checked.config, job.num, job.sweep_dir
+    device = pick_device(cfg.device, job_num)
+    reset_peak_memory(device)
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+    ds, tensors = load_tensors(cfg, device)
+    # the shape and classes of the data as loaded
+    input_shape, classes = tuple(ds.x_train.shape[1:]), ds.classes
+    checkpoint, config = run_dir / "checkpoints" / "last.pt", resume_config(cfg)
+
+    def build(seed: int) -> nn.Module:  # the model `seed` alone builds
+        seed_everything(seed)
+        return build_model(cfg.model, input_shape, len(classes))
+
+    def save(state: RunState) -> None:
+        if cfg.trainer.checkpoint:
+            save_checkpoint({**state.state_dict(), "config": config}, checkpoint)
+
+    run_logger = loggers.open_logger(cfg, run_dir, sweep_dir)
+
+    def on_epoch(rows: list[dict]) -> None:
+        report.write_history(run_dir / "history.csv", state.history)
+        run_logger(report.mean_row(state.live_rows(rows)))
+
+    # the tracker closes last, after final(); the process's thread count comes back after
+    threads = run_threads(cfg.trainer.threads, job.n_jobs)
+    with numerics(cfg.trainer) as flags, threads, contextlib.closing(run_logger):
+        state, engine = start_run(build, seeds, tensors, cfg.trainer, device)
+        described = describe_model(cfg, engine.copy(0), input_shape)
+        if cfg.resume:
+            # the checkpoint the check loaded: once per run; let go of it as it is applied
+            resumed, checked.checkpoint = checked.checkpoint, None
+            state.load_state_dict(resumed, cfg.trainer.lr)
+            at = (state.epoch, state.position)
+            log.info("resumed from %s at epoch %d, image %d", cfg.resume, *at)
+        copies = f", {len(seeds)} seeds together" if len(seeds) > 1 else ""
+        log.info("training path: %s, precision %s%s", engine.path, cfg.trainer.precision, copies)
+        stop.deferred = True  # from here a signal waits for the checkpoint and the files
+        outcome, evaluations = fit(state, engine, tensors, cfg.trainer, stop, save, on_epoch)
+        metrics = run_metrics(cfg, state, engine.path, outcome, device) | {
+            **described,
+            "numerics": flags,
+            "started_at": started_at,
+            "warnings": kept,
+        }
+        run = (state, engine, ds, tensors, input_shape)
+        write_results(cfg, run_dir, metrics, run, evaluations, run_logger)
+        outcome = settle(run_dir, metrics, outcome, stop)
+    if metrics["accuracy"] is not None:
+        log.info(
+            "accuracy %.2f%%  f1_macro %.4f  -> %s",
+            *(100 * metrics["accuracy"], metrics["f1_macro"], run_dir),
+        )
+    return metrics, outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Where a run stands among others: its number and folder in a sweep (None for a
+    single run), and how many jobs share the machine's cores (joblib's n_jobs, or None)."""
+
+    num: int | None = None
+    sweep_dir: Path | None = None
+    n_jobs: int | None = None
+
+
+def run_job(
+    cfg, check: Callable[[], Checked], run_dir: Path, job: Job = Job()
+) -> tuple[dict, Outcome]:
+    """train_run, and whatever stops it, a metrics.json that says how the run ended, with
+    every `warning:` the run logged under `warnings`. SIGINT and SIGTERM are caught from
+    here on: before training they stop the run at once, from training on they wait.
+    `cfg` is the job's config as composed (what a failed run's record names); `check()`
+    gives it checked (checks.check_config, or the pre-flight's result): a config the check
+    refuses is a failed run like any other."""
+    stop, kept = StopRequest(deferred=False), KeptWarnings()
+    log.addHandler(kept)
+    try:
+        with stop.catching():
+            try:
+                return train_run(check(), run_dir, job, stop, kept.lines)
+            except (Interrupted, KeyboardInterrupt) as e:
+                stop.deferred = True
+                sig = getattr(e, "signal", signal.SIGINT)
+                name = signal.Signals(sig).name
+                outcome = Outcome(Status.interrupted, f"{name} before training started", sig)
+            except RunError as e:
+                outcome = Outcome(e.status, str(e))
+            except torch.cuda.OutOfMemoryError:
+                outcome = Outcome(
+                    Status.failed,
+                    f"CUDA ran out of memory with trainer.batch_size={cfg.trainer.batch_size} "
+                    f"and trainer.eval_batch_size={cfg.trainer.eval_batch_size}: try smaller "
+                    f"batches or a smaller model",
+                )
+            except Exception as e:
+                log.exception("run failed")  # an unexpected error: the traceback in train.log
+                outcome = Outcome(Status.failed, loggers.first_line(e))
+            stop.deferred = True
+            return record_failure(cfg, run_dir, outcome, kept.lines)
+    finally:
+        log.removeHandler(kept)
+
+
+def record_failure(
+    cfg, run_dir: Path, outcome: Outcome, warnings: list[str]
+) -> tuple[dict, Outcome]:
+    """metrics.json of a run that did not complete. If even that small file cannot be
+    written (a full disk), one `error:` line on stderr names it, and the run failed."""
+    log.error("error: %s", outcome.message)
+    metrics = {
+        "status": str(outcome.status),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "error": outcome.message,
+        "seed": cfg.seed,
+        "torch_version": torch.__version__,
+        "warnings": warnings,
+    }
+    path = run_dir / "metrics.json"
+    try:
+        report.write_json(path, metrics)
+    except (OSError, files.WriteError) as e:
+        reason = e.reason if isinstance(e, files.WriteError) else e.strerror or str(e)
+        line = f"could not write {path}: {reason}"
+        run = "" if outcome.message.startswith(line) else f" (the run: {outcome.message})"
+        print(f"error: {line}{run}", file=sys.stderr)
+        outcome = Outcome(Status.failed, line)
+    return metrics, outcome
