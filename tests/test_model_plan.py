@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnlab.config import ConfigError, LeNetConfig, MLPConfig, register_configs
+from cnnlab.config import ConfigError, LeNetConfig, MLPConfig
+from cnnlab.hydra_app import setup
 from cnnlab.inspection import inspect_model
 from cnnlab.models import Plan, build_model, count_params, plan
 
@@ -35,7 +36,7 @@ EXTRAS = [
 @cache
 def composed(*overrides):
     """The model config as `cnnlab train` composes it (cached: a compose costs 0.25 s)."""
-    register_configs()  # the schemas the YAML files name in their defaults
+    setup()  # the schemas the YAML files name in their defaults
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return OmegaConf.to_object(compose("train", overrides=list(overrides)).model)
 
