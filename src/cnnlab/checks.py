@@ -69,7 +69,8 @@ def check_resumable(saved: dict, current: dict, path: str) -> None:
     if diff:
         raise ConfigError(
             f"resume={path} was trained with a different config: {', '.join(diff)}; pass the "
-            f"same overrides as the original run (only {', '.join(RESUMABLE_CHANGES)} may change)"
+            f"same overrides as the original run (only {', '.join(RESUMABLE_CHANGES)} and the "
+            f"run settings may change)"
         )
 
 

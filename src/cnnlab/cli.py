@@ -34,7 +34,8 @@ commands:
   compare PATH ...    compare run and sweep folders: one table, optional plots (--help)
   bench [ARGS]        time epochs: cnnlab's loop against the classic DataLoader one (--help)
   inspect [overrides] the model train would build, per layer: shape, parameters, MACs,
-                      receptive field; reads no data (--format table|md|csv|json)
+                      receptive field; reads no data for built-in sets (UCR files and
+                      image folders for their shape) (--format table|md|csv|json)
 
 Shell completion (bash, zsh after `autoload -U bashcompinit && bashcompinit`):
   eval "$(cnnlab train --shell-completion install=bash)"    (fish: install=fish | source)
@@ -83,8 +84,8 @@ def bench_main(args: list[str]) -> int:
 
 def inspect_main(args: list[str]) -> int:
     """`cnnlab inspect [overrides] [--format F]`: the model that `cnnlab train` would build
-    with the same overrides, layer by layer. Trains nothing and reads no dataset file: a
-    data preset knows its input shape and class count."""
+    with the same overrides, layer by layer. Trains nothing; a built-in data preset knows its
+    input shape and class count, a UCR set or an image folder is read for them."""
     p = argparse.ArgumentParser(
         prog="cnnlab inspect",
         description="Per layer: output shape, parameters, MACs, receptive field and jump of "

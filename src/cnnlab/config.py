@@ -234,8 +234,8 @@ class DataConfig:
     # [mean, std], or "auto": per-channel mean and std of the training data (data.load
     # works them out). Typed Any because a schema field cannot be a list or a string.
     normalize: Any = field(default_factory=lambda: [0.5, 0.5])
-    mirror: str | None = None  # base URL of an IDX mirror, tried before torchvision's
-    train_size: int | None = None  # keep only the first N images (quick experiments)
+    mirror: str | None = None  # base URL of an IDX mirror, used instead of torchvision's
+    train_size: int | None = None  # a fixed sample of N images, stratified by class
     test_size: int | None = None
 
     def __post_init__(self):
