@@ -14,6 +14,7 @@ from torch import nn
 from cnnlab.config import ConfigError, LeNetConfig, MLPConfig
 from cnnlab.hydra_app import setup
 from cnnlab.inspection import inspect_model
+from cnnlab.layers import Branches
 from cnnlab.models import Plan, build_model, count_params, plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,10 +56,16 @@ def leaves_of(model: nn.Module, kind) -> list[nn.Module]:
 
 def main_convs(model: nn.Module) -> list[nn.Module]:
     """The k x k convs in the order they run (a factorized pair as its first half), without
-    1x1 bottlenecks and shortcut projections."""
+    1x1 bottlenecks and shortcut projections; of a multi-scale stage, its widest branch's conv
+    (the plan's conv)."""
+    narrower = set()
+    for b in model.modules():
+        if isinstance(b, Branches):
+            inside = [m for m in b.modules() if isinstance(m, nn.Conv1d | nn.Conv2d)]
+            narrower |= set(inside) - {max(inside, key=lambda m: m.kernel_size)}
     convs = []
     for name, m in model.named_modules():
-        if not isinstance(m, nn.Conv1d | nn.Conv2d) or ".shortcut" in name:
+        if not isinstance(m, nn.Conv1d | nn.Conv2d) or ".shortcut" in name or m in narrower:
             continue
         if max(m.kernel_size) == 1 or m.kernel_size[:1] == (1,):
             continue  # a bottleneck, or the 1 x k half of a factorized pair
@@ -79,7 +86,9 @@ def assert_model_follows(shape: Plan, model: nn.Module, cfg) -> None:
     for p, conv in zip(planned, convs, strict=True):
         assert conv.kernel_size[0] == p.kernel_size[0] and conv.dilation[0] == p.dilation[0]
         assert conv.stride[0] == p.stride[0] and conv.padding[0] == p.padding[0]
-        if not (getattr(cfg, "factorize", False) and max(p.kernel_size) > 1):
+        if getattr(cfg, "branches", None):  # a branch has its share of the channels
+            assert outputs[conv][1:] == p.size_out
+        elif not (getattr(cfg, "factorize", False) and max(p.kernel_size) > 1):
             assert outputs[conv] == (p.out_ch, *p.size_out)
     if features is not None:
         last = shape.stages[-1]

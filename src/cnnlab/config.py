@@ -189,6 +189,8 @@ class LeNetConfig:
     factorize: bool = False
     bottleneck: int | None = None
     residual: bool = False
+    branches: list[int] | None = None  # kernel sizes of parallel convs per stage (Inception)
+    branch_pool: bool = False  # with branches: a 3x3 max pool then 1x1 conv branch too
 
     def __post_init__(self):
         # Deeper checks that need the input size (a map shrinking below 1x1, groups not
@@ -212,6 +214,7 @@ class LeNetConfig:
         _positive("model.groups", self.groups)
         if self.bottleneck is not None:
             _positive("model.bottleneck", self.bottleneck)
+        self._check_branches()
         if isinstance(self.padding, str):
             if self.padding not in ("same", "valid"):
                 raise ConfigError(
@@ -220,6 +223,28 @@ class LeNetConfig:
                 )
         else:
             self.padding = _int_or_pair("model.padding", self.padding, allow_zero=True)
+
+    def _check_branches(self):
+        if self.branches is None:
+            if self.branch_pool:
+                raise ConfigError("model.branch_pool=true needs model.branches (kernel sizes)")
+            return
+        self.branches = list(self.branches)
+        if not self.branches:
+            raise ConfigError(
+                "model.branches=[] is not allowed: give kernel sizes, e.g. [1, 3, 5], or null"
+            )
+        for k in self.branches:
+            if not isinstance(k, int) or k < 1 or k % 2 == 0:
+                raise ConfigError(
+                    f"model.branches={self.branches}: kernel {k} is not allowed: branches "
+                    f"need odd kernel sizes >= 1 so 'same' padding aligns their maps"
+                )
+        if self.factorize:
+            raise ConfigError(
+                f"model.factorize=true cannot be combined with model.branches={self.branches}: "
+                f"use one of them"
+            )
 
 
 @dataclass

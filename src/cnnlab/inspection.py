@@ -16,12 +16,14 @@ unit sees the whole input. The formulas are written over the number of spatial a
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 
 import torch
 from torch import nn
 
+from cnnlab.layers import Branches
 from cnnlab.models import Residual, count_params
 
 CONVS = (nn.Conv1d, nn.Conv2d)
@@ -88,6 +90,9 @@ def leaf_fields(module: nn.Module, name: str, field: Field, whole, out: dict) ->
         body = leaf_fields(module.body, inner("body"), field, whole, out)
         shortcut = leaf_fields(module.shortcut, inner("shortcut"), field, whole, out)
         return leaf_fields(module.act, inner("act"), widest(body, shortcut, whole), whole, out)
+    if isinstance(module, Branches):  # side by side: the stage sees what its widest branch sees
+        fields = [leaf_fields(b, inner(n), field, whole, out) for n, b in module.named_children()]
+        return functools.reduce(lambda a, b: widest(a, b, whole), fields)
     children = list(module.named_children())
     if not children:
         out[name] = field = layer_field(module, field, whole)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from cnnlab.config import Activation, Norm, Pool
@@ -104,6 +105,7 @@ def conv_block(
     activation: Callable[[], nn.Module] | None = None,
     factorize: bool = False,
     dims: int = 2,
+    branches: dict | None = None,
 ) -> nn.Sequential:
     """conv -> norm -> activation, the torchvision Conv2dNormActivation recipe, on data with
     `dims` spatial axes (Conv1d or Conv2d).
@@ -112,11 +114,15 @@ def conv_block(
     replaces it (LRN has none, so its conv keeps the bias, as in AlexNet).
     With `factorize` (2-D only), the k x k conv becomes k x 1 then 1 x k (Inception v3):
     both map to `out_ch`, and the first has no bias because a linear map follows it directly.
+    With `branches` (branch_convs' keywords), the conv is Inception's parallel branches.
     """
     k, s, p, d = (ntuple(v, dims) for v in (kernel_size, stride, padding, dilation))
     norm_layer = norm(out_ch) if norm is not None else None
     bias = getattr(norm_layer, "bias", None) is None
-    if factorize and dims == 2 and min(k) > 1:
+    if branches is not None:
+        kw = dict(stride=s, dilation=d, bias=bias, dims=dims)
+        layers = [branch_convs(in_ch, out_ch, **kw, **branches)]
+    elif factorize and dims == 2 and min(k) > 1:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k, s, p, d
         layers: list[nn.Module] = [
             nn.Conv2d(in_ch, out_ch, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False),
@@ -129,3 +135,50 @@ def conv_block(
     if activation is not None:
         layers.append(activation())
     return nn.Sequential(*layers)
+
+
+def branch_shares(channels: int, n: int) -> list[int]:
+    """`channels` shared over `n` branches: each gets channels // n, the first channels % n
+    one more (16 over 3 -> 6, 5, 5), so the concatenation keeps the stage's width."""
+    return [channels // n + (i < channels % n) for i in range(n)]
+
+
+class Branches(nn.ModuleList):
+    """Inception's multi-scale stage: parallel branches over the same input, their maps
+    concatenated along channels. Each branch is a Sequential of plain convs (and a pool)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self], dim=1)
+
+
+def branch_convs(
+    in_ch: int,
+    out_ch: int,
+    kernels: list[int],
+    stride=1,
+    dilation=1,
+    bottleneck: int | None = None,
+    pool: bool = False,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+    bias: bool = True,
+    dims: int = 2,
+) -> Branches:
+    """One branch per kernel size, each with "same" padding, `out_ch` shared out over them
+    (and the pool branch, if any). With `bottleneck`, each branch with a kernel > 1 starts
+    with a 1x1 conv to that many channels (Inception's reduction)."""
+    conv = CONVS[dims]
+    shares = branch_shares(out_ch, len(kernels) + pool)
+    branches = []
+    for k, share in zip(kernels, shares, strict=False):
+        layers: list[nn.Module] = []
+        c = in_ch
+        if bottleneck is not None and k > 1:
+            layers += [conv(in_ch, bottleneck, 1), activation()]
+            c = bottleneck
+        pad = same_padding(k, dilation, dims)
+        layers.append(conv(c, share, k, stride, pad, dilation, bias=bias))
+        branches.append(nn.Sequential(*layers))
+    if pool:
+        max_pool = {1: nn.MaxPool1d, 2: nn.MaxPool2d}[dims](3, 1, 1)
+        branches.append(nn.Sequential(max_pool, conv(in_ch, shares[-1], 1, stride, bias=bias)))
+    return Branches(branches)

@@ -25,6 +25,7 @@ from cnnlab.layers import (
     ACTIVATIONS,
     NORMS,
     POOLS,
+    Branches,
     conv_block,
     conv_out,
     lookup,
@@ -32,6 +33,8 @@ from cnnlab.layers import (
     resolve_padding,
     same_padding,
 )
+
+POOL_LAYERS = tuple(layer for kinds in POOLS.values() if kinds for layer in kinds.values())
 
 
 def scaled(n: int, width: float) -> int:
@@ -142,21 +145,36 @@ def knobs(cfg: LeNetConfig) -> str:
     )
 
 
+def check_branches(cfg: LeNetConfig, s: int, channels: int) -> None:
+    n = len(cfg.branches) + cfg.branch_pool
+    if n > channels:
+        raise ConfigError(
+            f"model.branches={cfg.branches}{' with model.branch_pool=true' * cfg.branch_pool} "
+            f"needs {n} channels in stage {s}, which has {channels}: use fewer branches or "
+            f"more model.channels"
+        )
+
+
 def plan_conv(cfg, s: int, d: int, in_ch: int, size: tuple, input_shape: tuple) -> ConvPlan:
     """Conv `d` (from 0) of stage `s` (from 1): the first uses `stride` and `padding`, the
     extra ones (depth > 1) keep the size."""
     dims, first = len(size), d == 0
     out_ch = scaled(cfg.channels[s - 1], cfg.width)
     stride = cfg.stride if first else 1
+    kernel = cfg.kernel_size
     padding = (
         resolve_padding(cfg.padding, cfg.kernel_size, cfg.dilation, dims)
         if first
         else same_padding(cfg.kernel_size, cfg.dilation, dims)
     )
+    if cfg.branches:  # each branch is "same"-padded: the widest gives the stage's kernel
+        kernel = max(cfg.branches)
+        padding = same_padding(kernel, cfg.dilation, dims)
+        check_branches(cfg, s, out_ch)
     if cfg.bottleneck is not None:
         check_groups(cfg, cfg.bottleneck, input_shape)
     check_groups(cfg, out_ch, input_shape)
-    new_size = conv_out(size, cfg.kernel_size, stride, padding, cfg.dilation)
+    new_size = conv_out(size, kernel, stride, padding, cfg.dilation)
     if min(new_size) < 1:
         raise ConfigError(
             f"{knobs(cfg)} shrink the feature map below {text((1,) * dims)} in stage "
@@ -166,7 +184,7 @@ def plan_conv(cfg, s: int, d: int, in_ch: int, size: tuple, input_shape: tuple) 
     return ConvPlan(
         in_ch,
         out_ch,
-        *(ntuple(v, dims) for v in (cfg.kernel_size, stride, padding, cfg.dilation)),
+        *(ntuple(v, dims) for v in (kernel, stride, padding, cfg.dilation)),
         size_in=size,
         size_out=new_size,
         bottleneck=cfg.bottleneck,
@@ -291,11 +309,22 @@ class StageBuilder:
             in_ch, out_ch, kernel, stride, padding, dilation, norm=norm, dims=self.dims, **kw
         )
 
+    def branches(self) -> dict | None:
+        """branch_convs' keywords for a multi-scale stage (the bottleneck goes in each branch)."""
+        if not self.cfg.branches:
+            return None
+        return dict(
+            kernels=self.cfg.branches,
+            bottleneck=self.cfg.bottleneck,
+            pool=self.cfg.branch_pool,
+            activation=self.activation,
+        )
+
     def stage(self, stage: StagePlan) -> nn.Module:
         blocks: list[nn.Module] = []
         for conv in stage.convs:
             in_ch = conv.in_ch
-            if conv.bottleneck is not None:
+            if conv.bottleneck is not None and not self.cfg.branches:
                 blocks.append(self.block(in_ch, conv.bottleneck, activation=self.activation))
                 in_ch = conv.bottleneck
             blocks.append(
@@ -309,6 +338,7 @@ class StageBuilder:
                     # ResNet applies the last activation after the shortcut is added
                     activation=self.activation if conv.activation else None,
                     factorize=self.cfg.factorize,
+                    branches=self.branches(),
                 )
             )
         body = nn.Sequential(*blocks)
@@ -376,6 +406,15 @@ def count_conv_layers(model: nn.Module) -> int:
     return count
 
 
+def branches_text(branches: Branches) -> str:
+    """'incept16[1,3,5]': the stage's output channels and its branches' kernels ('pool')."""
+    kernels = [
+        "pool" if any(isinstance(c, POOL_LAYERS) for c in b) else str(b[-1].kernel_size[0])
+        for b in branches
+    ]
+    return f"incept{sum(b[-1].out_channels for b in branches)}[{','.join(kernels)}]"
+
+
 def summary(model: nn.Module) -> str:
     """One line naming each layer in order, e.g. 'conv1-6k5x5 relu maxpool ... fc84-10'.
 
@@ -383,8 +422,13 @@ def summary(model: nn.Module) -> str:
     (MaxPool2d and MaxPool1d -> maxpool, LayerNorm -> layernorm), so a layer added to a
     table in layers.py is summarised without a change here."""
     parts = []
+    inside = {id(c) for b in model.modules() if isinstance(b, Branches) for c in b.modules()}
     for m in model.modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
+        if isinstance(m, Branches):
+            parts.append(branches_text(m))
+        elif id(m) in inside:
+            continue
+        elif isinstance(m, nn.modules.conv._ConvNd):
             k = "x".join(map(str, m.kernel_size))
             extra = "".join(
                 f" {n}{v[0] if len(set(v)) == 1 else 'x'.join(map(str, v))}"

@@ -33,7 +33,7 @@ from torch.func import functional_call
 
 from cnnlab.config import TrainerConfig
 from cnnlab.engine import OPTIMIZERS, Evaluation, TrainData, autocast, evaluate, make_optimizer
-from cnnlab.layers import LayerNorm
+from cnnlab.layers import Branches, LayerNorm
 from cnnlab.models import MLP, LeNet, Residual, build_model, count_params
 
 # ---- stacked layers ------------------------------------------------------------------------
@@ -191,6 +191,21 @@ class PerCopy(nn.Module):
         return y
 
 
+class StackedBranches(Branches):
+    """N copies of a multi-scale stage: each branch's output is grouped by copy ([B, N*c_i,
+    ...]), so the concatenation goes per copy to keep the stacked layout [B, N*C, ...]."""
+
+    def __init__(self, branches: list[Branches], n: int):
+        super().__init__(copy.deepcopy(list(branches[0])))  # its convs are stacked after this
+        register_copies(self, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.copies.numel()
+        outs = [branch(x) for branch in self]
+        per_copy = [y.unflatten(1, (n, y.shape[1] // n)) for y in outs]
+        return torch.cat(per_copy, dim=2).flatten(1, 2)
+
+
 # How each kind of layer becomes its stacked form. Layers that act on each element, or on
 # each channel's map (activations, pooling), work on the stacked layout as they are.
 STACKED: dict[type, type[nn.Module]] = {
@@ -205,6 +220,7 @@ STACKED: dict[type, type[nn.Module]] = {
     nn.InstanceNorm1d: StackedInstanceNorm,
     nn.InstanceNorm2d: StackedInstanceNorm,
     nn.LocalResponseNorm: PerCopy,
+    Branches: StackedBranches,
 }
 AS_THEY_ARE = (
     nn.ReLU, nn.LeakyReLU, nn.GELU, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
