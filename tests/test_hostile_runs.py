@@ -21,7 +21,7 @@ from conftest import QUICK, SMALL, cli_env, cnnlab_train, metrics_of
 
 from cnnlab import files, report
 from cnnlab import run as run_module
-from cnnlab.loop import load_checkpoint
+from cnnlab.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -40,8 +40,8 @@ from conftest import (
 from hydra.errors import HydraException
 
 from cnnlab import data, devices, run
+from cnnlab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.config import DataConfig
-from cnnlab.loop import CheckpointError, load_checkpoint, save_checkpoint
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,7 +79,7 @@ def snapshot(folder: Path) -> dict:
 KILL_MID_SAVE = """
 import io, os, sys, time
 import torch
-from cnnlab.loop import save_checkpoint
+from cnnlab.checkpoints import save_checkpoint
 
 path = sys.argv[1]
 save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, path)

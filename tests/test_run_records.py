@@ -82,7 +82,7 @@ def test_a_diverged_copy_is_left_out_of_every_mean_and_picture(tmp_path, monkeyp
     assert Recorder.rows[-1]["test_loss"] == pytest.approx(
         statistics.fmean(r["test_loss"] for r in last)
     )
-    assert all(math.isfinite(row[k]) for row in Recorder.rows for k in report.EPOCH_FIGURES)
+    assert all(math.isfinite(v) for row in Recorder.rows for v in row.values())
     # the curve: no row of the diverged copy
     assert {r["seed"] for r in seen["curve"]} == {1, 2}
     # the pictures: one live copy's weights, not copy 0's

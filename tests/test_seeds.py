@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import SMALL, cnnlab_train, history_of, metrics_of, patch_steps
 
+from cnnlab.checkpoints import load_checkpoint
 from cnnlab.compare import compare_command
-from cnnlab.loop import load_checkpoint
 
 
 @pytest.fixture(scope="module")

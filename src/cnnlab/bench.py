@@ -179,7 +179,9 @@ def bench_model(
         seconds.append(time.perf_counter() - started)
     out = {
         "model": name,
-        "cnnlab": summary(seconds, engine.evaluate()[0].accuracy, path=engine.path),
+        "cnnlab": summary(
+            seconds, engine.evaluate(tensors.x_test, tensors.y_test)[0].accuracy, path=engine.path
+        ),
     }
     if run is not None:
         out["classic"] = summary(run.epoch_seconds, run.accuracy())

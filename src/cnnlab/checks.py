@@ -12,10 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cnnlab import data
+from cnnlab.checkpoints import load_checkpoint
 from cnnlab.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, flatten, is_run_setting
 from cnnlab.devices import resolve_device
 from cnnlab.engine import choose_path
-from cnnlab.loop import load_checkpoint
 from cnnlab.models import build_model, count_params
 from cnnlab.outcome import RunError
 

@@ -38,17 +38,18 @@ METRICS = {
     "macs": 0,
     "receptive_field": None,  # a number, or [h, w] where the axes differ: "16", "5x9" as text
     "conv_layers": 0,
+    "val_accuracy_%": 2,  # the figure a choice between rows is made on, where runs have it
     "accuracy_%": 2,
     "f1_macro": 4,
     "train_seconds": 1,
     "images_per_second": 0,
 }
-OPTIONAL = ("macs", "receptive_field")
+OPTIONAL = ("macs", "receptive_field", "val_accuracy_%")
 NUMBERS = [column for column, digits in METRICS.items() if digits is not None]  # averaged
 INTEGERS = ["params", "macs", "conv_layers"]
 UNSET = "-"  # table, md and plots: a config key a run lacks (an MLP's model.norm) or sets null
 FORMATS = ("table", "csv", "md", "json")
-SORT_ALIASES = {"accuracy": "accuracy_%"}
+SORT_ALIASES = {"accuracy": "accuracy_%", "val_accuracy": "val_accuracy_%"}
 JOB_NAME = re.compile(r"(\d+)_(.+)")  # Hydra's sweep subdir: job number, overrides
 
 
@@ -99,12 +100,12 @@ def _seed_rows(runs: list[dict], names: list[str], keys: list[str]) -> pd.DataFr
             seed = {key: None if diverged else copy.get(key) for key in SEED_NUMBERS}
             records.append(
                 {**row, "accuracy_%": seed["accuracy"], "f1_macro": seed["f1_macro"]}
-                | {"diverged": diverged}
+                | {"val_accuracy_%": seed["val_accuracy"], "diverged": diverged}
             )
     columns = ["folder", "group", "run", "model", *keys, *METRICS, "status", "reason", "diverged"]
     frame = pd.DataFrame(records, columns=columns, dtype=object)  # config values keep types
     frame[NUMBERS] = frame[NUMBERS].apply(pd.to_numeric, errors="coerce")
-    frame["accuracy_%"] *= 100
+    frame[["accuracy_%", "val_accuracy_%"]] *= 100
     frame["diverged"] = frame["diverged"].astype(bool)
     return frame
 

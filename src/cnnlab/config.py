@@ -13,13 +13,18 @@ dataclasses, so they work from a notebook too.
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from cnnlab.outcome import RunError, Status
+from cnnlab.outcome import ConfigError
+from cnnlab.ranges import (
+    int_or_pair,
+    layers,
+    positive,
+    refuse_non_finite,
+)
 
 
 class Activation(StrEnum):
@@ -47,6 +52,11 @@ class Optimizer(StrEnum):
     adam = "adam"
     adamw = "adamw"
     sgd = "sgd"
+
+
+class Keep(StrEnum):
+    last = "last"  # the weights of the last epoch
+    best = "best"  # the weights of the epoch with the highest validation accuracy
 
 
 class Precision(StrEnum):
@@ -83,10 +93,10 @@ def is_run_setting(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RUN_SETTINGS)
 
 
-# What a resumed run may change: how long it trains, its learning rate, and its batch size
-# (it goes on at the image of the epoch where it stopped). Everything else that is not a
-# run setting must match the checkpoint.
-RESUMABLE_CHANGES = ("trainer.epochs", "trainer.lr", "trainer.batch_size")
+# What a resumed run may change: how long it trains, its learning rate, its batch size (it
+# goes on at the image of the epoch where it stopped) and its patience. Everything else that
+# is not a run setting must match the checkpoint.
+RESUMABLE_CHANGES = ("trainer.epochs", "trainer.lr", "trainer.batch_size", "trainer.patience")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -100,61 +110,6 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-class ConfigError(RunError, ValueError):
-    """A config value that cannot work; the message names the key, the value and what is allowed."""
-
-    status = Status.bad_input
-
-
-def _positive(key: str, value, allow_zero: bool = False) -> None:
-    # written so that NaN fails too (every comparison with NaN is false)
-    if not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
-        allowed = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{key}={value} is not allowed: it must be a finite number {allowed}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int_or_pair(key: str, value, allow_zero: bool = False):
-    """An int, or [h, w] of ints (returned as a tuple), each > 0 (>= 0 with allow_zero)."""
-    pair = isinstance(value, list | tuple)
-    values = tuple(value) if pair else (value,)
-    if (pair and len(values) != 2) or not all(
-        _is_int(v) and (v > 0 or (allow_zero and v == 0)) for v in values
-    ):
-        allowed = ">= 0" if allow_zero else ">= 1"
-        shown = list(values) if pair else value
-        raise ConfigError(f"{key}={shown!r} is not allowed: use an int {allowed} or [h, w] of them")
-    return values if pair else value
-
-
-# More layers than any model here wants; it bounds the time a config's check takes (a
-# model is built on the meta device, about 0.5 ms a layer).
-MAX_LAYERS = 1000
-
-
-def _layers(key: str, count: int, value) -> None:
-    if count > MAX_LAYERS:
-        raise ConfigError(f"{key}={value} makes {count} layers: at most {MAX_LAYERS} are allowed")
-
-
-def refuse_non_finite(node, key: str = "") -> None:
-    """Every float of a config (a field, or an item of a list field) must be finite: NaN
-    or infinity passes most range checks (every comparison with NaN is false) and then
-    breaks a model's size or the training. One walk over the dataclasses, so a new float
-    key is covered without a line of its own."""
-    if is_dataclass(node):
-        for f in fields(node):
-            refuse_non_finite(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
-    elif isinstance(node, list | tuple):
-        if any(isinstance(v, float) and not math.isfinite(v) for v in node):
-            raise ConfigError(f"{key}={list(node)} is not allowed: every number must be finite")
-    elif isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(f"{key}={node} is not allowed: it must be a finite number")
-
-
 @dataclass
 class MLPConfig:
     name: str = "mlp"
@@ -164,10 +119,10 @@ class MLPConfig:
     width: float = 1.0
 
     def __post_init__(self):
-        _positive("model.width", self.width)
+        positive("model.width", self.width)
         for h in self.hidden:
-            _positive("model.hidden", h)
-        _layers("model.hidden", len(self.hidden), self.hidden)
+            positive("model.hidden", h)
+        layers("model.hidden", len(self.hidden), self.hidden)
 
 
 @dataclass
@@ -195,25 +150,25 @@ class LeNetConfig:
     def __post_init__(self):
         # Deeper checks that need the input size (a map shrinking below 1x1, groups not
         # dividing the channels) happen in models.py, where that size is known.
-        self.kernel_size = _int_or_pair("model.kernel_size", self.kernel_size)  # lists: tuples
+        self.kernel_size = int_or_pair("model.kernel_size", self.kernel_size)  # lists: tuples
         if not self.channels:
             raise ConfigError(
                 "model.channels=[] is not allowed: the LeNet family needs at least one conv "
                 "stage (model=mlp has none)"
             )
         for c in self.channels:
-            _positive("model.channels", c)
+            positive("model.channels", c)
         for units in self.fc:
-            _positive("model.fc", units)
-        _positive("model.width", self.width)
-        _positive("model.depth", self.depth)
-        _layers("model.depth", self.depth * len(self.channels), self.depth)
-        _layers("model.fc", len(self.fc), self.fc)
-        _positive("model.stride", self.stride)
-        _positive("model.dilation", self.dilation)
-        _positive("model.groups", self.groups)
+            positive("model.fc", units)
+        positive("model.width", self.width)
+        positive("model.depth", self.depth)
+        layers("model.depth", self.depth * len(self.channels), self.depth)
+        layers("model.fc", len(self.fc), self.fc)
+        positive("model.stride", self.stride)
+        positive("model.dilation", self.dilation)
+        positive("model.groups", self.groups)
         if self.bottleneck is not None:
-            _positive("model.bottleneck", self.bottleneck)
+            positive("model.bottleneck", self.bottleneck)
         self._check_branches()
         if isinstance(self.padding, str):
             if self.padding not in ("same", "valid"):
@@ -222,7 +177,7 @@ class LeNetConfig:
                     f"[h, w], 'same' or 'valid'"
                 )
         else:
-            self.padding = _int_or_pair("model.padding", self.padding, allow_zero=True)
+            self.padding = int_or_pair("model.padding", self.padding, allow_zero=True)
 
     def _check_branches(self):
         if self.branches is None:
@@ -262,6 +217,10 @@ class DataConfig:
     mirror: str | None = None  # base URL of an IDX mirror, used instead of torchvision's
     train_size: int | None = None  # a fixed sample of N images, stratified by class
     test_size: int | None = None
+    # a share of the training images held out to choose on (stratified, seeded by val_seed
+    # alone: the same images whatever the run's seed); 0: none, the chapter's setting
+    val_fraction: float = 0.0
+    val_seed: int = 0
 
     def __post_init__(self):
         if isinstance(self.normalize, tuple):
@@ -278,7 +237,21 @@ class DataConfig:
             )
         for key in ("train_size", "test_size"):
             if getattr(self, key) is not None:
-                _positive(f"data.{key}", getattr(self, key))
+                positive(f"data.{key}", getattr(self, key))
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(
+                f"data.val_fraction={self.val_fraction} is not allowed: use 0 (no validation) "
+                f"or a share of the training images below 1, e.g. 0.1"
+            )
+        held = round(self.val_fraction * (self.train_size or 0))
+        if self.val_fraction and self.train_size and not 0 < held < self.train_size:
+            raise ConfigError(
+                f"data.val_fraction={self.val_fraction} holds out {held} of "
+                f"data.train_size={self.train_size} images: choose a share that leaves at "
+                f"least one image on each side"
+            )
+        if not 0 <= self.val_seed < 2**32:
+            raise ConfigError(f"data.val_seed={self.val_seed} is not allowed: use 0..{2**32 - 1}")
 
 
 @dataclass
@@ -296,7 +269,7 @@ class SyntheticDataConfig(DataConfig):
                 f"data.shape={self.shape} is not allowed: use [channels, h, w] (images) or "
                 f"[channels, length] (series), each >= 1"
             )
-        _positive("data.classes", self.classes)
+        positive("data.classes", self.classes)
 
 
 @dataclass
@@ -325,7 +298,7 @@ class ImageFolderDataConfig(DataConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.image_size = _int_or_pair("data.image_size", self.image_size)
+        self.image_size = int_or_pair("data.image_size", self.image_size)
         if self.channels not in (1, 3):
             raise ConfigError(
                 f"data.channels={self.channels} is not allowed: use 1 (grey) or 3 (RGB)"
@@ -356,18 +329,22 @@ class TrainerConfig:
     # CPU intra-op threads: auto (torch's count, fewer on busy cores; threads.py) or a
     # number. Any, not int | str: a schema field cannot be a union.
     threads: Any = "auto"
+    keep: Keep = Keep.last  # which epoch's weights the test figures come from
+    patience: int | None = None  # stop after N epochs without a better validation accuracy
 
     def __post_init__(self):
-        _positive("trainer.epochs", self.epochs, allow_zero=True)
-        _positive("trainer.batch_size", self.batch_size)
-        _positive("trainer.eval_batch_size", self.eval_batch_size)
-        _positive("trainer.lr", self.lr)
-        _positive("trainer.log_every", self.log_every)
+        positive("trainer.epochs", self.epochs, allow_zero=True)
+        positive("trainer.batch_size", self.batch_size)
+        positive("trainer.eval_batch_size", self.eval_batch_size)
+        positive("trainer.lr", self.lr)
+        positive("trainer.log_every", self.log_every)
         self.cuda_graph = str(self.cuda_graph).lower()  # True from the command line -> "true"
         if self.cuda_graph not in ("auto", "true", "false"):
             raise ConfigError(
                 f"trainer.cuda_graph={self.cuda_graph} is not allowed: use auto, true or false"
             )
+        if self.patience is not None:
+            positive("trainer.patience", self.patience)
         number = isinstance(self.threads, int) and not isinstance(self.threads, bool)
         if self.threads != "auto" and not (number and self.threads >= 1):
             raise ConfigError(
@@ -426,10 +403,27 @@ class TrainConfig:
                 f"seeds={self.seeds} is not allowed: it must be >= 1, and seed + seeds - 1 "
                 f"at most {2**32 - 1}"
             )
+        self._check_validation()
         if self.seeds > 1 and self.trainer.compile:
             raise ConfigError(
                 f"seeds={self.seeds} with trainer.compile=true is not supported: several "
                 f"seeds train as one stacked model (eager, or a CUDA graph on CUDA)"
+            )
+
+    def _check_validation(self):
+        """Choosing an epoch needs a validation split: the test set is never chosen on."""
+        wants = [
+            f"{key}={value}"
+            for key, value, on in (
+                ("trainer.keep", self.trainer.keep, self.trainer.keep == Keep.best),
+                ("trainer.patience", self.trainer.patience, self.trainer.patience is not None),
+            )
+            if on
+        ]
+        if wants and not self.data.val_fraction:
+            raise ConfigError(
+                f"{' and '.join(wants)} needs a validation split, and data.val_fraction=0 holds "
+                f"none out: set data.val_fraction (e.g. 0.1); the test set is never chosen on"
             )
 
 

@@ -120,12 +120,18 @@ class GraphedStep:
 
 @dataclass
 class TrainData:
-    """The normalised training and test tensors, already on the training device."""
+    """The normalised training, test and validation tensors, already on the training device."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    x_val: torch.Tensor | None = None  # None: no validation split (data.val_fraction=0)
+    y_val: torch.Tensor | None = None
+
+    @property
+    def has_validation(self) -> bool:
+        return self.x_val is not None
 
 
 @dataclass
@@ -167,12 +173,14 @@ def evaluate(
     ]
 
 
-def evaluate_model(model: nn.Module, data: TrainData, cfg: TrainerConfig) -> Evaluation:
-    """One model on the test data, as a run evaluates it after each epoch."""
-    amp = autocast(cfg, data.x_test.device)
+def evaluate_model(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainerConfig
+) -> Evaluation:
+    """One model on (x, y): the validation or the test data, as a run evaluates it."""
+    amp = autocast(cfg, x.device)
 
-    def logits(x: torch.Tensor) -> torch.Tensor:
+    def logits(batch: torch.Tensor) -> torch.Tensor:
         with amp:
-            return model(x).float().unsqueeze(0)
+            return model(batch).float().unsqueeze(0)
 
-    return evaluate(model, logits, data.x_test, data.y_test, cfg.eval_batch_size)[0]
+    return evaluate(model, logits, x, y, cfg.eval_batch_size)[0]

@@ -155,6 +155,11 @@ def compose_jobs(
                 f"{', '.join(sweeps)}: several values where one run is meant; give one "
                 f"value, or run them all as a sweep with -m (cnnlab train -m ...)"
             )
+        if multirun and "optuna" in sweeper._target_.lower() and not first.data.val_fraction:
+            raise ConfigError(
+                "hparams_search=optuna chooses on validation accuracy, and data.val_fraction=0 "
+                "holds no validation images out: set data.val_fraction (the preset's is 0.1)"
+            )
         if not multirun or sweeper._target_ != BASIC_SWEEPER:
             return mode, [first]
         jobs = BasicSweeper.split_arguments(list(final.values()), None)[0]
@@ -218,7 +223,16 @@ def train_command(cfg: DictConfig) -> float:
     # (the sweep reports it at the end), while a single run exits with its own code
     if outcome.status == Status.interrupted or (outcome.exit_code and not multirun):
         sys.exit(outcome.exit_code)
-    return metrics["accuracy"] if metrics.get("accuracy") is not None else float("nan")
+    return objective(metrics)
+
+
+def objective(metrics: dict) -> float:
+    """What a sweeper that optimises (Optuna) maximises: the validation accuracy where the
+    run held a split out, else the test accuracy; NaN for a run that has neither."""
+    for key in ("val_accuracy", "accuracy"):
+        if metrics.get(key) is not None:
+            return metrics[key]
+    return float("nan")
 
 
 class SweepSummary(Callback):

@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 
 from cnnlab.config import flatten
-from cnnlab.report import EPOCH_FIGURES
 
 log = logging.getLogger("cnnlab")
 
-EPOCH_METRICS = [*EPOCH_FIGURES, "seconds"]  # what report.mean_row gives each epoch
 EXTRAS = {"tensorboard": "cluster", "mlflow": "mlflow"}  # the pip extra that installs each
 
 
@@ -95,8 +93,9 @@ class TensorBoardLogger(RunLogger):
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def __call__(self, row: dict) -> None:
-        for key in EPOCH_METRICS:
-            self.writer.add_scalar(key, row[key], row["epoch"])
+        for key, value in row.items():  # report.mean_row's figures, validation ones too
+            if key != "epoch":
+                self.writer.add_scalar(key, value, row["epoch"])
         self.writer.flush()
 
     def close(self) -> None:
@@ -151,7 +150,7 @@ class MLflowLogger(RunLogger):
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def __call__(self, row: dict) -> None:
-        self._log_metrics({k: row[k] for k in EPOCH_METRICS}, step=row["epoch"])
+        self._log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
     def final(self, metrics: dict, run_dir: Path) -> None:
         numbers = {k: v for k, v in metrics.items() if is_number(v)}

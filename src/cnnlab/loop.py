@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pickle
 import random
-import re
 import signal
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab.config import TrainerConfig
+from cnnlab.config import Keep, TrainerConfig
 from cnnlab.engine import (
     GraphedStep,
     TrainData,
@@ -36,8 +32,8 @@ from cnnlab.engine import (
     evaluate_model,
     make_optimizer,
 )
-from cnnlab.files import atomic_file
-from cnnlab.outcome import Outcome, RunError, Status
+from cnnlab.outcome import Outcome, Status
+from cnnlab.selection import Selection
 from cnnlab.stack import SeedStack
 
 log = logging.getLogger(__name__)
@@ -73,11 +69,17 @@ class RunState:
     diverged: dict[int, str] = field(default_factory=dict)  # seed -> what stopped that copy
     images_seen: int = 0  # over the whole resume chain (per copy)
     train_seconds: float = 0.0
+    selection: Selection | None = None  # with a validation split: each copy's best epoch
+    stopped_early: bool = False  # trainer.patience ran out
 
     def live_rows(self, rows: list[dict]) -> list[dict]:
         """The rows of the copies that did not diverge: what every mean, curve and tracker
         reads (a diverged copy's losses are NaN)."""
         return [row for row in rows if row["seed"] not in self.diverged]
+
+    def live(self) -> list[bool]:
+        """Per copy: True while it has not diverged."""
+        return [seed not in self.diverged for seed in self.seeds]
 
     def shown_copy(self) -> int:
         """The copy every picture shows: the first that did not diverge (else the first)."""
@@ -97,6 +99,7 @@ class RunState:
             "diverged": {str(seed): message for seed, message in self.diverged.items()},
             "images_seen": self.images_seen,
             "train_seconds": self.train_seconds,
+            "selection": self.selection.state_dict() if self.selection else None,
             "rng": {
                 "python": random.getstate(),
                 "numpy": _plain(np.random.get_state(legacy=False)),
@@ -124,6 +127,8 @@ class RunState:
         self.history = list(state["history"])
         self.diverged = {int(seed): message for seed, message in state["diverged"].items()}
         self.images_seen, self.train_seconds = state["images_seen"], state["train_seconds"]
+        if self.selection is not None and state.get("selection"):
+            self.selection.load_state_dict(state["selection"])
         rng = state["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])  # takes the key as a list as well
@@ -135,62 +140,6 @@ class RunState:
         self.epoch_rngs = list(rng["data"]) if self.position else None
 
 
-class CheckpointError(RunError):
-    """A checkpoint that cannot be written (the run failed), or read (resume= is bad input)."""
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Written as files.write_atomic writes every run file: a process killed or a disk
-    that fills mid-save leaves the previous checkpoint whole and no temporary file. A
-    failed write raises (whatever torch.save raised: its zip writer's RuntimeError on a
-    full disk too); it is never silent."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as f:
-            torch.save(state, f)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
-            stale.unlink(missing_ok=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"could not write checkpoint {path}: {reason}") from None
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Tensors and plain values only: a pickled object (code that would run on load) is
-    refused, and a truncated or corrupt file is an error that names it."""
-
-    def refuse(message: str) -> CheckpointError:
-        return CheckpointError(f"resume={path}: {message}", Status.bad_input)
-
-    path = Path(path)
-    if path.is_dir():  # a run folder
-        path = path / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise refuse("no such checkpoint (give a run folder or a .pt file)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch names a refused object "Unsupported global: GLOBAL module.name"; any other
-        # unpickling error is a file that is damaged or not a torch checkpoint at all
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise refuse(
-                f"{path} holds a pickled Python object ({found[1]}), not only tensors and "
-                f"plain values, and cnnlab loads checkpoints with weights_only=True"
-            ) from None
-        raise refuse(
-            f"{path} is truncated or corrupt, or not a torch checkpoint "
-            f"(unreadable with weights_only=True)"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise refuse(f"{path} is truncated or corrupt ({first_line})") from None
-    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-        raise refuse(f"{path} is not a cnnlab checkpoint (no model or epoch entry)")
-    return state
-
-
 # ---- one step ----------------------------------------------------------------------------
 
 
@@ -199,7 +148,7 @@ class Engine:
     """How a run computes: its step, its evaluation, and each copy as a plain model."""
 
     step: Callable[[torch.Tensor], torch.Tensor]  # idx [copies, batch] -> losses [copies]
-    evaluate: Callable[[], list]  # an Evaluation per copy
+    evaluate: Callable[[torch.Tensor, torch.Tensor], list]  # (x, y) -> an Evaluation per copy
     copy: Callable[[int], nn.Module]  # copy i as an ordinary model (pictures, report)
     path: str  # eager, compile or cuda_graph
 
@@ -222,13 +171,16 @@ def start_run(
         stack = SeedStack([build(s) for s in seeds], device, cfg, data, graph=path == "cuda_graph")
         model, optimizer, step, copy = stack.model, stack.optimizer, stack.step, stack.copy
 
-        def evaluate_all():
-            return stack.evaluate(data.x_test, data.y_test, cfg.eval_batch_size)
+        def evaluate_all(x: torch.Tensor, y: torch.Tensor) -> list:
+            return stack.evaluate(x, y, cfg.eval_batch_size)
 
     if path == "cuda_graph":
         step = GraphedStep(step, (len(seeds), cfg.batch_size), device)
     rngs = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    return RunState(model, optimizer, list(seeds), rngs), Engine(step, evaluate_all, copy, path)
+    state = RunState(model, optimizer, list(seeds), rngs)
+    if data.has_validation:
+        state.selection = Selection(len(seeds), keep_weights=cfg.keep == Keep.best)
+    return state, Engine(step, evaluate_all, copy, path)
 
 
 def one_model(model: nn.Module, data: TrainData, cfg: TrainerConfig, device, path: str):
@@ -238,6 +190,8 @@ def one_model(model: nn.Module, data: TrainData, cfg: TrainerConfig, device, pat
         model.to(memory_format=torch.channels_last)  # in place, before the optimiser
         data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
         data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
+        if data.has_validation:
+            data.x_val = data.x_val.contiguous(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device, graph=path == "cuda_graph")
     forward = torch.compile(model) if path == "compile" else model
     amp = autocast(cfg, device)
@@ -250,7 +204,10 @@ def one_model(model: nn.Module, data: TrainData, cfg: TrainerConfig, device, pat
         optimizer.step()
         return loss.detach().reshape(1)
 
-    return model, optimizer, step, lambda: [evaluate_model(model, data, cfg)], lambda i: model
+    def evaluate_all(x: torch.Tensor, y: torch.Tensor) -> list:
+        return [evaluate_model(model, x, y, cfg)]
+
+    return model, optimizer, step, evaluate_all, lambda i: model
 
 
 # ---- an epoch and the loop ---------------------------------------------------------------
@@ -386,15 +343,17 @@ def fit(
     save: Callable[[RunState], None] = lambda state: None,
     on_epoch: Callable[[list[dict]], None] = lambda rows: None,
 ) -> tuple[Outcome, list | None]:
-    """Train until cfg.epochs: each epoch, evaluate every copy, log a row per copy,
-    `save`, call `on_epoch` with the epoch's rows.
+    """Train until cfg.epochs: each epoch, evaluate every copy (on the validation split when
+    there is one, else on the test set), log a row per copy, `save`, call `on_epoch` with
+    the epoch's rows.
 
-    Stops early on a non-finite loss (the last good checkpoint is kept) or a stop signal
-    (a checkpoint of the exact position is saved). Returns the outcome and the last
-    evaluation of each copy (None when stopped early)."""
+    Stops early on a non-finite loss (the last good checkpoint is kept), a stop signal (a
+    checkpoint of the exact position is saved) or trainer.patience running out (a completed
+    run). Returns the outcome and each copy's test evaluation of the weights trainer.keep
+    names (None when stopped by a loss or a signal)."""
     state.model.train()
     evaluations = None
-    while state.epoch < cfg.epochs:
+    while state.epoch < cfg.epochs and not state.stopped_early:
         started = time.perf_counter()
         if stop.signal is None:
             ended = train_epoch(state, engine.step, len(data.x_train), cfg, stop)
@@ -411,38 +370,72 @@ def fit(
             else:
                 log.error(ended.message)
             return ended, None
-        evaluations = engine.evaluate()
-        rows = [
-            {
-                "epoch": state.epoch,
-                "seed": seed,
-                "train_loss": train_loss,
-                "test_loss": evaluation.loss,
-                "test_accuracy": evaluation.accuracy,
-                "seconds": seconds,
-            }
-            for seed, train_loss, evaluation in zip(state.seeds, ended, evaluations, strict=True)
-        ]
+        evaluations, rows = evaluate_epoch(state, engine, data, ended, seconds)
         state.history += rows
         log_epoch(state, rows, cfg.epochs)
+        stop_early(state, cfg.patience)
         save(state)
         on_epoch(rows)
-    if evaluations is None:  # a resumed, finished run (or 0 epochs): evaluate it as it is
-        evaluations = engine.evaluate()
-    return Outcome(Status.completed), evaluations
+    return Outcome(Status.completed), test_evaluation(state, engine, data, evaluations)
+
+
+def evaluate_epoch(state: RunState, engine: Engine, data: TrainData, losses, seconds: float):
+    """Each copy's evaluation after an epoch and its history row; with a validation split,
+    the copies' best epochs move on."""
+    split = "val" if data.has_validation else "test"
+    evaluations = engine.evaluate(*((data.x_val, data.y_val) if split == "val" else
+                                    (data.x_test, data.y_test)))  # fmt: skip
+    rows = [
+        {
+            "epoch": state.epoch,
+            "seed": seed,
+            "train_loss": train_loss,
+            f"{split}_loss": evaluation.loss,
+            f"{split}_accuracy": evaluation.accuracy,
+            "seconds": seconds,
+        }
+        for seed, train_loss, evaluation in zip(state.seeds, losses, evaluations, strict=True)
+    ]
+    if state.selection is not None:
+        accuracies = [evaluation.accuracy for evaluation in evaluations]
+        state.selection.update(state.epoch, accuracies, state.model, state.live())
+    return evaluations, rows
+
+
+def stop_early(state: RunState, patience: int | None) -> None:
+    selection = state.selection
+    if selection is not None and selection.exhausted(patience, state.live()):
+        state.stopped_early = True
+        best = [e for e, ok in zip(selection.best_epoch, state.live(), strict=True) if ok]
+        log.info(
+            "stopped early after epoch %d: validation accuracy has not improved for %d "
+            "epochs (trainer.patience; best epoch %s)",
+            *(state.epoch, patience, ", ".join(map(str, best))),
+        )
+
+
+def test_evaluation(state: RunState, engine: Engine, data: TrainData, last) -> list:
+    """The test figures, read once at the end: of the weights trainer.keep names (keep=best:
+    each copy's best epoch). Without a validation split the last epoch's evaluation was
+    already on the test set (`last`; None after 0 epochs or a resumed, finished run)."""
+    if state.selection is not None:
+        state.selection.apply(state.model)
+        return engine.evaluate(data.x_test, data.y_test)
+    return last if last is not None else engine.evaluate(data.x_test, data.y_test)
 
 
 def log_epoch(state: RunState, rows: list[dict], epochs: int) -> None:
     """One line per epoch; with several seeds, the mean and spread of the live copies."""
     alive = state.live_rows(rows)
-    scale = {"train_loss": 1, "test_loss": 1, "test_accuracy": 100}
-    unit = {"train_loss": "", "test_loss": "", "test_accuracy": "%"}
+    split = "val" if "val_loss" in rows[0] else "test"
+    scale = {"train_loss": 1, f"{split}_loss": 1, f"{split}_accuracy": 100}
     parts = []
     for key, k in scale.items():
         values = torch.tensor([k * row[key] for row in alive], dtype=torch.float64)
         digits = 2 if k == 100 else 4
         spread = f" ± {values.std():.{digits}f}" if len(alive) > 1 else ""
-        parts.append(f"{key} {values.mean():.{digits}f}{unit[key]}{spread}")
+        unit = "%" if k == 100 else ""
+        parts.append(f"{key} {values.mean():.{digits}f}{unit}{spread}")
     seeds = f" ({len(alive)} seeds)" if len(alive) > 1 else ""
     log.info(
         "epoch %d/%d  %s%s  %.2fs", state.epoch, epochs, "  ".join(parts), seeds, rows[0]["seconds"]

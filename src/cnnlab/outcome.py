@@ -66,3 +66,9 @@ class Outcome:
     def exit_code(self) -> int:
         interrupted = self.status == Status.interrupted
         return EXIT_CODES[self.status] + (int(self.signal) if interrupted else 0)
+
+
+class ConfigError(RunError, ValueError):
+    """A config value that cannot work; the message names the key, the value and what is allowed."""
+
+    status = Status.bad_input

@@ -65,15 +65,18 @@ def plot_losses(runs: list[dict], seeds: pd.DataFrame, keys: list[str], file: Pa
     import seaborn as sns
 
     columns = seeds.drop_duplicates("folder").set_index("folder")[keys].map(str)
-    curves = [pd.DataFrame(columns=["epoch", "test_loss"])]  # an empty plot if no history
-    curves += [runs[f]["history"].assign(**columns.loc[f].to_dict()) for f in columns.index]
+    histories = [runs[f]["history"].assign(**columns.loc[f].to_dict()) for f in columns.index]
+    # runs that held a validation split out evaluated on it each epoch, not on the test set
+    validated = bool(histories) and all("val_loss" in h for h in histories)
+    loss = "val_loss" if validated else "test_loss"
+    curves = [pd.DataFrame(columns=["epoch", loss]), *histories]  # empty plot if no history
     data = pd.concat(curves, ignore_index=True)
     # only points: a line through a diverged (inf) or garbled (NaN) value has none there
-    points = data[["epoch", "test_loss"]].apply(pd.to_numeric, errors="coerce").abs()
+    points = data[["epoch", loss]].apply(pd.to_numeric, errors="coerce").abs()
     data, roles = roles_of(data[(points < float("inf")).all(axis=1)], keys)
     # the seeds of one configuration (runs, or seeds in one run) become a mean and a band
-    grid = sns.relplot(data, x="epoch", y="test_loss", **PLOT, **roles)
-    grid.set_axis_labels("epoch", "test loss")
+    grid = sns.relplot(data, x="epoch", y=loss, **PLOT, **roles)
+    grid.set_axis_labels("epoch", "validation loss" if validated else "test loss")
     for axes in grid.axes.flat:
         axes.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
     save(grid, file)

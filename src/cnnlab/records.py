@@ -23,7 +23,7 @@ from cnnlab.config import flatten
 RUN_MARKERS = ("metrics.json", "history.csv", ".hydra", "train.log", "checkpoints")
 # where the numbers come from in metrics.json: the run's own, and each seed's (per_seed)
 RUN_NUMBERS = ("params", "macs", "conv_layers", "train_seconds", "images_per_second")
-SEED_NUMBERS = ("accuracy", "f1_macro")
+SEED_NUMBERS = ("accuracy", "f1_macro", "val_accuracy")
 MAX_NUMBER = 2**53  # no figure of a run is larger; beyond, a float skips integers
 YAML_KINDS = {dict: "mapping", list: "list"}
 

@@ -19,8 +19,11 @@ import torch
 
 from cnnlab import files, pictures
 
-HISTORY_COLUMNS = ["epoch", "seed", "train_loss", "test_loss", "test_accuracy", "seconds"]
-EPOCH_FIGURES = ("train_loss", "test_loss", "test_accuracy")
+# history.csv's columns: a run with a validation split evaluates on it after each epoch
+# (val_*), one without on the test set (test_*); each run writes the columns its rows have
+EPOCH_FIGURES = ("train_loss", "test_loss", "test_accuracy", "val_loss", "val_accuracy")
+HISTORY_COLUMNS = ["epoch", "seed", *EPOCH_FIGURES, "seconds"]
+NO_VALIDATION = ["epoch", "seed", "train_loss", "test_loss", "test_accuracy", "seconds"]
 EVALUATION_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "mistakes.png")
 
 
@@ -29,10 +32,12 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def write_history(path: Path, history: list[dict]) -> None:
+    # no rows yet (0 epochs): the columns of a run without validation
+    columns = [k for k in HISTORY_COLUMNS if k in (history[0] if history else NO_VALIDATION)]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: row[k] for k in HISTORY_COLUMNS} for row in history)
+    writer.writerows({k: row[k] for k in columns} for row in history)
     files.write_atomic(path, buf.getvalue())
 
 
@@ -46,7 +51,8 @@ def by_epoch(history: list[dict]) -> dict[int, list[dict]]:
 
 def mean_row(rows: list[dict]) -> dict:
     """One epoch's rows (a row per seed) as one row of means, for per-epoch trackers."""
-    mean = {key: statistics.fmean(row[key] for row in rows) for key in EPOCH_FIGURES}
+    figures = [key for key in EPOCH_FIGURES if key in rows[0]]
+    mean = {key: statistics.fmean(row[key] for row in rows) for key in figures}
     return {"epoch": rows[0]["epoch"], **mean, "seconds": rows[0]["seconds"]}
 
 
@@ -97,16 +103,19 @@ def write_confusion_csv(path: Path, cm: torch.Tensor, classes: list[str]) -> Non
 
 
 def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
-    """Train and test loss per epoch; with several seeds, their mean and a band from the
-    lowest to the highest seed."""
+    """Train and validation (else test) loss per epoch; with several seeds, their mean and a
+    band from the lowest to the highest seed."""
     fig = pictures.figure(6, 4)
     ax = fig.subplots()
     epochs = by_epoch(history)
     seeds = len(next(iter(epochs.values())))
     for key, style, label in (
         ("train_loss", "o-", "train loss (mean per epoch)"),
+        ("val_loss", "s--", "validation loss"),
         ("test_loss", "s--", "test loss"),
     ):
+        if key not in history[0]:
+            continue
         values = np.array([[row[key] for row in rows] for rows in epochs.values()])
         (line,) = ax.plot(list(epochs), values.mean(1), style, label=label)
         if seeds > 1:

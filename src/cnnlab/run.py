@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import re
 import resource
@@ -21,12 +22,13 @@ import torch
 from torch import nn
 
 from cnnlab import data, files, loggers, pictures, report
+from cnnlab.checkpoints import save_checkpoint
 from cnnlab.checks import Checked, resume_config
 from cnnlab.config import TrainConfig
 from cnnlab.devices import device_name, numerics, resolve_device, seed_everything
 from cnnlab.engine import TrainData
 from cnnlab.inspection import format_inspection, inspect_model
-from cnnlab.loop import Interrupted, RunState, StopRequest, fit, save_checkpoint, start_run
+from cnnlab.loop import Interrupted, RunState, StopRequest, fit, start_run
 from cnnlab.models import build_model, count_conv_layers, summary
 from cnnlab.outcome import Outcome, RunError, Status
 from cnnlab.threads import run_threads
@@ -79,12 +81,17 @@ def load_tensors(cfg: TrainConfig, device: torch.device) -> tuple[data.Dataset, 
         "data %s: %d train / %d test of %s on %s",
         *(cfg.data.name, len(ds.y_train), len(ds.y_test), shape, device),
     )
+    if ds.y_val is not None:
+        log.info("validation: %d of the training images (data.val_fraction)", len(ds.y_val))
     norm = ds.normalize  # data.normalize, with auto worked out from the training data
+    validation = ds.y_val is not None
     return ds, TrainData(
         data.to_device(ds.x_train, device, norm),
         ds.y_train.to(device),
         data.to_device(ds.x_test, device, norm),
         ds.y_test.to(device),
+        data.to_device(ds.x_val, device, norm) if validation else None,
+        ds.y_val.to(device) if validation else None,
     )
 
 
@@ -113,6 +120,24 @@ def draw_pictures(engine, state: RunState, tensors: TrainData, input_shape, run_
     ]
 
 
+def checkpointer(cfg: TrainConfig, checkpoint: Path, config: dict) -> Callable[[RunState], None]:
+    """save(state) after each epoch: checkpoints/last.pt (what a resume goes on from) and,
+    when a copy's validation accuracy improved with trainer.keep=best, checkpoints/best.pt:
+    the weights kept (each copy's best epoch; a stack of seeds as last.pt holds it)."""
+
+    def save(state: RunState) -> None:
+        if not cfg.trainer.checkpoint:
+            return
+        save_checkpoint({**state.state_dict(), "config": config}, checkpoint)
+        chosen = state.selection
+        if chosen is not None and chosen.weights is not None and chosen.improved:
+            best = {"model": chosen.weights, "best_epoch": chosen.best_epoch}
+            best |= {"val_accuracy": chosen.best_accuracy, "seeds": state.seeds, "config": config}
+            save_checkpoint(best, checkpoint.parent / "best.pt")
+
+    return save
+
+
 def run_metrics(
     cfg: TrainConfig, state: RunState, path: str, outcome: Outcome, device: torch.device
 ) -> dict:
@@ -124,6 +149,8 @@ def run_metrics(
         "accuracy": None,
         "f1_macro": None,
         "per_class": None,
+        **{k: v for k, v in validation_figures(state).items() if k != "per_seed"},
+        "stopped_early": state.stopped_early,
         "epochs_completed": state.epoch,
         "images_seen": state.images_seen,
         "train_seconds": round(state.train_seconds, 3),
@@ -140,6 +167,29 @@ def run_metrics(
         **peak_memory(device),
         **({"error": outcome.message} if outcome.status != Status.completed else {}),
     }
+
+
+def validation_record(cfg: TrainConfig, ds: data.Dataset) -> dict | None:
+    """metrics.json's `validation`: which training images were held out, as a count and a
+    digest of their indices (runs with equal digests chose on the same images)."""
+    if ds.val_index is None:
+        return None
+    index = ds.val_index.to(torch.int64).numpy().tobytes()
+    return {
+        "fraction": cfg.data.val_fraction,
+        "seed": cfg.data.val_seed,
+        "images": len(ds.val_index),
+        "indices_sha256": hashlib.sha256(index).hexdigest(),
+    }
+
+
+def validation_figures(state: RunState) -> dict:
+    """val_accuracy and best_epoch (None without a validation split), and each copy's own
+    by seed (per_seed, which write_results adds to the test figures' rows)."""
+    if state.selection is None:
+        return {"val_accuracy": None, "best_epoch": None, "per_seed": {}}
+    last = {row["seed"]: row["val_accuracy"] for row in state.history}  # the latest epoch's
+    return state.selection.figures(state.seeds, state.live(), [last.get(s) for s in state.seeds])
 
 
 class KeptWarnings(logging.Handler):
@@ -166,6 +216,9 @@ def write_results(
     title, steps = f"{cfg.model.name} on {cfg.data.name}", []
     if evaluations is not None:
         figures, cm = report.evaluation_figures(evaluations, state, ds)
+        chosen = validation_figures(state)["per_seed"]
+        for row in figures["per_seed"]:
+            row |= chosen.get(row["seed"], {})
         metrics |= figures
         steps += report.evaluation_files(run_dir, figures, cm, evaluations, state, ds, title)
     report.write_history(run_dir / "history.csv", state.history)
@@ -220,10 +273,7 @@ def train_run(checked: Checked, run_dir: Path, job: Job, stop, kept) -> tuple[di
         seed_everything(seed)
         return build_model(cfg.model, input_shape, len(classes))
 
-    def save(state: RunState) -> None:
-        if cfg.trainer.checkpoint:
-            save_checkpoint({**state.state_dict(), "config": config}, checkpoint)
-
+    save = checkpointer(cfg, checkpoint, config)
     run_logger = loggers.open_logger(cfg, run_dir, sweep_dir)
 
     def on_epoch(rows: list[dict]) -> None:
@@ -248,6 +298,7 @@ def train_run(checked: Checked, run_dir: Path, job: Job, stop, kept) -> tuple[di
         metrics = run_metrics(cfg, state, engine.path, outcome, device) | {
             **described,
             "numerics": flags,
+            "validation": validation_record(cfg, ds),
             "started_at": started_at,
             "warnings": kept,
         }

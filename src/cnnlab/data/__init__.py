@@ -81,7 +81,7 @@ __all__ = [
     "UcrDataConfig", "as_float", "channel_stats", "data_folder", "decode_image",
     "decode_images", "fetch", "file_digest", "find_idx_files", "fixed", "free_memory",
     "image_files", "listed_images", "load", "read_idx", "read_ucr_set", "sample",
-    "scan_image_folder", "source", "spec", "to_device",
+    "scan_image_folder", "source", "spec", "to_device", "validation_split",
 ]  # fmt: skip
 
 
@@ -116,14 +116,21 @@ def source(cfg: DataConfig) -> Source:
 
 
 def load(cfg: DataConfig) -> Dataset:
-    """The dataset, cut to data.train_size / test_size, with data.normalize resolved."""
+    """The dataset, cut to data.train_size / test_size, with data.val_fraction of the
+    training images held out for validation and data.normalize resolved (auto: from the
+    images left to train on)."""
     ds = source(cfg).load(cfg)
     train, test = sample(ds.y_train, cfg.train_size), sample(ds.y_test, cfg.test_size)
-    x_train = ds.x_train[train]
+    x_train, y_train = ds.x_train[train], ds.y_train[train]
+    x_val = y_val = val_index = None
+    if cfg.val_fraction:
+        kept, held = validation_split(y_train, cfg.val_fraction, cfg.val_seed)
+        x_val, y_val = x_train[held], y_train[held]
+        val_index = torch.arange(len(ds.y_train))[train][held]
+        x_train, y_train = x_train[kept], y_train[kept]
     normalize = channel_stats(x_train) if cfg.normalize == "auto" else list(cfg.normalize)
-    return Dataset(
-        x_train, ds.y_train[train], ds.x_test[test], ds.y_test[test], ds.classes, normalize
-    )
+    x_test, y_test = ds.x_test[test], ds.y_test[test]
+    return Dataset(x_train, y_train, x_test, y_test, ds.classes, normalize, x_val, y_val, val_index)
 
 
 # The seed of every sample data.train_size / test_size take: a constant, not the run's seed,
@@ -131,7 +138,7 @@ def load(cfg: DataConfig) -> Dataset:
 SAMPLE_SEED = 0
 
 
-def sample(y: torch.Tensor, n: int | None) -> torch.Tensor | slice:
+def sample(y: torch.Tensor, n: int | None, seed: int = SAMPLE_SEED) -> torch.Tensor | slice:
     """Which n of the labels y to keep: a seeded sample stratified by class (each class keeps
     its share, the remainder going to the largest fractions), in the set's own order; all of
     them (a slice, no copy) when n is None or not smaller. A folder listed class by class, cut
@@ -145,12 +152,30 @@ def sample(y: torch.Tensor, n: int | None) -> torch.Tensor | slice:
     order = sorted(range(len(counts)), key=lambda c: (-(share[c] - take[c]).item(), c))
     for c in order[: n - int(take.sum())]:
         take[c] += 1
-    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    g = torch.Generator().manual_seed(seed)
     kept = []
     for c, k in enumerate(take.tolist()):
         members = (y == c).nonzero().flatten()
         kept.append(members[torch.randperm(len(members), generator=g)[:k]])
     return torch.cat(kept).sort().values
+
+
+def validation_split(
+    y: torch.Tensor, fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) indices into y: round(fraction * len(y)) images held out,
+    stratified by class as sample() draws them, seeded by `seed` alone (data.val_seed), so
+    every run with the same data and val_seed validates on the same images."""
+    n = round(fraction * len(y))
+    if not 0 < n < len(y):
+        raise ConfigError(
+            f"data.val_fraction={fraction} holds out {n} of the {len(y)} training images: "
+            f"choose a share that leaves at least one image on each side"
+        )
+    held = sample(y, n, seed)
+    mask = torch.ones(len(y), dtype=torch.bool)
+    mask[held] = False
+    return mask.nonzero().flatten(), held
 
 
 # Every dataset name, declared once: the config, bench and the CLI read them from here.

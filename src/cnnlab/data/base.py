@@ -51,6 +51,11 @@ class Dataset:
     # what to_device subtracts and divides by: [mean, std], each a number or one per
     # channel; load() fills it from data.normalize ("auto": worked out from x_train)
     normalize: list = field(default_factory=lambda: [0.0, 1.0])
+    # the validation images load() holds out of the training set (data.val_fraction > 0),
+    # and where they sit in the source's training set (what metrics.json records of them)
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    val_index: torch.Tensor | None = None
 
 
 def data_folder(cfg: DataConfig) -> Path:
