@@ -9,9 +9,10 @@ import json
 import pytest
 import torch
 from conftest import QUICK, cnnlab_train, history_of, metrics_of
+from test_timeseries import WHEEL, wheel_root
 
 from cnnlab import compare, data
-from cnnlab.config import DataConfig
+from cnnlab.config import DataConfig, SyntheticDataConfig, UcrDataConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,6 +55,32 @@ def test_split_works_on_a_sample_and_refuses_an_empty_side():
             DataConfig(name="digits", val_fraction=bad)
     with pytest.raises(ValueError, match=r"holds out 0 of data.train_size=4"):
         DataConfig(name="digits", train_size=4, val_fraction=0.1)
+
+
+def held_out_everywhere(ds, full, fraction: float) -> None:
+    """The split of any source: round(fraction * N) images, each class its share give or
+    take one, and exactly the source's training images, split in two."""
+    n = len(full.y_train)
+    assert len(ds.y_val) == round(fraction * n) and len(ds.y_train) == n - len(ds.y_val)
+    for c, count in enumerate(torch.bincount(full.y_train).tolist()):
+        assert abs(int((ds.y_val == c).sum()) - fraction * count) < 1
+    assert torch.equal(full.x_train[ds.val_index], ds.x_val)
+    assert torch.equal(ds.x_test, full.x_test)  # the test set is not touched
+
+
+def test_every_source_holds_validation_out(tmp_path):
+    from test_image_folder import folder_cfg, make_folder
+
+    make_folder(tmp_path / "imgs", {"a": 10, "b": 6, "c": 4})
+    configs = [
+        lambda **kw: SyntheticDataConfig(**kw),
+        lambda **kw: folder_cfg(tmp_path / "imgs", tmp_path, image_size=8, **kw),
+    ]
+    if WHEEL.is_file():
+        root = wheel_root(tmp_path / "ucr", WHEEL)
+        configs.append(lambda **kw: UcrDataConfig(root=str(root), download=False, **kw))
+    for make in configs:
+        held_out_everywhere(data.load(make(val_fraction=0.25)), data.load(make()), 0.25)
 
 
 def test_runs_with_other_seeds_validate_on_the_same_images(tmp_path):
