@@ -189,3 +189,33 @@ def test_compare_shows_and_sorts_by_validation_accuracy(tmp_path):
     assert list(table.columns).index("val_accuracy_%") < list(table.columns).index("accuracy_%")
     rows = json.loads(compare.format_table(table, "json"))
     assert all("val_accuracy_%" in row for row in rows)
+
+
+# ---- what a reader sees --------------------------------------------------------------------
+
+
+def test_loss_curve_and_trackers_show_validation_not_test(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from matplotlib.figure import Figure
+
+    drawn, save = {}, Figure.savefig
+    monkeypatch.setattr(
+        Figure,
+        "savefig",
+        lambda fig, path, **kw: (drawn.setdefault(str(path), fig), save(fig, path, **kw)),
+    )
+    run = tmp_path / "run"
+    overrides = ["data.val_fraction=0.2", "trainer.epochs=2", "logger=tensorboard"]
+    assert cnnlab_train(run, *DIGITS, *overrides) == 0
+    (ax,) = drawn[str(run / "loss_curve.png")].axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "train loss (mean per epoch)", "validation loss",
+    ]  # fmt: skip
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"train_loss", "val_loss", "val_accuracy"} <= set(events.Tags()["scalars"])
+    assert "test_accuracy" not in events.Tags()["scalars"]
+    logged = [e.value for e in events.Scalars("val_accuracy")]
+    assert logged == pytest.approx([float(r["val_accuracy"]) for r in history_of(run)], rel=1e-6)
