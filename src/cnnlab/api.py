@@ -66,12 +66,15 @@ def _history(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
-def compare_runs(*paths: str | os.PathLike, sort: str | None = None) -> pd.DataFrame:
-    """`cnnlab compare PATHS [--sort KEY]`'s table: one row per experiment, over the run
-    folders in and under `paths` (run or sweep folders)."""
+def compare_runs(
+    *paths: str | os.PathLike, sort: str | None = None, baseline: str | None = None
+) -> pd.DataFrame:
+    """`cnnlab compare PATHS [--sort KEY] [--baseline KEY=VALUE]`'s table: one row per
+    experiment, over the run folders in and under `paths` (run or sweep folders); with
+    `baseline`, each other row's diff, ci95_low, ci95_high, p_value, paired and verdict."""
     from cnnlab import compare as comparison  # pandas: on the first call
 
     try:
-        return comparison.compare_table(comparison.runs_in(paths), sort)
+        return comparison.compare_table(comparison.runs_in(paths), sort, baseline)
     except comparison.CompareError as e:
         raise CnnlabError(str(e)) from None

@@ -56,6 +56,11 @@ def compare_main(args: list[str]) -> int:
     p.add_argument("--sort", metavar="KEY", help="sort by this column; -KEY for descending")
     p.add_argument("--format", default="table", choices=["table", "csv", "md", "json"])
     p.add_argument("--out", metavar="DIR", help="also write comparison.csv/.md and the plots")
+    p.add_argument(
+        "--baseline",
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="the row the others are compared with: diff, 95%% CI, p (Holm), verdict",
+    )
     # argparse would read `--sort -accuracy` as two options: glue the value on
     for i in range(len(args) - 1):
         if args[i] == "--sort" and args[i + 1].startswith("-"):
@@ -73,7 +78,7 @@ def compare_main(args: list[str]) -> int:
         return EXIT_CODES[Status.bad_input]
     from cnnlab import compare  # pandas and seaborn: not for every command
 
-    return compare.compare_command(a.paths, sort=a.sort, fmt=a.format, out=a.out)
+    return compare.compare_command(a.paths, a.sort, a.format, a.out, a.baseline)
 
 
 def bench_main(args: list[str]) -> int:

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnlab import plots
+from cnnlab import files, findings, plots
 from cnnlab.config import REPEAT_KEYS, is_run_setting
 from cnnlab.records import (
     RUN_NUMBERS,
     SEED_NUMBERS,
     CompareError,
+    canon,
     load_run,
     load_runs,
     natural,
@@ -56,20 +57,29 @@ JOB_NAME = re.compile(r"(\d+)_(.+)")  # Hydra's sweep subdir: job number, overri
 # ---------------------------------------------------------------- the table
 
 
-def compare_table(runs: Iterable, sort: str | None = None) -> pd.DataFrame:
+def compare_table(
+    runs: Iterable, sort: str | None = None, baseline: str | None = None
+) -> pd.DataFrame:
     """One row per experiment: the seeds of runs that differ only in REPEAT_KEYS (and of a
-    multi-seed run) give each metric x as its mean, x_std where they differ, and n.
-    `runs`: run folders, or what load_run returned for them."""
-    return _tables(runs, sort)[1]
+    multi-seed run) give each metric x as its mean, x_std where they differ, and n. With
+    `baseline` (KEY=VALUE[,KEY=VALUE], the row it names) each other row gains its verdict
+    columns (verdicts.py). `runs`: run folders, or what load_run returned for them."""
+    return _tables(runs, sort, baseline)[1].drop(columns="group")
 
 
-def _tables(runs: Iterable, sort: str | None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def _tables(
+    runs: Iterable, sort: str | None, baseline: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The per-seed frame, the grouped table and the config keys that differ."""
     runs = [run if isinstance(run, dict) else load_run(run) for run in runs]
     names = _short_names([run["path"] for run in runs])
     keys = _differing_keys(runs)
     seeds = _seed_rows(runs, names, keys)
-    return seeds, _sorted(_group(seeds, keys), sort), keys
+    table = _group(seeds, keys)
+    if baseline:
+        table = findings.with_verdicts(table, seeds, runs, baseline)
+    # the group (json of model and settings) stays as a column for findings.md, not shown
+    return seeds, _sorted(table, sort).rename_axis("group").reset_index(), keys
 
 
 def _seed_rows(runs: list[dict], names: list[str], keys: list[str]) -> pd.DataFrame:
@@ -82,14 +92,14 @@ def _seed_rows(runs: list[dict], names: list[str], keys: list[str]) -> pd.DataFr
         group = index  # runs that did not complete keep a row of their own
         if run["status"] == "completed" and config:
             settings = {
-                k: _canon(v)
+                k: canon(v)
                 for k, v in config.items()
                 if not _is_repeat_or_setting(k) and v is not None  # null: as if not there
             }
             group = json.dumps([model, settings], sort_keys=True)
         row = {
             **{"folder": index, "group": group, "run": name, "model": model},
-            **{key: config.get(key) for key in keys},
+            **{key: findings.settings(run).get(key) for key in keys},
             **{column: metrics.get(column) for column in RUN_NUMBERS},
             "receptive_field": receptive_field(metrics.get("receptive_field")),
             **{"status": run["status"], "reason": run["reason"]},
@@ -101,8 +111,10 @@ def _seed_rows(runs: list[dict], names: list[str], keys: list[str]) -> pd.DataFr
             records.append(
                 {**row, "accuracy_%": seed["accuracy"], "f1_macro": seed["f1_macro"]}
                 | {"val_accuracy_%": seed["val_accuracy"], "diverged": diverged}
+                | {"seed": copy.get("seed", metrics.get("seed", config.get("seed")))}
             )
     columns = ["folder", "group", "run", "model", *keys, *METRICS, "status", "reason", "diverged"]
+    columns += ["seed"]
     frame = pd.DataFrame(records, columns=columns, dtype=object)  # config values keep types
     frame[NUMBERS] = frame[NUMBERS].apply(pd.to_numeric, errors="coerce")
     frame[["accuracy_%", "val_accuracy_%"]] *= 100
@@ -138,7 +150,7 @@ def _group(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     diverged = bool(table["diverged"].any())
     columns += ["n"] * (diverged or bool((table["n"] > 1).any())) + ["diverged"] * diverged
     columns += ["status"] + ["reason"] * bool(table["reason"].notna().any())
-    return table[columns].reset_index(drop=True)
+    return table[columns]  # indexed by group (_tables resets it)
 
 
 def _short_names(paths: list[Path]) -> list[str]:
@@ -161,13 +173,6 @@ def _short_names(paths: list[Path]) -> list[str]:
     ]
 
 
-def _canon(value) -> str:
-    """A comparable form of a config value: 1 and 1.0 are the same setting."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = float(value)
-    return json.dumps(value, sort_keys=True, default=str)
-
-
 def _is_repeat_or_setting(key: str) -> bool:
     return key in REPEAT_KEYS or is_run_setting(key)
 
@@ -178,14 +183,20 @@ def _differing_keys(runs: list[dict]) -> list[str]:
     # too: an MLP has no model.norm, yet a LeNet-5 with norm=batch is not the plain one.
     # Lacking a key and setting it null are one thing (an MLP and a LeNet-5 without a
     # bottleneck), as in the groups. The order is the config's own.
-    configs = [run["config"] for run in runs if run["config"]]
+    # the groups a run chose (variant=kernel3) first: they name what the keys after them set;
+    # the model's choice is the model column
+    configs = [
+        {**{k: v for k, v in run["choices"].items() if k != "model"}, **run["config"]}
+        for run in runs
+        if run["config"]
+    ]
     keys = dict.fromkeys(key for config in configs for key in config)
     return [
         key
         for key in keys
         if not _is_repeat_or_setting(key)
         and key != "model.name"  # the model column
-        and len({_canon(config.get(key)) for config in configs}) > 1
+        and len({canon(config.get(key)) for config in configs}) > 1
     ]
 
 
@@ -234,6 +245,7 @@ def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
         return table.to_csv(index=False)
     if table.empty:
         return "(no runs)"
+    table = findings.verdict_texts(table)
     hidden = [col for col in table if col.endswith("_std") or col == "diverged"]
     shown = pd.DataFrame({col: _texts(table, col) for col in table.columns.drop(hidden)})
     # a newline or escape code in a folder name or a reason would break the lines
@@ -278,23 +290,38 @@ def _texts(table: pd.DataFrame, col: str) -> pd.Series:
 # ---------------------------------------------------------------- files and plots
 
 
-def write_summary(runs: Iterable, out_dir: str | os.PathLike, sort: str | None = None):
-    """comparison.csv, comparison.md and two plots in out_dir; returns the table."""
+def write_summary(
+    runs: Iterable, out_dir: str | os.PathLike, sort: str | None = None, baseline=None
+):
+    """comparison.csv, comparison.md, findings.md and two plots in out_dir; returns the
+    table. `baseline`: the row the others are compared with (else the one the runs' config
+    declares, a preset's `baseline`, or none)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = [run if isinstance(run, dict) else load_run(run) for run in runs]
-    seeds, table, keys = _tables(runs, sort)
+    baseline = baseline or declared_baseline(runs)
+    seeds, grouped, keys = _tables(runs, sort, baseline)
+    table, setting = grouped.drop(columns="group"), findings.about(runs)
     # The tables first: if a plot fails, the numbers are already on disk.
-    (out / "comparison.csv").write_text(format_table(table, "csv"))
-    images = "![accuracy vs parameters](accuracy_vs_params.png)\n\n![test loss](loss_curves.png)"
-    (out / "comparison.md").write_text(format_table(table, "md") + "\n\n" + images + "\n")
+    files.write_atomic(out / "comparison.csv", format_table(table, "csv"))
+    images = "![accuracy vs parameters](accuracy_vs_params.png)\n\n![loss](loss_curves.png)"
+    files.write_atomic(out / "comparison.md", format_table(table, "md") + "\n\n" + images + "\n")
+    text = findings.findings(grouped, seeds, keys, baseline, setting)
+    files.write_atomic(out / "findings.md", text)
     # The plots show completed runs (the table has the others), told apart by what varies.
     seeds = seeds[seeds["status"] == "completed"]
     seeds = seeds.assign(**{key: seeds[key].map(_label) for key in keys})
-    keys = [key for key in ["model", *keys] if seeds[key].map(_canon).nunique() > 1]
+    keys = [key for key in ["model", *keys] if seeds[key].map(canon).nunique() > 1]
     plots.plot_accuracy(seeds, keys, out / "accuracy_vs_params.png")
     plots.plot_losses(runs, seeds, keys, out / "loss_curves.png")
     return table
+
+
+def declared_baseline(runs: list[dict]) -> str | None:
+    """The baseline the runs' config declares (an experiment preset's `baseline` key), if
+    they agree on one."""
+    declared = {run["config"].get("baseline") for run in runs if run["config"]}
+    return declared.pop() if len(declared) == 1 else None
 
 
 def _label(value) -> str:
@@ -304,13 +331,15 @@ def _label(value) -> str:
 # ---------------------------------------------------------------- entry points
 
 
-def compare_command(paths, sort: str | None = None, fmt: str = "table", out=None) -> int:
+def compare_command(
+    paths, sort: str | None = None, fmt: str = "table", out=None, baseline: str | None = None
+) -> int:
     """`cnnlab compare`: 0 once the table is printed (failed runs are rows, not errors),
     2 for a bad argument (--out included: checked before the table is printed), 1 if the
     files for --out could not be written."""
     try:
         runs = runs_in(paths)
-        text = format_table(compare_table(runs, sort), fmt)
+        text = format_table(compare_table(runs, sort, baseline), fmt)
         if out is not None:
             _make_folder(out)
     except CompareError as error:
@@ -319,12 +348,13 @@ def compare_command(paths, sort: str | None = None, fmt: str = "table", out=None
     print(text)
     if out is not None:
         try:
-            write_summary(runs, out, sort)
-        except OSError as error:  # e.g. a folder named comparison.csv in the way, a full disk
+            write_summary(runs, out, sort, baseline)
+        except (OSError, files.WriteError) as error:  # a folder in the way, a full disk
             print(f"error: cannot write the summary into {out}: {error}", file=sys.stderr)
             return 1
         # stderr, so that `--format json --out DIR > table.json` stays valid json
-        print(f"wrote comparison.csv, comparison.md and plots to {out}", file=sys.stderr)
+        wrote = "comparison.csv, comparison.md, findings.md and plots"
+        print(f"wrote {wrote} to {out}", file=sys.stderr)
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from cnnlab.outcome import ConfigError
 from cnnlab.ranges import (
     int_or_pair,
+    key_values,
     layers,
     positive,
     refuse_non_finite,
@@ -83,6 +84,7 @@ RUN_SETTINGS = (
     "trainer.eval_batch_size",
     "trainer.threads",
     "pictures",
+    "baseline",
 )
 # Repeats of one experiment: runs that differ only in these are grouped (mean, std, n).
 REPEAT_KEYS = ("seed", "seeds")
@@ -388,6 +390,9 @@ class TrainConfig:
     resume: str | None = None  # a run folder or a checkpoint file
     logger: Any = None  # NoLoggerConfig, TensorBoardLoggerConfig or MLflowLoggerConfig
     pictures: bool = True  # filters.png and feature_maps.png (off for large sweeps)
+    # the row a sweep's summary compares the others with (KEY=VALUE[,KEY=VALUE], as
+    # `cnnlab compare --baseline`): each experiment preset declares one
+    baseline: str | None = None
 
     def __post_init__(self):
         refuse_non_finite(self)
@@ -404,6 +409,8 @@ class TrainConfig:
                 f"at most {2**32 - 1}"
             )
         self._check_validation()
+        if self.baseline is not None:
+            key_values("baseline", self.baseline)
         if self.seeds > 1 and self.trainer.compile:
             raise ConfigError(
                 f"seeds={self.seeds} with trainer.compile=true is not supported: several "

@@ -107,6 +107,7 @@ def load_run(path: str | os.PathLike) -> dict:
         "config": flatten(config),
         "overrides": _read_yaml(path / ".hydra" / "overrides.yaml", list)[0],
     }
+    run["choices"] = group_choices(run["overrides"], run["config"])
     file = path / "metrics.json"
     if not file.exists():
         # With a history the run was killed (or is still running) after some epochs.
@@ -130,6 +131,18 @@ def load_run(path: str | os.PathLike) -> dict:
         reason = reason or ("metrics.json has no status" if status == "unknown" else None)
         reason = reason or run["reason"]
     return {**run, "metrics": metrics, "status": status, "reason": reason}
+
+
+def group_choices(overrides, config: dict) -> dict[str, str]:
+    """The config groups a run chose on its command line or in its sweep (variant=kernel3,
+    model=mlp): overrides whose key is a group's name, not a config key."""
+    choices = {}
+    for item in overrides if isinstance(overrides, list) else []:
+        key, _, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if value and key.isidentifier() and key not in config:
+            choices[key] = value
+    return choices
 
 
 def _content_problem(metrics) -> str | None:
@@ -211,3 +224,10 @@ def receptive_field(value) -> int | list | None:
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return None
     return values[0] if len(set(values)) == 1 else values
+
+
+def canon(value) -> str:
+    """A comparable form of a config value: 1 and 1.0 are the same setting."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+    return json.dumps(value, sort_keys=True, default=str)
