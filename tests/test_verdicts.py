@@ -13,7 +13,7 @@ import yaml
 from conftest import QUICK, cnnlab_train
 from scipy import stats
 
-from cnnlab import compare, verdicts
+from cnnlab import compare, plots, records, verdicts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -171,3 +171,51 @@ def test_a_bad_baseline_in_the_config_is_refused_before_training(tmp_path, run_c
     r = run_cli(tmp_path, "train", *QUICK, "baseline=relu", f"hydra.run.dir={tmp_path / 'r'}")
     assert r.returncode == 2 and "baseline=relu is not allowed" in r.stderr
     assert not (tmp_path / "r").exists()
+
+
+# ---- the plots read as answers ---------------------------------------------------------------
+
+
+def drawn_grids(monkeypatch) -> list:
+    grids = []
+    monkeypatch.setattr(plots, "save", lambda grid, file: grids.append(grid))
+    return grids
+
+
+def legend_texts(grid) -> list[str]:
+    return [t.get_text() for t in grid.legend.get_texts()]
+
+
+def test_accuracy_plot_is_titled_bars_are_t_intervals_and_the_baseline_is_marked(
+    activations, tmp_path, monkeypatch
+):
+    grids = drawn_grids(monkeypatch)
+    compare.write_summary(records.find_runs([activations]), tmp_path / "out")
+    accuracy, losses = grids
+    title = accuracy.figure._suptitle.get_text()
+    assert "digits, 1 epoch" in title and "bars: 95% CI over 8 seeds" in title
+    assert "over 8 seeds" in losses.figure._suptitle.get_text()
+    assert accuracy.legend.get_title().get_text() == "model.activation"
+    assert legend_texts(accuracy) == ["relu", "leaky_relu", "gelu"]
+    axes = accuracy.axes.flat[0]
+    relu = pd.Series(by_seed(job(activations, "=relu")))
+    (line,) = [ln for ln in axes.get_lines() if ln.get_linestyle() == "--"]
+    assert line.get_ydata()[0] == pytest.approx(relu.mean())
+    assert any(t.get_text() == "baseline: model.activation=relu" for t in axes.texts)
+    low, high = verdicts.interval_of_mean(relu)
+    bars = [c for c in axes.collections if len(c.get_segments()) == 1]
+    spans = [tuple(sorted(c.get_segments()[0][:, 1])) for c in bars]
+    assert any(span == pytest.approx((low, high)) for span in spans)
+
+
+def test_a_variant_sweep_is_labelled_by_variant_names(tmp_path, monkeypatch):
+    sweep = tmp_path / "variants"
+    overrides = [*DIGITS, "data.train_size=200", "variant=baseline,kernel3,factorize"]
+    assert cnnlab_train(sweep, *overrides, multirun=True) == 0
+    grids = drawn_grids(monkeypatch)
+    compare.write_summary(records.find_runs([sweep]), tmp_path / "out", baseline="variant=baseline")
+    for grid in grids:
+        assert grid.legend.get_title().get_text() == "variant"
+        assert legend_texts(grid) == ["baseline", "kernel3", "factorize"]
+    text = (tmp_path / "out" / "findings.md").read_text()
+    assert "- variant=kernel3 vs variant=baseline: " in text

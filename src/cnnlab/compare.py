@@ -308,12 +308,16 @@ def write_summary(
     files.write_atomic(out / "comparison.md", format_table(table, "md") + "\n\n" + images + "\n")
     text = findings.findings(grouped, seeds, keys, baseline, setting)
     files.write_atomic(out / "findings.md", text)
-    # The plots show completed runs (the table has the others), told apart by what varies.
+    # The plots show completed runs (the table has the others), told apart by what varies:
+    # by their variant's name where the runs chose one (it names what its keys set)
     seeds = seeds[seeds["status"] == "completed"]
     seeds = seeds.assign(**{key: seeds[key].map(_label) for key in keys})
+    keys = ["variant"] if "variant" in keys else keys
     keys = [key for key in ["model", *keys] if seeds[key].map(canon).nunique() > 1]
-    plots.plot_accuracy(seeds, keys, out / "accuracy_vs_params.png")
-    plots.plot_losses(runs, seeds, keys, out / "loss_curves.png")
+    base = grouped["group"][grouped["verdict"] == "baseline"] if "verdict" in grouped else []
+    marked = plots.Baseline(seeds["group"].isin(base), baseline) if len(base) else None
+    plots.plot_accuracy(seeds, keys, out / "accuracy_vs_params.png", setting, marked)
+    plots.plot_losses(runs, seeds, keys, out / "loss_curves.png", setting)
     return table
 
 
