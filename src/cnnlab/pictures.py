@@ -25,6 +25,7 @@ def figure(width: float, height: float):
 
 
 MAX_TILES = 64  # filters.png shows at most this many kernels
+ROW_HEIGHT = 6  # feature_maps.png: pixels per channel of a 1-D map
 
 
 def _colormap(name: str, gaps: str):
@@ -48,6 +49,33 @@ def mosaic(tiles: np.ndarray, cols: int, fill: float = np.nan) -> np.ndarray:
         r, c = divmod(i, cols)
         out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = tile
     return out
+
+
+def conv_numbers(model) -> dict[str, int]:
+    """Each conv layer's module name -> its place among the model's convs (1, 2, ...):
+    the names a reader uses ("conv 1"), where module paths say `features.0.0.0`."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, CONVS)]
+    return {name: k for k, name in enumerate(convs, start=1)}
+
+
+def conv_title(number: int, conv) -> str:
+    """`conv 1: 6 filters, 5x5`, with stride and dilation where they are not 1."""
+    kernel = "x".join(map(str, conv.kernel_size))
+    extras = [f"{key} {'x'.join(map(str, v))}" for key, v in
+              (("stride", conv.stride), ("dilation", conv.dilation)) if set(v) != {1}]  # fmt: skip
+    return ", ".join([f"conv {number}: {conv.out_channels} filters, {kernel}", *extras])
+
+
+def stage_title(model, name: str, stage) -> str:
+    """A feature-map column's first line: the convs whose output it shows (`conv 1 (5x5)`,
+    `convs 3-4`), by their place in the model."""
+    numbers = conv_numbers(model)
+    inside = [numbers[f"{name}.{n}" if n else name] for n, m in stage.named_modules()
+              if isinstance(m, CONVS)]  # fmt: skip
+    if len(inside) == 1:
+        conv = next(m for m in stage.modules() if isinstance(m, CONVS))
+        return f"conv {inside[0]} ({'x'.join(map(str, conv.kernel_size))})"
+    return f"convs {min(inside)}-{max(inside)}"
 
 
 def first_layer_weights(model, input_shape=None) -> tuple[str, torch.Tensor]:
@@ -77,6 +105,7 @@ def plot_filters(model, path: Path, input_shape=None) -> None:
     only for a model without convs.
     """
     name, weights = first_layer_weights(model, input_shape)
+    layer = dict(model.named_modules())[name]
     w = weights.detach().float().cpu()
     one_d = w.ndim == 3
     if one_d:
@@ -96,9 +125,7 @@ def plot_filters(model, path: Path, input_shape=None) -> None:
     aspect = image.shape[1] / image.shape[0]
     fig = figure(min(10.0, max(3.5, 4 * aspect + 1.5)), 4.5 if not one_d else 3.5)
     ax = fig.add_subplot()
-    shown = f"{len(w)} of {filters}" if len(w) < filters else str(filters)
-    kernel = f"{kw}" if one_d else f"{kh}x{kw}"
-    ax.set_title(f"{name}: {shown} filters, {kernel}, {channels} input channel(s)", fontsize=9)
+    ax.set_title(filters_title(model, name, layer, len(w), channels), fontsize=9, wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
     if rgb:
@@ -118,6 +145,24 @@ def plot_filters(model, path: Path, input_shape=None) -> None:
             ax.set(xlabel="input channel" if channels > 1 else "tap", ylabel="filter")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def filters_title(model, name: str, layer, shown: int, channels: int) -> str:
+    """filters.png's title in a reader's words: which conv and what its kernels are (or, for
+    a model without convs, what the first dense layer's rows are), on lines that fit."""
+    if isinstance(layer, nn.Linear):
+        units = layer.out_features
+        part = f"{shown} of {units}" if shown < units else f"all {units}"
+        return (
+            f"first dense layer: the weights of {part} hidden units,\n"
+            f"each drawn in the shape of the input it reads"
+        )
+    title = conv_title(conv_numbers(model)[name], layer)
+    if shown < layer.out_channels:
+        title += f" ({shown} shown)"
+    if channels > 1:
+        title += f",\neach over {channels} input channels"
+    return title
 
 
 def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int = 16) -> int:
@@ -155,7 +200,9 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
         else:
             cmap = _colormap("magma", "white")
         for i in range(n):
-            maps = out[i][:, None, :] if one_d else out[i]
+            # a series' channel is a stripe ROW_HEIGHT pixels high: the one-pixel gaps
+            # between channels stay thin beside them
+            maps = out[i][:, None, :].repeat(1, ROW_HEIGHT, 1) if one_d else out[i]
             cols = 1 if one_d else int(np.ceil(np.sqrt(len(maps))))
             axes[i, j].imshow(
                 mosaic(maps.numpy(), cols),
@@ -165,8 +212,13 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
                 interpolation="nearest",
                 aspect="auto" if one_d else "equal",
             )
-        shape = "x".join(map(str, outputs[name].shape[1:]))
-        axes[0, j].set_title(f"{name}\n{shape}", fontsize=8)
+        channels, *size = outputs[name].shape[1:]
+        shown = (
+            f"{min(channels, max_channels)} of {channels}" if channels > max_channels else channels
+        )
+        size = "x".join(map(str, size))
+        title = f"{stage_title(model, name, stages[j - 1][1])}\n{shown} channels, {size}"
+        axes[0, j].set_title(title, fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -241,6 +293,12 @@ def plot_effective_receptive_field(
     return True
 
 
+def label_room(h: int) -> int:
+    """Rows of pixels under a tile of height h for its two-line label (a quarter of a tile
+    is about two lines of 7-point text at mistakes.png's size)."""
+    return max(4, h // 4) + 2
+
+
 def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: int = 16) -> int:
     """The test images the model got most confidently wrong, labelled true / predicted.
 
@@ -257,7 +315,13 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     ]
     cols = 4
     rows = max(1, -(-len(order) // cols))
-    fig = figure(2.3 * cols, 2.4 * rows)
+    if images.dim() == 3 or not order:
+        fig = figure(2.3 * cols, 2.4 * rows)
+    else:  # as tall as the mosaic of tiles and labels is, for its width: no empty margins
+        h, w = images.shape[2:]
+        fig = figure(
+            2.3 * cols, 2.3 * cols * rows * (h + label_room(h) + 1) / (cols * (w + 1)) + 0.4
+        )
     if images.dim() == 3:  # series: one small plot each, one line per channel
         axes = fig.subplots(rows, cols, squeeze=False)
         for ax in axes.flat:
@@ -274,13 +338,13 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
             h, w = tiles.shape[1:3]
             tiles = tiles[..., 0] if tiles.shape[-1] == 1 else tiles
             # below each tile, room for its two-line label
-            room = np.full((len(tiles), h // 2 + 2, *tiles.shape[2:]), np.nan)
+            room = np.full((len(tiles), label_room(h), *tiles.shape[2:]), np.nan)
             ax.imshow(
                 mosaic(np.concatenate([tiles, room], 1), cols), cmap=_colormap("gray", "white")
             )
             for k, label in enumerate(labels):
                 r, c = divmod(k, cols)
-                x, y = c * (w + 1) + w / 2, r * (h + h // 2 + 3) + h + 0.5
+                x, y = c * (w + 1) + w / 2, r * (h + label_room(h) + 1) + h + 0.5
                 ax.text(x, y, label, ha="center", va="top", fontsize=7)
     if not order:
         ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=ax.transAxes)

@@ -118,15 +118,24 @@ def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
             continue
         values = np.array([[row[key] for row in rows] for rows in epochs.values()])
         (line,) = ax.plot(list(epochs), values.mean(1), style, label=label)
-        if seeds > 1:
-            low, high = values.min(1), values.max(1)
+        low, high = values.min(1), values.max(1)
+        if seeds > 1 and len(epochs) > 1:
             ax.fill_between(list(epochs), low, high, color=line.get_color(), alpha=0.2)
+        elif seeds > 1:  # one epoch is a point: its spread a bar, not a sliver of band
+            ax.vlines(list(epochs), low, high, color=line.get_color(), alpha=0.5, linewidth=3)
     if seeds > 1:
-        title += f" ({seeds} seeds: mean, band from lowest to highest)"
+        spread = "band" if len(epochs) > 1 else "bar"
+        title += f"\n({seeds} seeds: mean, {spread} from lowest to highest)"
     ax.set(xlabel="epoch", ylabel="cross-entropy loss", title=title)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    # whole epochs only: a few are each a tick (one epoch alone is not a band of 0.96-1.04)
+    if len(epochs) <= 12:
+        ax.set_xticks(list(epochs))
+        if len(epochs) == 1:
+            ax.set_xlim(min(epochs) - 1, min(epochs) + 1)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
