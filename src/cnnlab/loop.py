@@ -1,9 +1,12 @@
-"""Training: a run's state, one epoch, the loop that calls it, and checkpoints.
+"""Training: a run's state, one epoch, and the loop that calls it.
 
 nanoGPT's shape: everything a run is lives in one `RunState` (model, optimiser, every random
-state, where the epoch stands in images, history) with one save and one load; `train_epoch`
-steps through the rest of the current epoch; `fit` is the loop that calls it, evaluates and
-checkpoints. No file formats here but the checkpoint's; the pieces of a step are engine.py's.
+state, where the epoch stands in images, history, the validation selection) with one
+state_dict and one load; `train_epoch` steps through the rest of the current epoch; `fit` is
+the loop that calls it, evaluates (on the validation split when there is one: the test set
+is read once, at the end) and hands the state to its caller to checkpoint. The checkpoint
+file is checkpoints.py's; the pieces of a step are engine.py's; choosing an epoch on
+validation is selection.py's.
 """
 
 from __future__ import annotations
