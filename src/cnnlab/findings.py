@@ -156,7 +156,7 @@ def findings(
                 *(row[k] for k in verdicts.COLUMNS), n=0, detectable=row[verdicts.DETECTABLE]
             )
             n, n_base = _n(row), _n(done.iloc[base])
-            seeds_text = f"{n} seeds" if n == n_base else f"{n} and {n_base} seeds"
+            seeds_text = f"{n} and {n_base} seeds" if n != n_base else f"{n} seed{'s' * (n != 1)}"
             said = verdicts.sentence(names[i], names[base], contrast, seeds_text, compared)
             lines.append(f"- {said}")
     else:
