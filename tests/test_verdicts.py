@@ -219,3 +219,19 @@ def test_a_variant_sweep_is_labelled_by_variant_names(tmp_path, monkeypatch):
         assert legend_texts(grid) == ["baseline", "kernel3", "factorize"]
     text = (tmp_path / "out" / "findings.md").read_text()
     assert "- variant=kernel3 vs variant=baseline: " in text
+
+
+def test_rows_that_did_not_complete_are_neither_baseline_nor_compared(tmp_path, capsys):
+    from test_compare import make_run
+
+    for job, width in enumerate((1.0, 2.0, 3.0)):
+        accuracies = [0.80 + width / 100 + s / 1000 for s in range(3)]
+        make_run(tmp_path / f"{job}_w{width}", width=width, seeds=accuracies)
+    # a failed run of the baseline's config: a row of its own, never matched
+    make_run(tmp_path / "3_w1_failed", width=1.0, status="failed", error="boom")
+    assert compare.compare_command([tmp_path], fmt="json", baseline="model.width=1") == 0
+    rows = {row["run"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["0_w1.0"]["verdict"] == "baseline"
+    assert rows["3_w1_failed"]["verdict"] is None and rows["3_w1_failed"]["diff"] is None
+    # every seed 1 point above the baseline's, paired: an exact difference, no spread
+    assert rows["1_w2.0"]["diff"] == pytest.approx(1.0) and rows["1_w2.0"]["verdict"] == "better"

@@ -20,15 +20,18 @@ def settings(run: dict) -> dict:
 
 
 def with_verdicts(table: pd.DataFrame, seeds: pd.DataFrame, runs: list[dict], baseline: str):
-    """The verdict columns of each row against the one row `baseline` names."""
+    """The verdict columns of each completed row against the one completed row `baseline`
+    names (a row that did not complete gets none)."""
     try:
         wanted = key_values("--baseline", baseline)
     except ValueError as e:
         raise CompareError(str(e)) from None
     first = seeds.groupby("group", sort=False)["folder"].first()
+    # rows that did not complete have no accuracy: neither a baseline nor compared
+    completed = [group for group in table.index if table.at[group, "status"] == "completed"]
     matches = [
         group
-        for group in table.index
+        for group in completed
         if all(canon(_value(runs[first[group]], k)) == canon(v) for k, v in wanted.items())
     ]
     if len(matches) != 1:
@@ -37,7 +40,7 @@ def with_verdicts(table: pd.DataFrame, seeds: pd.DataFrame, runs: list[dict], ba
             if matches
             else "no row of the comparison matches"
         )
-        rows = ", ".join(table["run"])
+        rows = ", ".join(table.loc[completed, "run"])
         raise CompareError(
             f"--baseline {baseline}: {found}; give KEY=VALUE pairs that name exactly one of "
             f"its rows ({rows})"
@@ -46,7 +49,7 @@ def with_verdicts(table: pd.DataFrame, seeds: pd.DataFrame, runs: list[dict], ba
     by_seed = {group: rows.set_index("seed")["accuracy_%"] for group, rows in accuracy}
     empty = pd.Series(dtype=float)
     base = by_seed.get(matches[0], empty)
-    others = [g for g in table.index if g != matches[0]]
+    others = [g for g in completed if g != matches[0]]
     contrasts = verdicts.holm([verdicts.contrast(base, by_seed.get(g, empty)) for g in others])
     rows = {matches[0]: verdicts.columns(None)}
     rows |= {g: verdicts.columns(c) for g, c in zip(others, contrasts, strict=True)}
