@@ -123,7 +123,8 @@ def test_gelu_against_relu_by_hand(activations, capsys):
 def test_the_sweep_writes_findings_naming_its_baseline(activations):
     text = (activations / "findings.md").read_text()
     assert "against the baseline model.activation=relu" in text
-    lines = [line for line in text.splitlines() if line.startswith("- ")]
+    base, *lines = [line for line in text.splitlines() if line.startswith("- ")]
+    assert base.startswith("- model.activation=relu (the baseline): ")
     assert len(lines) == 2 and all(" vs model.activation=relu: " in line for line in lines)
     assert all("would be detectable" in line or "identical" in line for line in lines)
     table = pd.read_csv(activations / "comparison.csv")

@@ -19,6 +19,7 @@ import pandas as pd
 ALPHA = 0.05  # 95% intervals; a verdict needs a Holm-corrected p below this
 POWER = 0.8  # the smallest detectable difference: one the seeds would find 4 times in 5
 MIN_SEEDS = 3
+SPREAD = 1e-9  # a standard error this small, relative to the difference, is float rounding
 VERDICTS = ("better", "worse", "no detectable difference", "n too small")
 COLUMNS = ("diff", "ci95_low", "ci95_high", "p_value", "paired", "verdict")
 # also in csv and json: the smallest difference the row's seeds would detect (points)
@@ -53,11 +54,18 @@ def contrast(base: pd.Series, other: pd.Series) -> Contrast:
         other = other.reindex(base.index)
         differences = other - base
         se, df = float(differences.std(ddof=1)) / math.sqrt(n), n - 1
-        test = stats.ttest_rel(other, base) if se > 0 else None
     else:
         se = math.sqrt(other.var(ddof=1) / len(other) + base.var(ddof=1) / len(base))
-        test = stats.ttest_ind(other, base, equal_var=False) if se > 0 else None
-        df = float(test.df) if test is not None else len(base) + len(other) - 2
+        df = len(base) + len(other) - 2
+    # a spread of float rounding (every seed 1.0 point apart, give or take 1e-15) is none
+    spread = se > SPREAD * max(1.0, abs(diff))
+    if spread and paired:
+        test = stats.ttest_rel(other, base)
+    elif spread:
+        test = stats.ttest_ind(other, base, equal_var=False)
+        df = float(test.df)
+    else:
+        test, se = None, 0.0
     if test is None:  # no spread at all: the difference is exact
         low = high = diff
         p_value = 1.0 if diff == 0 else 0.0
