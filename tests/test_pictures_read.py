@@ -110,3 +110,12 @@ def test_mistakes_fill_their_canvas(drawn):
     height = ax.get_window_extent().height / drawn[0].bbox.height
     width = ax.get_window_extent().width / drawn[0].bbox.width
     assert height > 0.85 and width > 0.85  # the mosaic, not a strip in the middle
+
+
+def test_a_residual_stage_is_named_with_its_convs(drawn):
+    model = build_model(LeNetConfig(residual=True, depth=2, padding="same"), MNIST, 10)
+    pictures.plot_feature_maps(model, torch.randn(1, *MNIST), "maps.png")
+    assert [t.split("\n")[0] for t in titles(drawn[0])[1:]] == [
+        "residual stage, convs 1-3",
+        "residual stage, convs 4-6",
+    ]  # fmt: skip  (two 5x5 convs and the 1x1 projection of the shortcut each)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cnnlab.inspection import CONVS, conv_stages, effective_receptive_field, per_axis
+from cnnlab.models import Residual
 
 
 def figure(width: float, height: float):
@@ -75,7 +76,8 @@ def stage_title(model, name: str, stage) -> str:
     if len(inside) == 1:
         conv = next(m for m in stage.modules() if isinstance(m, CONVS))
         return f"conv {inside[0]} ({'x'.join(map(str, conv.kernel_size))})"
-    return f"convs {min(inside)}-{max(inside)}"
+    convs = f"convs {min(inside)}-{max(inside)}"
+    return f"residual stage, {convs}" if isinstance(stage, Residual) else convs
 
 
 def first_layer_weights(model, input_shape=None) -> tuple[str, torch.Tensor]:
