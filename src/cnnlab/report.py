@@ -98,7 +98,7 @@ def write_confusion_csv(path: Path, cm: torch.Tensor, classes: list[str]) -> Non
 
 def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
     """Train and test loss per epoch; with several seeds, their mean and a band from the
-    lowest to the highest seed."""
+    lowest to the highest seed (one epoch: points, and a bar for the seeds' range)."""
     fig = pictures.figure(6, 4)
     ax = fig.subplots()
     epochs = by_epoch(history)
@@ -109,15 +109,24 @@ def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
     ):
         values = np.array([[row[key] for row in rows] for rows in epochs.values()])
         (line,) = ax.plot(list(epochs), values.mean(1), style, label=label)
-        if seeds > 1:
-            low, high = values.min(1), values.max(1)
+        low, high = values.min(1), values.max(1)
+        if seeds > 1 and len(epochs) > 1:
             ax.fill_between(list(epochs), low, high, color=line.get_color(), alpha=0.2)
+        elif seeds > 1:  # a band one epoch wide would be a sliver
+            spread = [values.mean(1) - low, high - values.mean(1)]
+            ax.errorbar(list(epochs), values.mean(1), spread, color=line.get_color(), capsize=6)
     if seeds > 1:
-        title += f" ({seeds} seeds: mean, band from lowest to highest)"
+        spread = "band" if len(epochs) > 1 else "bar"
+        title += f" ({seeds} seeds: mean, {spread} from lowest to highest)"
     ax.set(xlabel="epoch", ylabel="cross-entropy loss", title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)
+    one_epoch = len(epochs) == 1
+    if one_epoch:  # the locator would tick fractions of the one epoch
+        ax.set_xticks(list(epochs))
+        ax.set_xlim(min(epochs) - 1, max(epochs) + 1)
     ax.grid(alpha=0.3)
-    ax.legend()
+    # one epoch's points stand mid-axes, where "best" puts the legend over a marker's edge
+    ax.legend(loc="upper left" if one_epoch else "best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
