@@ -353,8 +353,10 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     cols = min(4, max(1, len(order)))
     rows = max(1, -(-len(order) // cols))
     width = max(4.0, 2.3 * cols)  # room for the title above even one image
+    title = wrap("most confident mistakes (true class, predicted class, confidence)", width, 9)
+    above = 0.2 * (title.count("\n") + 1) + 0.2  # inches for the title
     if images.dim() == 3:  # series: one small plot each, one line per channel
-        fig = figure(width, 2.4 * rows + 0.4)
+        fig = figure(width, 2.4 * rows + above)
         axes = fig.subplots(rows, cols, squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
@@ -370,7 +372,7 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
         room = int(np.ceil(0.4 * (w + 1) / 2.3))
         gaps = np.full((len(tiles), room, *tiles.shape[2:]), np.nan)
         image = mosaic(np.concatenate([tiles, gaps], 1), cols)
-        fig = figure(width, 2.3 * cols * image.shape[0] / image.shape[1] + 0.5)
+        fig = figure(width, 2.3 * cols * image.shape[0] / image.shape[1] + above)
         ax = fig.subplots()
         ax.axis("off")
         ax.imshow(image, cmap=_colormap("gray", "white"))
@@ -384,8 +386,7 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
         ax.axis("off")
     if not order:
         ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=ax.transAxes)
-    title = "most confident mistakes (true class, predicted class, confidence)"
-    fig.suptitle(wrap(title, width, 9), fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return len(order)
