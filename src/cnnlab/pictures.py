@@ -63,7 +63,8 @@ def wrap(text: str, width: float, fontsize: float) -> str:
 class FirstLayer(NamedTuple):
     """What filters.png shows: the layer's name ('conv 1', 'first dense layer'), its
     weights (filters x channels x *spatial), its window in words (None: a dense layer)
-    and a note on how the picture was made ('' if none)."""
+    and a note: for a conv, on what its kernels see or how they were drawn ('' if
+    nothing to say); for a dense layer, what its rows are ('hidden units')."""
 
     name: str
     weights: torch.Tensor
