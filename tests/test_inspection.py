@@ -213,8 +213,8 @@ def test_filters_and_feature_maps_for_lenet(tmp_path):
 
 def test_mlp_filters_are_input_shaped_templates(tmp_path):
     model = build_model(MLPConfig(), MNIST, 10)
-    name, weights = pictures.first_layer_weights(model, MNIST)
-    assert (name, tuple(weights.shape)) == ("net.1", (128, 1, 28, 28))
+    first = pictures.first_layer_weights(model, MNIST)
+    assert (first.name, tuple(first.weights.shape)) == ("first dense layer", (128, 1, 28, 28))
     pictures.plot_filters(model, tmp_path / "filters.png", MNIST)
     assert_png(tmp_path / "filters.png")
     assert pictures.plot_feature_maps(model, torch.randn(2, *MNIST), tmp_path / "fm.png") == 0
@@ -234,8 +234,9 @@ def test_pictures_of_a_one_dimensional_model(tmp_path):
 def test_which_layers_the_pictures_show():
     # a 1x1 bottleneck has no spatial picture: filters.png shows the 5x5 conv behind it
     model = build_model(LeNetConfig(bottleneck=4), MNIST, 10)
-    name, weights = pictures.first_layer_weights(model)
-    assert (name, tuple(weights.shape)) == ("features.0.1.0", (6, 4, 5, 5))
+    first = pictures.first_layer_weights(model)
+    assert (first.name, tuple(first.weights.shape)) == ("conv 1", (6, 4, 5, 5))
+    assert first.weights is model.get_submodule("features.0.1.0").weight
     assert [n for n, _ in conv_stages(model)] == [
         "features.0.0",
         "features.0.1",
@@ -245,6 +246,9 @@ def test_which_layers_the_pictures_show():
     # a residual stage is one stage: its activation comes after the shortcut is added
     model = build_model(LeNetConfig(residual=True, padding="same", depth=2), MNIST, 10)
     assert [n for n, _ in conv_stages(model)] == ["features.0", "features.2"]
+    # a multi-scale conv is one stage: its branches' maps concatenated, then activated
+    model = build_model(LeNetConfig(branches=[1, 3, 5], padding="same"), MNIST, 10)
+    assert [n for n, _ in conv_stages(model)] == ["features.0.0", "features.2.0"]
 
 
 def test_mosaic_puts_gaps_between_tiles():

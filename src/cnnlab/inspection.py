@@ -113,12 +113,19 @@ def kernel_text(layer: nn.Module, n: int) -> str | None:
     """'5x5', '5x1', '2x2 s2', '5x5 d2': the window of a conv or pool over n axes."""
     if not isinstance(layer, WINDOWED):
         return None
-    parts = ["x".join(map(str, per_axis(layer.kernel_size, n)))]
-    for letter, attr in (("s", "stride"), ("d", "dilation")):
-        v = collapse(per_axis(getattr(layer, attr, 1), n))
+    return window_text(layer.kernel_size, layer.stride, getattr(layer, "dilation", 1), n)
+
+
+def window_text(kernel, stride, dilation, n: int, words: bool = False) -> str:
+    """'5x5 s2 d2', or with `words` '5x5, stride 2, dilation 2' (for pictures' titles): a
+    window over n axes; stride and dilation only where they are not 1."""
+    parts = ["x".join(map(str, per_axis(kernel, n)))]
+    for letter, attr, v in (("s", "stride", stride), ("d", "dilation", dilation)):
+        v = collapse(per_axis(v, n))
         if v != 1:
-            parts.append(f"{letter}{v if isinstance(v, int) else 'x'.join(map(str, v))}")
-    return " ".join(parts)
+            v = v if isinstance(v, int) else "x".join(map(str, v))
+            parts.append(f"{attr} {v}" if words else f"{letter}{v}")
+    return (", " if words else " ").join(parts)
 
 
 def inspect_model(model: nn.Module, input_shape: tuple) -> dict:
@@ -273,7 +280,8 @@ def format_inspection(info: dict, fmt: str = "table") -> str:
 def conv_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules whose outputs are a model's feature maps, in order: each conv block
     (a conv with its norm and activation), a whole residual stage (its activation comes
-    after the shortcut is added), or a bare conv where no block holds it."""
+    after the shortcut is added), a multi-scale conv's block (its branches' maps
+    concatenated), or a bare conv where no block holds it."""
     modules = dict(model.named_modules())
     stages: dict[str, nn.Module] = {}
     for name, layer in modules.items():
@@ -282,9 +290,15 @@ def conv_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
         parts = name.split(".")
         ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
         residual = next((a for a in ancestors if isinstance(modules[a], Residual)), None)
+        branches = next((a for a in ancestors if isinstance(modules[a], Branches)), None)
         parent = modules[ancestors[-1]] if ancestors else None
         if residual is not None:
             stages[residual] = modules[residual]
+        elif branches is not None:
+            block = branches.rpartition(".")[0]  # the Sequential of branches, norm, activation
+            starts = block and isinstance(modules[block], nn.Sequential)
+            key = block if starts and modules[block][0] is modules[branches] else branches
+            stages[key] = modules[key]
         elif is_conv_block(parent):
             stages[ancestors[-1]] = parent
         else:

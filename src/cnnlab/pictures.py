@@ -7,14 +7,16 @@ Drawn with matplotlib's object API alone (`figure`), which report.py's plots sha
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from cnnlab.inspection import CONVS, conv_stages, effective_receptive_field, per_axis
-from cnnlab.models import Residual
+from cnnlab.layer_names import ConvLayer, conv_layers, kernel_text, stage_title
 
 
 def figure(width: float, height: float):
@@ -26,7 +28,6 @@ def figure(width: float, height: float):
 
 
 MAX_TILES = 64  # filters.png shows at most this many kernels
-ROW_HEIGHT = 6  # feature_maps.png: pixels per channel of a 1-D map
 
 
 def _colormap(name: str, gaps: str):
@@ -52,49 +53,109 @@ def mosaic(tiles: np.ndarray, cols: int, fill: float = np.nan) -> np.ndarray:
     return out
 
 
-def conv_numbers(model) -> dict[str, int]:
-    """Each conv layer's module name -> its place among the model's convs (1, 2, ...):
-    the names a reader uses ("conv 1"), where module paths say `features.0.0.0`."""
-    convs = [n for n, m in model.named_modules() if isinstance(m, CONVS)]
-    return {name: k for k, name in enumerate(convs, start=1)}
+def wrap(text: str, width: float, fontsize: float) -> str:
+    """`text` broken into lines that fit `width` inches at `fontsize` points (a character
+    is taken as 0.6 em wide, a little wider than DejaVu Sans's average)."""
+    chars = max(10, int(width * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
-def conv_title(number: int, conv) -> str:
-    """`conv 1: 6 filters, 5x5`, with stride and dilation where they are not 1."""
-    kernel = "x".join(map(str, conv.kernel_size))
-    extras = [f"{key} {'x'.join(map(str, v))}" for key, v in
-              (("stride", conv.stride), ("dilation", conv.dilation)) if set(v) != {1}]  # fmt: skip
-    return ", ".join([f"conv {number}: {conv.out_channels} filters, {kernel}", *extras])
+class FirstLayer(NamedTuple):
+    """What filters.png shows: the layer's name ('conv 1', 'first dense layer'), its
+    weights (filters x channels x *spatial), its window in words (None: a dense layer)
+    and a note: for a conv, on what its kernels see or how they were drawn ('' if
+    nothing to say); for a dense layer, what its rows are ('hidden units')."""
+
+    name: str
+    weights: torch.Tensor
+    kernel: str | None
+    note: str = ""
 
 
-def stage_title(model, name: str, stage) -> str:
-    """A feature-map column's first line: the convs whose output it shows (`conv 1 (5x5)`,
-    `convs 3-4`), by their place in the model."""
-    numbers = conv_numbers(model)
-    inside = [numbers[f"{name}.{n}" if n else name] for n, m in stage.named_modules()
-              if isinstance(m, CONVS)]  # fmt: skip
-    if len(inside) == 1:
-        conv = next(m for m in stage.modules() if isinstance(m, CONVS))
-        return f"conv {inside[0]} ({'x'.join(map(str, conv.kernel_size))})"
-    convs = f"convs {min(inside)}-{max(inside)}"
-    return f"residual stage, {convs}" if isinstance(stage, Residual) else convs
-
-
-def first_layer_weights(model, input_shape=None) -> tuple[str, torch.Tensor]:
-    """(layer name, weights as filters x channels x *spatial) for filters.png.
-
-    The first conv with more than one tap (a 1x1 bottleneck in front of it mixes channels
-    and has no picture to show), else the first dense layer with each row reshaped to the
-    input (channels, *spatial): what the MLP's units look for, its "templates".
-    """
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, CONVS)]
+def first_layer_weights(model, input_shape=None) -> FirstLayer:
+    """The first conv layer (a 1x1 conv in front of it mixes channels and has no picture to
+    show), else the first dense layer with each row reshaped to the input (channels,
+    *spatial): what the MLP's units look for."""
+    layers = conv_layers(model)
+    convs = [m for m in model.modules() if isinstance(m, CONVS)]
+    if layers:
+        return conv_layer_weights(layers[0], convs[0].in_channels)
     if convs:
-        name, conv = next(((n, m) for n, m in convs if m.weight[0, 0].numel() > 1), convs[0])
-        return name, conv.weight
-    name, dense = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear))
+        return FirstLayer("the first conv", convs[0].weight, "1x1")
+    dense = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if input_shape is None:
-        raise ValueError(f"plot_filters needs input_shape to show {name}'s rows as inputs")
-    return name, dense.weight.reshape(-1, *input_shape)
+        raise ValueError("plot_filters needs input_shape to show the dense layer's rows as inputs")
+    units = "output units (one per class)" if len(dense) == 1 else "hidden units"
+    return FirstLayer("first dense layer", dense[0].weight.reshape(-1, *input_shape), None, units)
+
+
+def conv_layer_weights(layer: ConvLayer, input_channels: int) -> FirstLayer:
+    """A conv layer's kernels: a factorised pair's halves composed into the k x k kernel
+    they make together (no bias or activation lies between them); a multi-scale layer's
+    branches side by side, each kernel centred on a tile the size of the widest (NaN
+    around it: drawn as the gaps), or where a 1x1 bottleneck feeds some branches and not
+    others the widest branch alone."""
+    number, convs, text, kind, parts = layer
+    name = f"conv {number}"
+    if kind == "factorised":
+        first, second = (conv.weight for conv in convs)
+        weights = torch.einsum("mcy,omx->ocyx", first[..., 0], second[:, :, 0])
+        return FirstLayer(name, weights, text, "the two halves composed")
+    if kind == "branches" and len({conv.in_channels for conv in convs}) == 1:
+        size = max(conv.weight.shape[2:] for conv in convs)
+        tiles = [centred(conv.weight.detach(), size) for conv in convs]
+        shares = zip(parts, convs, strict=True)
+        counts = ", ".join(f"{part}: {conv.out_channels}" for part, conv in shares)
+        return FirstLayer(name, torch.cat(tiles), f"in parallel branches ({counts})")
+    conv = max(convs, key=lambda c: c.weight[0, 0].numel())  # a branch: the widest
+    note = ""
+    if conv.in_channels != input_channels:
+        note = f"each over the {conv.in_channels} channels of the 1x1 conv before it"
+    if kind == "branches":
+        name += f" ({text}), its {parts[convs.index(conv)]} branch"
+        return FirstLayer(name, conv.weight, kernel_text(conv), note)
+    return FirstLayer(name, conv.weight, text, note)
+
+
+def centred(weights: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """`weights` (filters x channels x *spatial) padded with NaN to `size`, centred."""
+    pad = []
+    for have, want in zip(reversed(weights.shape[2:]), reversed(size), strict=True):
+        pad += [(want - have) // 2, want - have - (want - have) // 2]
+    return torch.nn.functional.pad(weights.float(), pad, value=float("nan"))
+
+
+def filters_title(first: FirstLayer, shown: int, shape: tuple[int, ...]) -> str:
+    """'conv 1: 6 filters, 5x5'; 'first dense layer: weights of 64 of 128 hidden units,
+    each shown as a 28x28 image'. `shape`: the weights' (filters, channels, *spatial)."""
+    count, channels, *spatial = shape
+    shown_text = f"{shown} of {count}" if shown < count else str(count)
+    if first.kernel is None:  # a dense layer: its rows as inputs
+        if len(spatial) == 1:
+            look = f"a row of {spatial[0]} steps" + " per input channel" * (channels > 1)
+        else:
+            size = "x".join(map(str, spatial))
+            look = {1: f"a {size} image", 3: f"a {size} colour image"}.get(
+                channels, f"{channels} {size} images in a row"
+            )
+        return f"{first.name}: weights of {shown_text} {first.note}, each shown as {look}"
+    parts = [f"{first.name}: {shown_text} filters, {first.kernel}"]
+    if channels > 1 and not first.note and not (channels == 3 and len(spatial) == 2):
+        parts.append(f"over {channels} input channels")
+    return ", ".join([*parts, first.note] if first.note else parts)
+
+
+def show(ax, image: np.ndarray, one_d: bool, cmap, **imshow):
+    """imshow of a mosaic. A 1-D one (a row per filter or channel, no gap rows) is stretched
+    to the axes, its rows split by hairlines in the gap colour: a gap row would be as tall
+    as a row of data and hide 6 or 16 channels among stripes."""
+    im = ax.imshow(
+        image, cmap=cmap, interpolation="nearest", aspect="auto" if one_d else "equal", **imshow
+    )
+    if one_d:
+        rows = np.arange(1, len(image)) - 0.5
+        ax.hlines(rows, -0.5, image.shape[1] - 0.5, colors=[cmap.get_bad()], linewidth=0.8)
+    return im
 
 
 def plot_filters(model, path: Path, input_shape=None) -> None:
@@ -103,68 +164,57 @@ def plot_filters(model, path: Path, input_shape=None) -> None:
 
     2-D kernels of one input channel (or three, drawn as colour) tile a square grid; with
     more channels each row is a filter and each column an input channel. 1-D kernels are
-    one-pixel-high stripes, a row per filter. `input_shape` (channels, *spatial) is needed
-    only for a model without convs.
+    stripes, a row per filter. `input_shape` (channels, *spatial) is needed only for a
+    model without convs.
     """
-    name, weights = first_layer_weights(model, input_shape)
-    layer = dict(model.named_modules())[name]
-    w = weights.detach().float().cpu()
-    one_d = w.ndim == 3
+    first = first_layer_weights(model, input_shape)
+    w = first.weights.detach().float().cpu()
+    shape, one_d = tuple(w.shape), w.ndim == 3
     if one_d:
         w = w[:, :, None, :]
-    filters, channels, kh, kw = w.shape
+    channels = w.shape[1]
     rgb = channels == 3 and not one_d
     w = w[: max(1, MAX_TILES // (1 if rgb else channels)), :MAX_TILES]
-    vmax = float(w.abs().max()) or 1.0
-    if rgb:  # zero is mid-grey in every colour
-        tiles = (w / (2 * vmax) + 0.5).permute(0, 2, 3, 1).numpy()
+    vmax = float(w.abs().nan_to_num().max()) or 1.0  # NaN: around a multi-scale layer's kernels
+    if rgb:  # zero is mid-grey in every colour, NaN white as the gaps
+        tiles = (w / (2 * vmax) + 0.5).permute(0, 2, 3, 1).nan_to_num(1.0).numpy()
     else:
         tiles = w.flatten(0, 1).numpy()
     # one image per filter: a square grid; else a row per filter, a column per channel
     square = rgb or (channels == 1 and not one_d)
     cols = int(np.ceil(np.sqrt(len(w)))) if square else w.shape[1]
     image = mosaic(tiles, cols, fill=1.0 if rgb else np.nan)
-    aspect = image.shape[1] / image.shape[0]
-    fig = figure(min(10.0, max(3.5, 4 * aspect + 1.5)), 4.5 if not one_d else 3.5)
+    if one_d:  # rows one pixel high: drop the gap rows between them (show draws hairlines)
+        image = image[::2]
+    width = min(10.0, max(3.5, 4 * image.shape[1] / image.shape[0] + 1.5))
+    fig = figure(width, 4.5 if not one_d else 3.5)
     ax = fig.add_subplot()
-    ax.set_title(filters_title(model, name, layer, len(w), channels), fontsize=9, wrap=True)
+    # a title over the whole figure, wrapped to its width: one over the axes alone would be
+    # centred left of the colour bar and run off a narrow figure's edge
+    fig.suptitle(wrap(filters_title(first, len(w), shape), width, 9), fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     if rgb:
         ax.imshow(image, interpolation="nearest")
         ax.set_xlabel(f"weights / {2 * vmax:.3g} + 0.5 as RGB (grey = 0)", fontsize=8)
     else:
-        im = ax.imshow(
-            image,
-            cmap=_diverging(),
-            vmin=-vmax,
-            vmax=vmax,
-            interpolation="nearest",
-            aspect="auto" if one_d else "equal",
-        )
+        im = show(ax, image, one_d, _diverging(), vmin=-vmax, vmax=vmax)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="weight")
         if channels > 1 or one_d:
-            ax.set(xlabel="input channel" if channels > 1 else "tap", ylabel="filter")
+            along = "tap" if first.kernel else "time step"
+            unit = "filter" if first.kernel else "unit"
+            ax.set(xlabel="input channel" if channels > 1 else along, ylabel=unit)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def filters_title(model, name: str, layer, shown: int, channels: int) -> str:
-    """filters.png's title in a reader's words: which conv and what its kernels are (or, for
-    a model without convs, what the first dense layer's rows are), on lines that fit."""
-    if isinstance(layer, nn.Linear):
-        units = layer.out_features
-        part = f"{shown} of {units}" if shown < units else f"all {units}"
-        return (
-            f"first dense layer: the weights of {part} hidden units,\n"
-            f"each drawn in the shape of the input it reads"
-        )
-    title = conv_title(conv_numbers(model)[name], layer)
-    if shown < layer.out_channels:
-        title += f" ({shown} shown)"
-    if channels > 1:
-        title += f",\neach over {channels} input channels"
-    return title
+def maps_text(shape, shown: int) -> str:
+    """'6 channels, 24x24', '16 of 32 channels, length 42': a stage's output (channels,
+    *spatial) of which `shown` channels are drawn."""
+    channels, *spatial = shape
+    count = f"{shown} of {channels}" if shown < channels else str(channels)
+    size = f"length {spatial[0]}" if len(spatial) == 1 else "x".join(map(str, spatial))
+    return f"{count} channel{'s' * (channels > 1)}, {size}"
 
 
 def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int = 16) -> int:
@@ -178,10 +228,11 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
     if not stages:
         return 0
     outputs = stage_outputs(model, images, stages)
+    layers = conv_layers(model)
     x = images.float().cpu()
     one_d = x.ndim == 3
-    n = len(x)
-    fig = figure(1.9 * (1 + len(stages)), 1.9 * n + 0.4)
+    n, column = len(x), 1.9  # inches per column
+    fig = figure(column * (1 + len(stages)), 1.9 * n + 0.9)
     axes = fig.subplots(n, 1 + len(stages), squeeze=False)
     for i in range(n):
         ax = axes[i, 0]
@@ -192,8 +243,8 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
             ax.imshow(((img - img.min()) / (img.max() - img.min() + 1e-12)).numpy())
         else:
             ax.imshow(x[i, 0].numpy(), cmap="gray")
-    axes[0, 0].set_title("input " + "x".join(map(str, x.shape[1:])), fontsize=8)
-    for j, (name, _) in enumerate(stages, start=1):
+    axes[0, 0].set_title(f"input\n{maps_text(x.shape[1:], x.shape[1])}", fontsize=8)
+    for j, (name, stage) in enumerate(stages, start=1):
         out = outputs[name][:, :max_channels]
         lo, hi = float(out.min()), float(out.max())
         # ReLU maps are >= 0: a sequential scale; anything signed: diverging, centred on 0
@@ -202,28 +253,18 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
         else:
             cmap = _colormap("magma", "white")
         for i in range(n):
-            # a series' channel is a stripe ROW_HEIGHT pixels high: the one-pixel gaps
-            # between channels stay thin beside them
-            maps = out[i][:, None, :].repeat(1, ROW_HEIGHT, 1) if one_d else out[i]
-            cols = 1 if one_d else int(np.ceil(np.sqrt(len(maps))))
-            axes[i, j].imshow(
-                mosaic(maps.numpy(), cols),
-                cmap=cmap,
-                vmin=lo,
-                vmax=hi or 1.0,
-                interpolation="nearest",
-                aspect="auto" if one_d else "equal",
-            )
-        channels, *size = outputs[name].shape[1:]
-        shown = (
-            f"{min(channels, max_channels)} of {channels}" if channels > max_channels else channels
-        )
-        size = "x".join(map(str, size))
-        title = f"{stage_title(model, name, stages[j - 1][1])}\n{shown} channels, {size}"
-        axes[0, j].set_title(title, fontsize=8)
+            maps = out[i].numpy()  # 1-D: channels x length, already a row per channel
+            image = maps if one_d else mosaic(maps, int(np.ceil(np.sqrt(len(maps)))))
+            show(axes[i, j], image, one_d, cmap, vmin=lo, vmax=hi or 1.0)
+        title = f"{stage_title(stage, layers)}\n{maps_text(outputs[name].shape[1:], out.shape[1])}"
+        axes[0, j].set_title(wrap(title, column, 8), fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.suptitle(
+        f"what each conv layer makes of {n} test images (one colour scale per column)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return len(stages)
@@ -295,18 +336,13 @@ def plot_effective_receptive_field(
     return True
 
 
-def label_room(h: int) -> int:
-    """Rows of pixels under a tile of height h for its two-line label (a quarter of a tile
-    is about two lines of 7-point text at mistakes.png's size)."""
-    return max(4, h // 4) + 2
-
-
 def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: int = 16) -> int:
     """The test images the model got most confidently wrong, labelled true / predicted.
 
     `images` are the test images as loaded (N x C x H x W), or series (N x C x length),
     drawn as lines. Returns how many were shown. Images are one mosaic on one axes: 16
-    axes of their own cost about half a second of every run.
+    axes of their own cost about half a second of every run. The figure is sized to the
+    grid, so the images fill it.
     """
     wrong = (y_pred != y_true).nonzero().flatten()
     order = wrong[confidence[wrong].argsort(descending=True)][:n].tolist()
@@ -315,16 +351,13 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
         f"({100 * float(confidence[i]):.0f}%)"
         for i in order
     ]
-    cols = 4
+    cols = min(4, max(1, len(order)))
     rows = max(1, -(-len(order) // cols))
-    if images.dim() == 3 or not order:
-        fig = figure(2.3 * cols, 2.4 * rows)
-    else:  # as tall as the mosaic of tiles and labels is, for its width: no empty margins
-        h, w = images.shape[2:]
-        fig = figure(
-            2.3 * cols, 2.3 * cols * rows * (h + label_room(h) + 1) / (cols * (w + 1)) + 0.4
-        )
+    width = max(4.0, 2.3 * cols)  # room for the title above even one image
+    title = wrap("most confident mistakes (true class, predicted class, confidence)", width, 9)
+    above = 0.2 * (title.count("\n") + 1) + 0.2  # inches for the title
     if images.dim() == 3:  # series: one small plot each, one line per channel
+        fig = figure(width, 2.4 * rows + above)
         axes = fig.subplots(rows, cols, squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
@@ -332,25 +365,29 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
             ax.plot(images[i].T.numpy(), linewidth=0.8)
             ax.set_title(label, fontsize=8)
         ax = axes.flat[0]
-    else:
+    elif order:
+        tiles = images[order].permute(0, 2, 3, 1).float().numpy() / 255
+        h, w = tiles.shape[1:3]
+        tiles = tiles[..., 0] if tiles.shape[-1] == 1 else tiles
+        # below each tile (2.3 inches wide), room for its two-line label: 0.4 inches
+        room = int(np.ceil(0.4 * (w + 1) / 2.3))
+        gaps = np.full((len(tiles), room, *tiles.shape[2:]), np.nan)
+        image = mosaic(np.concatenate([tiles, gaps], 1), cols)
+        fig = figure(width, 2.3 * cols * image.shape[0] / image.shape[1] + above)
         ax = fig.subplots()
         ax.axis("off")
-        if order:
-            tiles = images[order].permute(0, 2, 3, 1).float().numpy() / 255
-            h, w = tiles.shape[1:3]
-            tiles = tiles[..., 0] if tiles.shape[-1] == 1 else tiles
-            # below each tile, room for its two-line label
-            room = np.full((len(tiles), label_room(h), *tiles.shape[2:]), np.nan)
-            ax.imshow(
-                mosaic(np.concatenate([tiles, room], 1), cols), cmap=_colormap("gray", "white")
-            )
-            for k, label in enumerate(labels):
-                r, c = divmod(k, cols)
-                x, y = c * (w + 1) + w / 2, r * (h + label_room(h) + 1) + h + 0.5
-                ax.text(x, y, label, ha="center", va="top", fontsize=7)
+        ax.imshow(image, cmap=_colormap("gray", "white"))
+        for k, label in enumerate(labels):
+            r, c = divmod(k, cols)
+            x, y = c * (w + 1) + w / 2, r * (h + room + 1) + h + 0.5
+            ax.text(x, y, label, ha="center", va="top", fontsize=7)
+    else:
+        fig = figure(width, 1.5)
+        ax = fig.subplots()
+        ax.axis("off")
     if not order:
         ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle("most confident mistakes (true class, predicted class, confidence)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return len(order)

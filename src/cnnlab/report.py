@@ -104,7 +104,8 @@ def write_confusion_csv(path: Path, cm: torch.Tensor, classes: list[str]) -> Non
 
 def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
     """Train and validation (else test) loss per epoch; with several seeds, their mean and a
-    band from the lowest to the highest seed."""
+    band from the lowest to the highest seed (one epoch: points, and a bar for the seeds'
+    range)."""
     fig = pictures.figure(6, 4)
     ax = fig.subplots()
     epochs = by_epoch(history)

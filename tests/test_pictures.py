@@ -1,0 +1,230 @@
+"""The pictures read as answers (issue 21): titles name layers as a reader knows them
+('conv 1: 6 filters, 5x5', not 'features.0.0.0'), whatever the model is made of; every
+text lies inside its figure and no two column titles overlap; a 1-epoch loss curve ticks
+whole epochs; mistakes.png is as wide as its images. The figures are read back as saved:
+matplotlib's Figure.savefig is wrapped to keep each figure it writes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SMALL, cnnlab_train
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from torch import nn
+
+from cnnlab import pictures, report
+from cnnlab.config import LeNetConfig, MLPConfig
+from cnnlab.layers import branch_shares
+from cnnlab.models import build_model, plan
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MNIST = (1, 28, 28)
+SERIES = (1, 96)
+
+
+@pytest.fixture
+def saved(monkeypatch) -> dict[str, Figure]:
+    """Every figure saved during the test, by file name."""
+    figures: dict[str, Figure] = {}
+    savefig = Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):
+        figures[Path(path).name] = fig
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def one_line(text: str) -> str:
+    """A title as read, its wrapping undone."""
+    return text.replace("\n", " ")
+
+
+def renderer_of(fig: Figure):
+    """A renderer with `fig` drawn on it at the figure's own dpi (savefig drew it at 110 and
+    left pixel positions of that dpi behind; a Figure made without pyplot has no canvas of
+    its own)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def assert_readable(fig: Figure) -> None:
+    """Everything drawn lies inside the canvas, and no two axes titles overlap."""
+    renderer = renderer_of(fig)
+    drawn, canvas = fig.get_tightbbox(renderer), fig.bbox_inches  # inches
+    tolerance = 1e-6  # inches: a clipped title may stick out by less than 0.01
+    assert drawn.x0 >= -tolerance and drawn.y0 >= -tolerance, (drawn, canvas)
+    assert drawn.x1 <= canvas.x1 + tolerance and drawn.y1 <= canvas.y1 + tolerance, drawn
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    for i, a in enumerate(titles):
+        for b in titles[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+
+
+def draw(model, shape, tmp_path, saved, images=3) -> tuple[Figure, Figure | None]:
+    """filters.png and feature_maps.png (None for a model without convs), checked readable."""
+    pictures.plot_filters(model, tmp_path / "filters.png", shape)
+    pictures.plot_feature_maps(model, torch.randn(images, *shape), tmp_path / "maps.png")
+    for fig in saved.values():
+        assert_readable(fig)
+    return saved["filters.png"], saved.get("maps.png")
+
+
+def column_titles(fig: Figure) -> list[str]:
+    """The feature-map columns' titles (the first row's axes), after the input's."""
+    return [one_line(ax.get_title()) for ax in fig.axes if ax.get_title()][1:]
+
+
+def test_lenet5_is_named_by_its_convs(tmp_path, saved):
+    model = build_model(LeNetConfig(), MNIST, 10)
+    filters, maps = draw(model, MNIST, tmp_path, saved)
+    assert filters.get_suptitle() == "conv 1: 6 filters, 5x5"
+    # each conv's output, as the model's plan sizes it
+    convs = [stage.convs[0] for stage in plan(LeNetConfig(), MNIST, 10).stages]
+    assert column_titles(maps) == [
+        f"conv {i} (5x5) {c.out_ch} channels, {'x'.join(map(str, c.size_out))}"
+        for i, c in enumerate(convs, start=1)
+    ]
+    assert "features." not in filters.get_suptitle() + " ".join(column_titles(maps))
+
+
+def test_the_mlp_shows_what_its_weights_are(tmp_path, saved):
+    filters, maps = draw(build_model(MLPConfig(hidden=[128]), MNIST, 10), MNIST, tmp_path, saved)
+    shown = pictures.MAX_TILES
+    assert one_line(filters.get_suptitle()) == (
+        f"first dense layer: weights of {shown} of 128 hidden units, each shown as a 28x28 image"
+    )
+    assert "filter" not in filters.get_suptitle() and maps is None
+
+
+def test_a_one_dimensional_model_reads_as_such(tmp_path, saved):
+    model = build_model(LeNetConfig(), SERIES, 2)
+    filters, maps = draw(model, SERIES, tmp_path, saved, images=4)
+    assert filters.get_suptitle() == "conv 1: 6 filters, 5"  # a kernel of 5 taps
+    assert column_titles(maps) == [
+        "conv 1 (5) 6 channels, length 92",  # 96 - 4, pooled to 46
+        "conv 2 (5) 16 channels, length 42",
+    ]
+    # a row of pixels per channel, split by hairlines: no gap rows as tall as the data
+    for ax, channels in zip(maps.axes[1:3], (6, 16), strict=True):
+        assert ax.images[0].get_array().shape == (channels, 92 if channels == 6 else 42)
+        (lines,) = ax.collections
+        assert len(lines.get_segments()) == channels - 1
+    image = filters.axes[0].images[0].get_array()
+    assert image.shape == (6, 5) and not image.mask.any()
+    # the title of a narrow figure lies inside it (it ran off the edge, clipped)
+    title = filters._suptitle.get_window_extent(renderer_of(filters))
+    assert filters.bbox.x0 <= title.x0 and title.x1 <= filters.bbox.x1
+    assert title.y1 <= filters.bbox.y1
+
+
+@pytest.mark.parametrize(
+    "cfg, filters_title, first_column",
+    [
+        (
+            LeNetConfig(stride=2, dilation=2, padding="same"),
+            "conv 1: 6 filters, 5x5, stride 2, dilation 2",
+            "conv 1 (5x5, stride 2, dilation 2)",
+        ),
+        (
+            LeNetConfig(bottleneck=4),
+            "conv 1: 6 filters, 5x5, each over the 4 channels of the 1x1 conv before it",
+            "1x1 conv",
+        ),
+        (
+            LeNetConfig(factorize=True),
+            "conv 1: 6 filters, 5x5 factorised as 5x1 then 1x5, the two halves composed",
+            "conv 1 (5x5 factorised as 5x1 then 1x5)",
+        ),
+        (
+            LeNetConfig(channels=[8, 16], depth=2, kernel_size=3, padding="same", residual=True),
+            "conv 1: 8 filters, 3x3",
+            "convs 1-2 (3x3) + shortcut",
+        ),
+    ],
+    ids=["stride-dilation", "bottleneck", "factorised", "residual"],
+)
+def test_variants_are_named_from_their_modules(tmp_path, saved, cfg, filters_title, first_column):
+    filters, maps = draw(build_model(cfg, MNIST, 10), MNIST, tmp_path, saved)
+    assert one_line(filters.get_suptitle()) == filters_title
+    assert column_titles(maps)[0].startswith(first_column)
+
+
+def test_a_multi_scale_layer_shows_every_branch(tmp_path, saved):
+    cfg = LeNetConfig(branches=[1, 3, 5], padding="same")
+    filters, maps = draw(build_model(cfg, MNIST, 10), MNIST, tmp_path, saved)
+    shares = branch_shares(cfg.channels[0], 3)
+    counts = ", ".join(f"{k}x{k}: {n}" for k, n in zip(cfg.branches, shares, strict=True))
+    assert filters.get_suptitle() == f"conv 1: 6 filters, in parallel branches ({counts})"
+    # one column per multi-scale layer: its branches' maps concatenated
+    assert [t.split(") ")[0] for t in column_titles(maps)] == [
+        "conv 1 (1x1, 3x3, 5x5 in parallel",
+        "conv 2 (1x1, 3x3, 5x5 in parallel",
+    ]
+    assert column_titles(maps)[0].endswith(f"{sum(shares)} channels, 28x28")
+
+
+def test_factorised_kernels_compose_into_what_the_pair_computes():
+    model = build_model(LeNetConfig(factorize=True), MNIST, 10)
+    first, second = [m for m in model.modules() if isinstance(m, nn.Conv2d)][:2]
+    x = torch.randn(2, *MNIST)
+    composed = pictures.first_layer_weights(model).weights
+    pair = nn.functional.conv2d(first(x), second.weight)  # the pair, less the second's bias
+    torch.testing.assert_close(nn.functional.conv2d(x, composed), pair, rtol=1e-4, atol=1e-5)
+
+
+def history(epochs: int, seeds: int) -> list[dict]:
+    return [
+        {"epoch": e, "seed": s, "train_loss": 1 / (e + s), "test_loss": 1 / (e + s + 1)}
+        for e in range(1, epochs + 1)
+        for s in range(seeds)
+    ]
+
+
+@pytest.mark.parametrize("epochs, seeds", [(1, 1), (1, 3), (3, 1), (3, 3)])
+def test_the_loss_curve_ticks_whole_epochs(tmp_path, saved, epochs, seeds):
+    report.plot_loss_curve(history(epochs, seeds), tmp_path / "loss_curve.png", "run")
+    fig = saved["loss_curve.png"]
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks == list(range(1, epochs + 1))
+    # one epoch: points and a bar for the seeds' range, no band a sliver wide
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == (2 if seeds > 1 and epochs > 1 else 0)
+    assert_readable(fig)
+
+
+@pytest.mark.parametrize("wrong", [16, 2])
+def test_mistakes_fill_their_canvas(tmp_path, saved, wrong):
+    n = 40
+    images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8)
+    y = torch.zeros(n, dtype=torch.long)
+    predicted = torch.cat([torch.ones(wrong, dtype=torch.long), y[wrong:]])
+    shown = pictures.plot_mistakes(
+        images, y, predicted, torch.rand(n), ["a", "b"], tmp_path / "mistakes.png"
+    )
+    fig = saved["mistakes.png"]
+    assert shown == wrong
+    renderer = renderer_of(fig)
+    drawn = fig.axes[0].images[0].get_window_extent(renderer)
+    assert drawn.width > 0.9 * fig.bbox.width
+    assert drawn.height > 0.75 * fig.bbox.height
+    assert_readable(fig)
+
+
+def test_a_run_on_a_series_writes_the_named_pictures(tmp_path, saved):
+    run = tmp_path / "run"
+    args = [*SMALL, "data.shape=[1,96]", "trainer.epochs=1", "pictures=true"]
+    assert cnnlab_train(run, "model=lenet5", *args) == 0
+    assert {"loss_curve.png", "filters.png", "feature_maps.png", "mistakes.png"} <= set(saved)
+    assert saved["filters.png"].get_suptitle() == "conv 1: 6 filters, 5"
+    assert column_titles(saved["feature_maps.png"])[0] == "conv 1 (5) 6 channels, length 92"
+    assert list(saved["loss_curve.png"].axes[0].get_xticks()) == [1]
+    for fig in saved.values():
+        assert_readable(fig)
