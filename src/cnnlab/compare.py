@@ -252,7 +252,9 @@ def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
     shown = shown.apply(lambda texts: texts.str.replace(CONTROL, _escape, regex=True))
     if fmt == "md":
         shown = shown.apply(lambda texts: texts.str.replace("|", "\\|"))
-    align = ["right" if _is_numeric(table[col]) else "left" for col in shown]
+    # numbers to the right, the verdict columns' signed figures too (texts by then)
+    figures = ("diff", "ci95", "p")
+    align = ["right" if col in figures or _is_numeric(table[col]) else "left" for col in shown]
     text = shown.to_markdown(
         index=False,
         tablefmt="pipe" if fmt == "md" else "simple",
