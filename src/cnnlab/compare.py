@@ -97,9 +97,10 @@ def _seed_rows(runs: list[dict], names: list[str], keys: list[str]) -> pd.DataFr
                 if not _is_repeat_or_setting(k) and v is not None  # null: as if not there
             }
             group = json.dumps([model, settings], sort_keys=True)
+        chosen = findings.settings(run)  # the config and the group choices, merged once
         row = {
             **{"folder": index, "group": group, "run": name, "model": model},
-            **{key: findings.settings(run).get(key) for key in keys},
+            **{key: chosen.get(key) for key in keys},
             **{column: metrics.get(column) for column in RUN_NUMBERS},
             "receptive_field": receptive_field(metrics.get("receptive_field")),
             **{"status": run["status"], "reason": run["reason"]},

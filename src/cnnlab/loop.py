@@ -386,8 +386,8 @@ def evaluate_epoch(state: RunState, engine: Engine, data: TrainData, losses, sec
     """Each copy's evaluation after an epoch and its history row; with a validation split,
     the copies' best epochs move on."""
     split = "val" if data.has_validation else "test"
-    evaluations = engine.evaluate(*((data.x_val, data.y_val) if split == "val" else
-                                    (data.x_test, data.y_test)))  # fmt: skip
+    x, y = (data.x_val, data.y_val) if data.has_validation else (data.x_test, data.y_test)
+    evaluations = engine.evaluate(x, y)
     rows = [
         {
             "epoch": state.epoch,

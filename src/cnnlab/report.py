@@ -23,7 +23,7 @@ from cnnlab import files, pictures
 # (val_*), one without on the test set (test_*); each run writes the columns its rows have
 EPOCH_FIGURES = ("train_loss", "test_loss", "test_accuracy", "val_loss", "val_accuracy")
 HISTORY_COLUMNS = ["epoch", "seed", *EPOCH_FIGURES, "seconds"]
-NO_VALIDATION = ["epoch", "seed", "train_loss", "test_loss", "test_accuracy", "seconds"]
+NO_VALIDATION = [column for column in HISTORY_COLUMNS if not column.startswith("val_")]
 EVALUATION_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "mistakes.png")
 
 

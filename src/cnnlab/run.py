@@ -81,10 +81,10 @@ def load_tensors(cfg: TrainConfig, device: torch.device) -> tuple[data.Dataset, 
         "data %s: %d train / %d test of %s on %s",
         *(cfg.data.name, len(ds.y_train), len(ds.y_test), shape, device),
     )
-    if ds.y_val is not None:
+    validation = ds.y_val is not None
+    if validation:
         log.info("validation: %d of the training images (data.val_fraction)", len(ds.y_val))
     norm = ds.normalize  # data.normalize, with auto worked out from the training data
-    validation = ds.y_val is not None
     return ds, TrainData(
         data.to_device(ds.x_train, device, norm),
         ds.y_train.to(device),
@@ -130,7 +130,7 @@ def checkpointer(cfg: TrainConfig, checkpoint: Path, config: dict) -> Callable[[
             return
         save_checkpoint({**state.state_dict(), "config": config}, checkpoint)
         chosen = state.selection
-        if chosen is not None and chosen.weights is not None and chosen.improved:
+        if chosen is not None and chosen.weights is not None and chosen.improved_at(state.epoch):
             best = {"model": chosen.weights, "best_epoch": chosen.best_epoch}
             best |= {"val_accuracy": chosen.best_accuracy, "seeds": state.seeds, "config": config}
             save_checkpoint(best, checkpoint.parent / "best.pt")

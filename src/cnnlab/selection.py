@@ -26,7 +26,6 @@ class Selection:
     best_epoch: list[int | None] = field(default_factory=list)
     stale: list[int] = field(default_factory=list)  # epochs since the copy's best
     weights: dict[str, torch.Tensor] | None = None  # the training model's state dict
-    improved: bool = False  # some copy improved at the last update (best.pt is due)
 
     def __post_init__(self):
         self.best_accuracy = self.best_accuracy or [-1.0] * self.copies
@@ -46,7 +45,6 @@ class Selection:
                 self.best_accuracy[i], self.best_epoch[i], self.stale[i] = accuracies[i], epoch, 0
             elif live[i]:
                 self.stale[i] += 1
-        self.improved = bool(better)
         if self.keep_weights and better:
             self._keep(model.state_dict(), better)
 
@@ -60,6 +58,10 @@ class Selection:
             else:
                 for i in copies:
                     self.weights[key][i].copy_(value[i])
+
+    def improved_at(self, epoch: int) -> bool:
+        """Some copy's best epoch is `epoch` (its kept weights changed then)."""
+        return epoch in self.best_epoch
 
     def exhausted(self, patience: int | None, live: list[bool]) -> bool:
         """True once no live copy has improved for `patience` epochs."""
