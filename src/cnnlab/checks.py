@@ -6,18 +6,17 @@ reads nothing of this again."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from cnnlab import data
-from cnnlab.checkpoints import load_checkpoint
 from cnnlab.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, flatten, is_run_setting
-from cnnlab.devices import resolve_device
-from cnnlab.engine import choose_path
-from cnnlab.models import build_model, count_params
 from cnnlab.outcome import RunError
+
+# torch is imported by the checks that need it, after the keys and ranges: a typo is
+# refused without it (issue 30)
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclasses.dataclass
@@ -79,7 +78,11 @@ def check_config(cfg: DictConfig) -> Checked:
     source's shape, the model built on the meta device (no memory, no time), the device,
     and the checkpoint to resume. Raises a RunError with status bad_input."""
     refuse_unknown_keys(cfg)
-    plain = OmegaConf.to_object(cfg)
+    plain = OmegaConf.to_object(cfg)  # the ranges: a refusal so far needed no torch
+    from cnnlab import data
+    from cnnlab.devices import resolve_device
+    from cnnlab.engine import choose_path
+
     input_shape, classes = data.spec(plain.data)
     model = meta_model(plain.model, input_shape, len(classes))
     device = resolve_device(plain.device)
@@ -94,6 +97,8 @@ def check_config(cfg: DictConfig) -> Checked:
 def check_resume(cfg: TrainConfig, model: nn.Module) -> dict:
     """The checkpoint resume= names, loaded (model and optimiser) and checked against the
     config and the model."""
+    from cnnlab.checkpoints import load_checkpoint
+
     checkpoint = load_checkpoint(cfg.resume)
     check_resumable(checkpoint.get("config", {}), resume_config(cfg), cfg.resume)
     check_checkpoint_tensors(checkpoint, model, cfg.seeds, cfg.resume)
@@ -109,6 +114,10 @@ def check_resume(cfg: TrainConfig, model: nn.Module) -> dict:
 def meta_model(cfg, input_shape: tuple, classes: int) -> nn.Module:
     """The model on the meta device: shapes only. A size torch cannot even compute (a
     width of 1e9) is bad input, not a crash."""
+    import torch
+
+    from cnnlab.models import build_model
+
     try:
         with torch.device("meta"):
             return build_model(cfg, input_shape, classes)
@@ -130,6 +139,8 @@ def check_fits(cfg: TrainConfig, model: nn.Module, input_shape: tuple, classes: 
     """Refuse a run that would not fit in the device's memory, before training: a stack of
     seeds by its estimated peak; one model by its weights, their gradients and one
     optimiser buffer (float32) alone, a lower bound, so no run that fits is refused."""
+    from cnnlab import data
+    from cnnlab.models import count_params
     from cnnlab.stack import estimate_bytes
 
     free = data.free_memory(device)
@@ -153,6 +164,8 @@ def check_checkpoint_tensors(checkpoint: dict, model: nn.Module, seeds: int, pat
     """A checkpoint whose config matches but whose tensors do not fit the model (an edited
     or foreign file) is refused here, by name and shape, not halfway into loading it. Seeds
     trained together keep each tensor with a leading copy dimension (stack.stack_models)."""
+    import torch
+
     copies = (seeds,) if seeds > 1 else ()
     expected = {k: (*copies, *v.shape) for k, v in model.state_dict().items()}
     saved = checkpoint["model"]

@@ -15,10 +15,9 @@ import signal
 import sys
 import threading
 
+# Hydra, torch and pandas are imported by the commands that use them, not here: help, a
+# mistyped command and argparse's refusals answer in a blink (issue 30)
 from cnnlab import threads
-from cnnlab.checks import check_config
-from cnnlab.hydra_app import BAD_INPUT, composed_jobs, refuse_bad_input, train_main
-from cnnlab.inspection import format_inspection, inspect_model
 from cnnlab.outcome import EXIT_CODES, Outcome, Status
 from cnnlab.shell import completion_main, is_completion, rerun_main
 
@@ -44,7 +43,13 @@ Exit codes: {exit_codes}.
 """
 
 
-# ---- compare and bench -------------------------------------------------------------------
+# ---- the commands ------------------------------------------------------------------------
+
+
+def train_main(args: list[str]) -> int:
+    from cnnlab import hydra_app
+
+    return hydra_app.train_main(args)
 
 
 def compare_main(args: list[str]) -> int:
@@ -108,6 +113,10 @@ def inspect_main(args: list[str]) -> int:
     except argparse.ArgumentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from cnnlab.checks import check_config
+    from cnnlab.hydra_app import BAD_INPUT, composed_jobs, refuse_bad_input
+    from cnnlab.inspection import format_inspection, inspect_model
+
     try:
         checked = check_config(composed_jobs(a.overrides, multirun=False, writes=False)[0])
     except BAD_INPUT as e:

@@ -69,42 +69,67 @@ def current_numerics() -> dict[str, bool]:
     }
 
 
+def deterministic_algorithms() -> tuple[bool, bool]:
+    """torch.use_deterministic_algorithms's (mode, warn_only)."""
+    return torch.are_deterministic_algorithms_enabled(), (
+        torch.is_deterministic_algorithms_warn_only_enabled()
+    )
+
+
+def set_deterministic_algorithms(state: tuple[bool, bool]) -> None:
+    # imports torch._inductor (and with it torch._dynamo, about 1.8 s on the 2-core CPU)
+    # to set inductor's flag too: called only where the mode changes
+    torch.use_deterministic_algorithms(state[0], warn_only=state[1])
+
+
+cudnn = torch.backends.cudnn
+# each numeric flag a run sets: how to read it and how to set it
+SWITCHES = {
+    "matmul_precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+    "cudnn_tf32": (lambda: cudnn.allow_tf32, lambda on: setattr(cudnn, "allow_tf32", on)),
+    "deterministic_algorithms": (deterministic_algorithms, set_deterministic_algorithms),
+    "cudnn_deterministic": (
+        lambda: cudnn.deterministic,
+        lambda on: setattr(cudnn, "deterministic", on),
+    ),
+    "cudnn_benchmark": (lambda: cudnn.benchmark, lambda on: setattr(cudnn, "benchmark", on)),
+}
+
+
 @contextlib.contextmanager
 def numerics(cfg: TrainerConfig):
-    """Set every numeric flag both ways for one run and put the old values back after.
+    """Every numeric flag as the run wants it, and after the run the old values back.
 
     Hydra's basic launcher runs all jobs of a sweep in one process, so a flag one job turns
-    on must not outlive it. cuDNN's TF32 is on by default in torch: "fp32" turns it off.
-    cuDNN is always held to deterministic algorithms: its fastest ones accumulate with
-    atomics, and two runs of one seed then drift apart; on an H100 that costs LeNet-5
-    0.25 -> 0.31 s an epoch, a price worth a seed that repeats.
+    on must not outlive it. A flag that already has the value wanted is left alone: torch
+    and the process keep it as it was, and setting torch.use_deterministic_algorithms costs
+    imports of torch's compiler (issue 30). cuDNN's TF32 is on by default in torch: "fp32"
+    turns it off. cuDNN is always held to deterministic algorithms: its fastest ones
+    accumulate with atomics, and two runs of one seed then drift apart; on an H100 that
+    costs LeNet-5 0.25 -> 0.31 s an epoch, a price worth a seed that repeats.
     """
-    saved = (
-        torch.get_float32_matmul_precision(),
-        torch.backends.cudnn.allow_tf32,
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-    )
     tf32 = cfg.precision == "tf32"
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # matmul TF32 or not
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.use_deterministic_algorithms(cfg.deterministic)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    wanted = {
+        "matmul_precision": "high" if tf32 else "highest",  # matmul TF32 or not
+        "cudnn_tf32": tf32,
+        "deterministic_algorithms": (cfg.deterministic, False),
+        "cudnn_deterministic": True,
+        "cudnn_benchmark": False,
+    }
+    changed = {}  # flag: its value before the run
     try:
+        for name, value in wanted.items():
+            get, put = SWITCHES[name]
+            before = get()
+            if before != value:
+                put(value)
+                changed[name] = before
         yield current_numerics()
     finally:
-        precision, cudnn_tf32, algorithms, warn_only, deterministic, benchmark = saved
-        torch.set_float32_matmul_precision(precision)
-        torch.backends.cudnn.allow_tf32 = cudnn_tf32
-        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = (
-            deterministic,
-            benchmark,
-        )
+        for name, before in changed.items():
+            SWITCHES[name][1](before)
 
 
 def seed_everything(seed: int) -> None:

@@ -38,7 +38,6 @@ from cnnlab import files
 from cnnlab.checks import Checked, check_config, schema_keys
 from cnnlab.config import RUN_SETTINGS, SCHEMAS, ConfigError, TrainConfig
 from cnnlab.outcome import EXIT_CODES, CnnlabError, RunError, Status
-from cnnlab.run import Job, run_job
 
 log = logging.getLogger("cnnlab")
 
@@ -209,6 +208,8 @@ def checked_job(cfg: DictConfig) -> Checked:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def train_command(cfg: DictConfig) -> float:
+    from cnnlab.run import Job, run_job  # torch: for a run, not for --help or a refusal
+
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     job_num = hydra_cfg.job.num if multirun else None

@@ -10,13 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from cnnlab.hydra_app import (
-    completion_plugins,
-    merge_overrides,
-    override_key,
-    reproduce_command,
-    train_main,
-)
+# hydra_app (Hydra, and with the run torch) is imported where a command needs it: the CLI
+# imports this module for every command, its help too
 
 
 def rerun_main(args: list[str]) -> int:
@@ -29,6 +24,8 @@ def rerun_main(args: list[str]) -> int:
             "pass through."
         )
         return 0 if args else 2
+    from cnnlab.hydra_app import merge_overrides, override_key, reproduce_command, train_main
+
     path = Path(args[0]) / ".hydra" / "overrides.yaml"
     try:
         old = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -95,6 +92,8 @@ def completion_main(argv: list[str], commands: list[str]) -> int:
     first word completes to a command name, and the overrides of train, inspect and rerun
     go to Hydra's completion of the train config.
     """
+    from cnnlab.hydra_app import completion_plugins, train_main
+
     actions = [a for a in argv if re.fullmatch(r"(install|uninstall|query)=\w+", a)]
     plugins = completion_plugins()
     action, _, shell = actions[0].partition("=") if len(actions) == 1 else ("", "", "")

@@ -21,8 +21,6 @@ import os
 import time
 from collections.abc import Callable
 
-import torch
-
 log = logging.getLogger(__name__)
 
 WINDOW = 0.1  # seconds over which other processes' use of the cores is measured
@@ -129,6 +127,8 @@ def run_threads(setting: int | str, n_jobs: int | None = None):
     """Use the chosen thread count for one run (yields it), then put back the count the
     process had: a library caller's or a test's torch.set_num_threads stays its own, and
     in a sweep in one process each job chooses afresh."""
+    import torch  # not at the top: the CLI marks its start (mark_start) before torch loads
+
     before = torch.get_num_threads()
     cpus = usable_cpus()
     threads, why = choose_threads(setting, len(cpus), before, lambda: busy_cores(cpus), n_jobs)
