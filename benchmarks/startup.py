@@ -1,12 +1,15 @@
-"""Start-up cost: a 0-epoch `cnnlab train` against a bare `python -c "import torch"`.
+"""Start-up cost: how long each kind of `cnnlab` command takes before it can answer, against
+a bare `python -c "import torch"`.
 
-Everything a run does but train (imports, config, data, model, report) is what a user waits
-for on every command. Both commands run in new processes, interleaved so that a busy
-machine slows both alike; the script prints both medians and their ratio (goal: <= 2.2, issue 22).
+Help, a refused typo and inspect should answer without torch, and a 0-epoch `cnnlab train`
+(everything a run does but train: imports, config, data, model, report) within 1.6x of the
+bare import (issue 30). Every command runs in a new process; the rows run interleaved, and
+with several --src each row's checkouts side by side, so that a busy machine slows all
+alike; the table gives medians.
 
-    python benchmarks/startup.py                # 5 of each
-    python benchmarks/startup.py -n 9 --profile # and where the 0-epoch run's time goes
-    python benchmarks/startup.py --against ../base  # and another checkout's run, interleaved
+    python benchmarks/startup.py                      # this checkout, 5 rounds
+    python benchmarks/startup.py --src ../main/src --src src   # before and after
+    python benchmarks/startup.py -n 9 --profile       # and where the 0-epoch run's time goes
 """
 
 from __future__ import annotations
@@ -23,59 +26,91 @@ import tempfile
 import time
 from pathlib import Path
 
-# this checkout's code, in this process and in every command it starts
+# this checkout's code, in this process (--profile) and by default in the commands
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
 
-GOAL = 2.2
+GOAL = 1.6  # the 0-epoch run against import torch
 RUN_ARGS = ["train", "data=digits", "trainer.epochs=0", "device=cpu", "trainer.progress=false"]
+# (row, arguments of cnnlab or None for the bare import, the exit code it must give)
+ROWS = [
+    ("cnnlab --help", ["--help"], 0),
+    ("cnnlab compare --help", ["compare", "--help"], 0),
+    ("cnnlab train seed=-1", ["train", "seed=-1"], 2),
+    ("cnnlab inspect model=mlp", ["inspect", "model=mlp"], 0),
+    ("cnnlab train --help", ["train", "--help"], 0),
+    ("cnnlab train data=digits trainer.epochs=0", RUN_ARGS, 0),
+    ('python -c "import torch"', None, 0),
+]
 
 
-def cnnlab_command() -> list[str]:
-    """The console script beside this interpreter (pip install -e . puts it there), else
-    `python -m cnnlab`."""
-    script = Path(sys.executable).with_name("cnnlab")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "cnnlab"]
-
-
-def wall(command: list[str], cwd: str, src: str = SRC) -> float:
-    """Seconds `command` takes, run with the code of the checkout whose src/ is `src`."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([src, *os.environ["PYTHONPATH"].split(os.pathsep)[1:]]),
-    }
+def wall(python: str, args: list[str] | None, code: int, src: str, work: str) -> float:
+    """Seconds one command takes in a new process, with the code of the checkout whose
+    src/ is `src`: `python -m cnnlab ARGS`, or the bare import for None."""
+    if args is None:
+        command = [python, "-c", "import torch"]
+    else:
+        command = [python, "-m", "cnnlab", *args]
+        if args[:1] == ["train"] and args != ["train", "--help"]:
+            command.append(f"hydra.run.dir={tempfile.mkdtemp(dir=work, prefix='run')}")
+    old = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, old]))}
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"error: {' '.join(command)} exited {result.returncode}:\n{result.stderr[-2000:]}")
+    if result.returncode != code:
+        sys.exit(
+            f"error: {' '.join(command)} exited {result.returncode}, not {code}:\n"
+            f"{result.stderr[-2000:]}"
+        )
     return seconds
 
 
-def measure(n: int, work: str, against: str | None = None) -> tuple[list[float], ...]:
-    """n times each, interleaved: import torch, the 0-epoch run, and (if given) the
-    0-epoch run of the checkout at `against`."""
-    torch_times, run_times, other_times = [], [], []
-    for i in range(n):
-        torch_times.append(wall([sys.executable, "-c", "import torch"], work))
-        run = [*cnnlab_command(), *RUN_ARGS, f"hydra.run.dir={work}/run{i}"]
-        run_times.append(wall(run, work))
-        line = f"  {i + 1}/{n}: import torch {torch_times[-1]:.2f} s, run {run_times[-1]:.2f} s"
-        if against:
-            run = [*cnnlab_command(), *RUN_ARGS, f"hydra.run.dir={work}/against{i}"]
-            other_times.append(wall(run, work, str(Path(against).resolve() / "src")))
-            line += f", --against's run {other_times[-1]:.2f} s"
-        print(line)
-    return torch_times, run_times, other_times
+def measure(python: str, sources: list[str], n: int, work: str) -> dict:
+    """{(row, src): [seconds, ...]}: n rounds after one untimed round (it fills the data
+    cache in `work` and the OS's file cache); in each round every row, and in each row
+    every checkout in turn."""
+    times = {}
+    for round_ in range(n + 1):
+        for row, args, code in ROWS:
+            for src in sources if args is not None else sources[:1]:
+                seconds = wall(python, args, code, src, work)
+                if round_:
+                    times.setdefault((row, src), []).append(seconds)
+        if round_:
+            print(f"  round {round_}/{n} done", file=sys.stderr)
+    return times
+
+
+def table(times: dict, sources: list[str]) -> str:
+    """Medians, one column per checkout, and each against the bare import torch."""
+    bare = statistics.median(times[(ROWS[-1][0], sources[0])])
+    names = [Path(s).resolve().parent.name or s for s in sources]
+    width = max(len(row) for row, _, _ in ROWS)
+    lines = [f"{'command':<{width}}  " + "  ".join(f"{name:>16}" for name in names)]
+    for row, args, _ in ROWS:
+        cells = []
+        for src in sources if args is not None else sources[:1]:
+            seconds = statistics.median(times[(row, src)])
+            cells.append(f"{seconds:6.2f} s ({seconds / bare:4.2f}x)")
+        lines.append(f"{row:<{width}}  " + "  ".join(f"{cell:>16}" for cell in cells))
+    return "\n".join(lines)
 
 
 def import_times(work: str) -> list[tuple[float, int, str]]:
     """(cumulative seconds, nesting depth, module) for each import of one 0-epoch run, as
     `python -X importtime` reports them, in its order (a module after those it imports)."""
     command = [sys.executable, "-X", "importtime", "-m", "cnnlab", *RUN_ARGS]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+    }
     result = subprocess.run(
-        [*command, f"hydra.run.dir={work}/importtime"], cwd=work, capture_output=True, text=True
+        [*command, f"hydra.run.dir={work}/importtime"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     rows = []
     for line in result.stderr.splitlines():
@@ -126,22 +161,28 @@ def profile(work: str, top: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-n", "--repeat", type=int, default=5, help="runs of each command (5)")
+    p.add_argument("-n", "--repeat", type=int, default=5, help="timed rounds (5)")
+    p.add_argument(
+        "--src",
+        action="append",
+        metavar="DIR",
+        help="a checkout's src/ folder whose code the commands run (repeat it to compare "
+        "checkouts side by side; default: this checkout's)",
+    )
+    p.add_argument("--python", default=sys.executable, help="the interpreter (this one)")
     p.add_argument("--profile", action="store_true", help="also show where the run's time goes")
     p.add_argument("--top", type=int, default=20, help="rows of each profile table (20)")
-    p.add_argument("--against", metavar="CHECKOUT", help="also time another checkout's run")
     args = p.parse_args(argv)
+    sources = [str(Path(s).resolve()) for s in args.src or [SRC]]
     with tempfile.TemporaryDirectory(prefix="cnnlab-startup-") as work:
-        print(f"{' '.join(cnnlab_command() + RUN_ARGS)}  vs  python -c 'import torch'")
-        torch_times, run_times, other_times = measure(args.repeat, work, args.against)
-        bare, run = statistics.median(torch_times), statistics.median(run_times)
-        verdict = "within" if run / bare <= GOAL else "over"
-        print(f"median import torch: {bare:.2f} s")
-        print(f"median 0-epoch run:  {run:.2f} s")
-        print(f"ratio: {run / bare:.2f} ({verdict} the goal of {GOAL})")
-        if other_times:
-            other = statistics.median(other_times)
-            print(f"median 0-epoch run of {args.against}: {other:.2f} s, ratio {other / bare:.2f}")
+        print(f"medians of {args.repeat} interleaved rounds; x: against import torch")
+        times = measure(args.python, sources, args.repeat, work)
+        print(table(times, sources))
+        bare = statistics.median(times[(ROWS[-1][0], sources[0])])
+        for src in sources:
+            ratio = statistics.median(times[(ROWS[-2][0], src)]) / bare
+            verdict = "within" if ratio <= GOAL else "over"
+            print(f"0-epoch run of {src}: {ratio:.2f}x import torch ({verdict} the goal of {GOAL})")
         if args.profile:
             profile(work, args.top)
     return 0

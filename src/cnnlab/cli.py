@@ -115,12 +115,13 @@ def inspect_main(args: list[str]) -> int:
         return 2
     from cnnlab.checks import check_config
     from cnnlab.hydra_app import BAD_INPUT, composed_jobs, refuse_bad_input
-    from cnnlab.inspection import format_inspection, inspect_model
 
     try:
         checked = check_config(composed_jobs(a.overrides, multirun=False, writes=False)[0])
     except BAD_INPUT as e:
         return refuse_bad_input(e)
+    from cnnlab.inspection import format_inspection, inspect_model
+
     # the check built the model on the meta device: shapes need no weights
     print(format_inspection(inspect_model(checked.model, checked.input_shape), a.format))
     return 0
