@@ -179,28 +179,19 @@ def known_mode(mode: RunMode | None):
         Hydra.get_mode = original
 
 
-@contextlib.contextmanager
 def one_repository():
-    """Hydra's --help lists the options of each config group from a fresh deep copy of the
-    whole config repository (the ConfigStore's schemas with it): about 100 copies, most of
-    `cnnlab train --help`'s 3-4 s on the 2-core CPU. Help only reads them, so one copy
-    (per config name and overrides) serves every group."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    """Hydra's --help lists each config group's options from a new deep copy of the whole
+    config repository: about 100 copies, most of `cnnlab train --help`'s 3-4 s on the 2-core
+    CPU. Help only reads them: one copy per config name and overrides serves every group."""
+    from unittest import mock
 
-    original = ConfigLoaderImpl._parse_overrides_and_create_caching_repo
-    made = {}
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl as Loader
 
-    def once(self, config_name, overrides):
-        key = (config_name, tuple(overrides))
-        if key not in made:
-            made[key] = original(self, config_name, overrides)
-        return made[key]
-
-    ConfigLoaderImpl._parse_overrides_and_create_caching_repo = once
-    try:
-        yield
-    finally:
-        ConfigLoaderImpl._parse_overrides_and_create_caching_repo = original
+    original = Loader._parse_overrides_and_create_caching_repo
+    once = functools.cache(lambda self, name, overrides: original(self, name, list(overrides)))
+    return mock.patch.object(  # Hydra passes a list: a tuple is the cache's key
+        Loader, original.__name__, lambda self, name, over: once(self, name, tuple(over))
+    )
 
 
 def parallel_jobs() -> int | None:
@@ -290,9 +281,8 @@ def train_main(args: list[str]) -> int:
     whose summary failed) exits 1."""
     hydra_args = get_args_parser().parse_args(args)
     hydra_only = (hydra_args.help, hydra_args.hydra_help, hydra_args.cfg, hydra_args.info)
-    mode = contextlib.nullcontext()  # Hydra's own paths (--help, --cfg, -sc) as they are
-    if hydra_args.help or hydra_args.hydra_help:
-        mode = one_repository()
+    # Hydra's own paths (--help, --cfg, -sc) as they are, help from one config repository
+    mode = one_repository() if any(hydra_only[:2]) else contextlib.nullcontext()
     if not any(hydra_only) and not hydra_args.shell_completion:
         try:
             mode = preflight(hydra_args.overrides, hydra_args.multirun or None)
