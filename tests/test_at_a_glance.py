@@ -56,7 +56,7 @@ def test_the_chapter_sweep_reads_at_a_glance(tmp_path, capsys, saved):
     assert max(map(len, lines)) <= compare.WIDTH
     assert [line.split()[0] for line in lines[2:4]] == ["mlp", "lenet5"]
     assert lines[0].split()[0] == "config" and "model.channels" not in out
-    assert "(--wide shows every column)" in lines[-1]
+    assert lines[-1].startswith("--wide adds: run, ") and lines[-1].endswith("config keys")
 
     code, out = compare_cli(capsys, sweep, "--wide")
     assert code == 0 and "model.channels" in out and "0_model=mlp" in out

@@ -297,7 +297,7 @@ def format_table(table: pd.DataFrame, fmt: str = "table", wide: bool = False) ->
     "n, k diverged". json keeps numbers numbers (a receptive field: 16, or [5, 9]). The
     text table fits WIDTH columns unless `wide`: rows named by their config (config_names),
     without the key columns it names, less the columns of DROPPED first that do not fit,
-    named on a line below."""
+    named on a line below; md: every column but the key columns."""
     if fmt not in FORMATS:
         raise CompareError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fmt == "json":  # json has no NaN: a missing or diverged value is null
@@ -333,8 +333,10 @@ def format_table(table: pd.DataFrame, fmt: str = "table", wide: bool = False) ->
         )
         return "\n".join(line.rstrip() for line in out.splitlines())
 
-    if fmt == "md" or wide:
+    if wide:
         return text(list(shown.columns))
+    if fmt == "md":  # a file: every figure, the config named once
+        return text([col for col in shown if col != "model" and col not in _keys(shown)])
     return _fitted(shown, text)
 
 
@@ -359,9 +361,7 @@ def _fitted(shown: pd.DataFrame, text) -> str:
     """The text table in WIDTH columns: config first, the key columns (between model and the
     figures) and then DROPPED left out until it fits, a long reason cut short; a line
     below says what was left out."""
-    columns = list(shown.columns)
-    first_figure = next((i for i, col in enumerate(columns) if col in METRICS), len(columns))
-    keys = columns[columns.index("run") + 2 : first_figure]  # after run and model
+    columns, keys = list(shown.columns), _keys(shown)
     left = [col for col in columns if col not in keys and col != "model"]
     for col in DROPPED:
         if _width(text(left)) <= WIDTH:
@@ -377,9 +377,16 @@ def _fitted(shown: pd.DataFrame, text) -> str:
     hidden = [col for col in columns if col not in left and col != "model" and col not in keys]
     hidden += [f"{len(keys)} config key{'s' * (len(keys) > 1)}"] * bool(keys)
     if hidden:
-        note = f"not shown: {', '.join(hidden)} (--wide shows every column)"
+        note = f"--wide adds: {', '.join(hidden)}"
         out += "\n" + textwrap.fill(note, WIDTH)
     return out
+
+
+def _keys(table: pd.DataFrame) -> list[str]:
+    """The config keys' columns: between run and model and the first figure."""
+    columns = list(table.columns)
+    first_figure = next((i for i, col in enumerate(columns) if col in METRICS), len(columns))
+    return columns[columns.index("run") + 2 : first_figure]
 
 
 def _width(text: str) -> int:
