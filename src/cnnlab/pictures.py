@@ -1,6 +1,6 @@
 """The pictures of what a run's model does: filters.png (its first layer's weights),
 feature_maps.png (what each conv stage makes of a few test images), mistakes.png (the
-test images it got most confidently wrong) and erf.png (its effective receptive field).
+test images it got most confidently wrong).
 
 Drawn with matplotlib's object API alone (`figure`), which report.py's plots share.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab.inspection import CONVS, conv_stages, effective_receptive_field, per_axis
+from cnnlab.inspection import CONVS, conv_stages
 from cnnlab.layer_names import ConvLayer, conv_layers, kernel_text, stage_title
 
 
@@ -289,51 +289,6 @@ def stage_outputs(model, images: torch.Tensor, stages) -> dict[str, torch.Tensor
         for h in hooks:
             h.remove()
     return outputs
-
-
-def plot_effective_receptive_field(
-    model, images: torch.Tensor, receptive_field, path: Path
-) -> bool:
-    """erf.png: the effective receptive field (the input gradient of the last feature map's
-    centre unit, averaged over `images`) with the theoretical `receptive_field` (int or
-    per axis, as inspect_model gives it) outlined. Returns False, drawing nothing, for a
-    model without convs."""
-    from matplotlib.patches import Rectangle
-
-    erf = effective_receptive_field(model, images)
-    if erf is None:
-        return False
-    rf = per_axis(receptive_field, erf.ndim)
-    erf = (erf / (erf.max() or 1.0)).numpy()
-    # the theoretical field sits where the gradient is non-zero (seen by some image)
-    seen = [
-        np.flatnonzero(erf.max(axis=tuple(a for a in range(erf.ndim) if a != i)))
-        for i in range(erf.ndim)
-    ]
-    centre = [
-        (s[0] + s[-1]) / 2 if len(s) else (n - 1) / 2 for s, n in zip(seen, erf.shape, strict=True)
-    ]
-    fig = figure(4.5, 4 if erf.ndim == 2 else 2.8)
-    ax = fig.add_subplot()
-    title = "x".join(map(str, rf))
-    if erf.ndim == 2:
-        im = ax.imshow(erf, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="|gradient| / max")
-        corner = (centre[1] - rf[1] / 2, centre[0] - rf[0] / 2)
-        ax.add_patch(Rectangle(corner, rf[1], rf[0], fill=False, ec="cyan", ls="--", lw=1.5))
-        ax.set(xlim=(-0.5, erf.shape[1] - 0.5), ylim=(erf.shape[0] - 0.5, -0.5))
-    else:
-        ax.plot(erf, color="black")
-        ax.axvspan(centre[0] - rf[0] / 2, centre[0] + rf[0] / 2, color="cyan", alpha=0.3)
-        ax.set(xlabel="input position", ylabel="|gradient| / max")
-    ax.set_title(
-        f"effective receptive field of the centre unit, {len(images)} images\n"
-        f"dashed / shaded: the theoretical field, {title}",
-        fontsize=8,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
 
 
 def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: int = 16) -> int:
