@@ -228,3 +228,63 @@ def test_a_run_on_a_series_writes_the_named_pictures(tmp_path, saved):
     assert list(saved["loss_curve.png"].axes[0].get_xticks()) == [1]
     for fig in saved.values():
         assert_readable(fig)
+
+
+# ---- issue 32: run pictures say which run they show, and how it ended
+
+
+def test_a_run_is_titled_by_the_model_keys_it_changes():
+    cfg = LeNetConfig(width=2.0, depth=2, residual=True)
+    assert pictures.run_title(cfg, "fashion_mnist") == (
+        "lenet5 width=2 depth=2 residual=true on fashion_mnist"
+    )
+    assert pictures.run_title(MLPConfig(), "digits") == "mlp on digits"
+
+
+@pytest.mark.parametrize(
+    "done, planned, status, said",
+    [
+        (3, 5, "interrupted", "interrupted after 3 of 5 epochs"),
+        (2, 5, "diverged", "diverged after 2 of 5 epochs"),
+        (3, 5, "completed", "stopped early after 3 of 5 epochs"),
+        (5, 5, "completed", None),
+    ],
+)
+def test_an_incomplete_loss_curve_says_so(tmp_path, saved, done, planned, status, said):
+    report.plot_loss_curve(history(done, 1), tmp_path / "loss_curve.png", "run", planned, status)
+    title = saved["loss_curve.png"].axes[0].get_title()
+    assert title.split("\n")[-1] == (said or "run")
+
+
+@pytest.mark.parametrize("epochs, marked", [(30, True), (31, False)])
+def test_only_short_loss_curves_mark_each_epoch(tmp_path, saved, epochs, marked):
+    report.plot_loss_curve(history(epochs, 1), tmp_path / "loss_curve.png", "run")
+    markers = {line.get_marker() for line in saved["loss_curve.png"].axes[0].get_lines()}
+    assert (markers != {"None"}) == marked
+
+
+@pytest.mark.parametrize(
+    "classes, rotation", [([str(i) for i in range(10)], 0), (["cat", "jumper"], 45)]
+)
+def test_confusion_ticks_slant_only_for_long_names(tmp_path, saved, classes, rotation):
+    cm = torch.ones(len(classes), len(classes), dtype=torch.long)
+    report.plot_confusion_matrix(cm, classes, tmp_path / "cm.png", "run")
+    ticks = saved["cm.png"].axes[0].get_xticklabels()
+    assert {tick.get_rotation() for tick in ticks} == {rotation}
+
+
+def test_one_dimensional_mistakes_have_axes(tmp_path, saved):
+    series = torch.randn(6, 1, 50)
+    y, predicted = torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long)
+    pictures.plot_mistakes(series, y, predicted, torch.rand(6), ["a", "b"], tmp_path / "m.png")
+    drawn = [ax for ax in saved["m.png"].axes if ax.get_lines()]
+    assert len(drawn) == 6 and all(ax.axison for ax in drawn)
+    # under each column's last plot (6 in 4 columns: the last 4)
+    assert [ax.get_xlabel() for ax in drawn] == [""] * 2 + ["time step"] * 4
+    assert_readable(saved["m.png"])
+
+
+def test_feature_maps_have_a_colour_scale_per_column(tmp_path, saved):
+    _, maps = draw(build_model(LeNetConfig(), MNIST, 10), MNIST, tmp_path, saved)
+    bars = [ax for ax in maps.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2  # one per conv stage

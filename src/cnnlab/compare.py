@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from cnnlab import files, findings, plots
-from cnnlab.config import REPEAT_KEYS, is_run_setting
+from cnnlab.config import REPEAT_KEYS, is_run_setting, override_text
 from cnnlab.records import (
     RUN_NUMBERS,
     SEED_NUMBERS,
@@ -212,7 +212,7 @@ def config_names(runs: list[dict], folders: list[str]) -> list[str]:
         ]
         parts = [run["choices"][group] for group in chosen]
         parts += [
-            f"{key.removeprefix('model.')}={_value_text(run['config'][key])}"
+            f"{key.removeprefix('model.')}={override_text(run['config'][key])}"
             for key in keys
             if run["config"][key] is not None  # unset: the model's plain form
         ]
@@ -227,15 +227,6 @@ def _decided(key: str, runs: list[dict], groups: list[str]) -> bool:
         choice = tuple(run["choices"].get(group) for group in groups)
         values.setdefault(choice, set()).add(canon(run["config"].get(key)))
     return all(len(found) == 1 for found in values.values())
-
-
-def _value_text(value) -> str:
-    """A config value as an override writes it: true, null, [6,16], 2 (not 2.0)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def _is_repeat_or_setting(key: str) -> bool:

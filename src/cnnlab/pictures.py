@@ -7,6 +7,7 @@ Drawn with matplotlib's object API alone (`figure`), which report.py's plots sha
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 from typing import NamedTuple
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab.config import override_text
 from cnnlab.inspection import CONVS, conv_stages
 from cnnlab.layer_names import ConvLayer, conv_layers, kernel_text, stage_title
 
@@ -25,6 +27,19 @@ def figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
+
+
+def run_title(model, data: str) -> str:
+    """What a run's pictures are titled with: its model and the model keys it sets away from
+    their defaults, on its data ("lenet5 width=2 depth=2 on fashion_mnist"). `model`: the
+    model's config (config.MLPConfig, LeNetConfig)."""
+    default = type(model)()
+    changed = [
+        f"{f.name}={override_text(getattr(model, f.name))}"
+        for f in dataclasses.fields(model)
+        if f.name != "name" and getattr(model, f.name) != getattr(default, f.name)
+    ]
+    return textwrap.fill(" ".join([model.name, *changed, "on", data]), 60)
 
 
 MAX_TILES = 64  # filters.png shows at most this many kernels
@@ -255,7 +270,10 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
         for i in range(n):
             maps = out[i].numpy()  # 1-D: channels x length, already a row per channel
             image = maps if one_d else mosaic(maps, int(np.ceil(np.sqrt(len(maps)))))
-            show(axes[i, j], image, one_d, cmap, vmin=lo, vmax=hi or 1.0)
+            im = show(axes[i, j], image, one_d, cmap, vmin=lo, vmax=hi or 1.0)
+        # the column's one scale, under its last row
+        bar = fig.colorbar(im, ax=axes[-1, j], location="bottom", fraction=0.08, pad=0.04)
+        bar.ax.tick_params(labelsize=6)
         title = f"{stage_title(stage, layers)}\n{maps_text(outputs[name].shape[1:], out.shape[1])}"
         axes[0, j].set_title(wrap(title, column, 8), fontsize=8)
     for ax in axes.flat:
@@ -314,11 +332,14 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     if images.dim() == 3:  # series: one small plot each, one line per channel
         fig = figure(width, 2.4 * rows + above)
         axes = fig.subplots(rows, cols, squeeze=False)
-        for ax in axes.flat:
+        for ax in axes.flat[len(order) :]:
             ax.axis("off")
         for ax, i, label in zip(axes.flat, order, labels, strict=False):
             ax.plot(images[i].T.numpy(), linewidth=0.8)
             ax.set_title(label, fontsize=8)
+            ax.tick_params(labelsize=6)
+        for ax in axes.flat[max(0, len(order) - cols) : len(order)]:  # each column's last
+            ax.set_xlabel("time step", fontsize=7)
         ax = axes.flat[0]
     elif order:
         tiles = images[order].permute(0, 2, 3, 1).float().numpy() / 255
