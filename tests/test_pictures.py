@@ -160,7 +160,7 @@ def test_a_multi_scale_layer_shows_every_branch(tmp_path, saved):
     filters, maps = draw(build_model(cfg, MNIST, 10), MNIST, tmp_path, saved)
     shares = branch_shares(cfg.channels[0], 3)
     counts = ", ".join(f"{k}x{k}: {n}" for k, n in zip(cfg.branches, shares, strict=True))
-    assert filters.get_suptitle() == f"conv 1: 6 filters, in parallel branches ({counts})"
+    assert one_line(filters.get_suptitle()) == f"conv 1: 6 filters, in parallel branches ({counts})"
     # one column per multi-scale layer: its branches' maps concatenated
     assert [t.split(") ")[0] for t in column_titles(maps)] == [
         "conv 1 (1x1, 3x3, 5x5 in parallel",
@@ -288,3 +288,17 @@ def test_feature_maps_have_a_colour_scale_per_column(tmp_path, saved):
     _, maps = draw(build_model(LeNetConfig(), MNIST, 10), MNIST, tmp_path, saved)
     bars = [ax for ax in maps.axes if ax.get_label() == "<colorbar>"]
     assert len(bars) == 2  # one per conv stage
+
+
+def test_a_multi_scale_layer_labels_its_branches_and_outlines_each_kernel(tmp_path, saved):
+    cfg = LeNetConfig(branches=[1, 3, 5], padding="same")
+    filters, _ = draw(build_model(cfg, MNIST, 10), MNIST, tmp_path, saved)
+    ax = filters.axes[0]
+    shares = branch_shares(cfg.channels[0], 3)
+    rows = [f"{k}x{k}: {n}" for k, n in zip(cfg.branches, shares, strict=True)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == rows  # a row per branch
+    # every kernel outlined at its own size: a 1x1 kernel is a box one pixel wide
+    sizes = sorted((p.get_width(), p.get_height()) for p in ax.patches)
+    assert sizes == sorted(
+        (k, k) for k, n in zip(cfg.branches, shares, strict=True) for _ in range(n)
+    )

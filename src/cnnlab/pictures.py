@@ -79,12 +79,15 @@ class FirstLayer(NamedTuple):
     """What filters.png shows: the layer's name ('conv 1', 'first dense layer'), its
     weights (filters x channels x *spatial), its window in words (None: a dense layer)
     and a note: for a conv, on what its kernels see or how they were drawn ('' if
-    nothing to say); for a dense layer, what its rows are ('hidden units')."""
+    nothing to say); for a dense layer, what its rows are ('hidden units'). A multi-scale
+    layer's `branches`: (kernel in words, filters, kernel shape) of each, in the order of
+    its weights."""
 
     name: str
     weights: torch.Tensor
     kernel: str | None
     note: str = ""
+    branches: tuple = ()
 
 
 def first_layer_weights(model, input_shape=None) -> FirstLayer:
@@ -120,8 +123,12 @@ def conv_layer_weights(layer: ConvLayer, input_channels: int) -> FirstLayer:
         size = max(conv.weight.shape[2:] for conv in convs)
         tiles = [centred(conv.weight.detach(), size) for conv in convs]
         shares = zip(parts, convs, strict=True)
-        counts = ", ".join(f"{part}: {conv.out_channels}" for part, conv in shares)
-        return FirstLayer(name, torch.cat(tiles), f"in parallel branches ({counts})")
+        branches = tuple(
+            (part, conv.out_channels, tuple(conv.weight.shape[2:])) for part, conv in shares
+        )
+        counts = ", ".join(f"{part}: {count}" for part, count, _ in branches)
+        text = f"in parallel branches ({counts})"
+        return FirstLayer(name, torch.cat(tiles), text, branches=branches)
     conv = max(convs, key=lambda c: c.weight[0, 0].numel())  # a branch: the widest
     note = ""
     if conv.in_channels != input_channels:
@@ -198,6 +205,9 @@ def plot_filters(model, path: Path, input_shape=None) -> None:
     # one image per filter: a square grid; else a row per filter, a column per channel
     square = rgb or (channels == 1 and not one_d)
     cols = int(np.ceil(np.sqrt(len(w)))) if square else w.shape[1]
+    branches = first.branches if square and not rgb else ()
+    if branches:  # a row per branch
+        cols, tiles = by_branch(tiles, branches)
     image = mosaic(tiles, cols, fill=1.0 if rgb else np.nan)
     if one_d:  # rows one pixel high: drop the gap rows between them (show draws hairlines)
         image = image[::2]
@@ -215,12 +225,43 @@ def plot_filters(model, path: Path, input_shape=None) -> None:
     else:
         im = show(ax, image, one_d, _diverging(), vmin=-vmax, vmax=vmax)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="weight")
+        if branches:
+            label_branches(ax, branches, tiles.shape[1:], cols)
         if channels > 1 or one_d:
             along = "tap" if first.kernel else "time step"
             unit = "filter" if first.kernel else "unit"
             ax.set(xlabel="input channel" if channels > 1 else along, ylabel=unit)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def by_branch(tiles: np.ndarray, branches: tuple) -> tuple[int, np.ndarray]:
+    """A multi-scale layer's tiles (filters x h x w, branch after branch) as rows of one
+    branch each, NaN tiles after a branch with fewer filters: (columns, tiles)."""
+    cols = min(16, max(count for _, count, _ in branches))
+    rows, start = [], 0
+    for _, count, _ in branches:
+        block = tiles[start : start + count][:cols]
+        rows += [block, np.full((cols - len(block), *tiles.shape[1:]), np.nan)]
+        start += count
+    return cols, np.concatenate(rows)
+
+
+def label_branches(ax, branches: tuple, tile: tuple[int, int], cols: int) -> None:
+    """Each branch's row named on the y axis ('1x1: 2'), and each kernel outlined: a 1x1
+    kernel is one pixel of a 5x5 tile, and one near zero is white on the grey gaps."""
+    from matplotlib.patches import Rectangle
+
+    h, w = tile
+    ax.set_yticks(
+        [r * (h + 1) + (h - 1) / 2 for r in range(len(branches))],
+        [f"{part}: {count}" for part, count, _ in branches],
+        fontsize=8,
+    )
+    for r, (_, count, (kh, kw)) in enumerate(branches):
+        for c in range(min(count, cols)):
+            corner = (c * (w + 1) + (w - kw) // 2 - 0.5, r * (h + 1) + (h - kh) // 2 - 0.5)
+            ax.add_patch(Rectangle(corner, kw, kh, fill=False, ec="black", lw=0.8))
 
 
 def maps_text(shape, shown: int) -> str:
