@@ -73,7 +73,8 @@ def test_params_grow_with_width_and_depth(width_depth_sweep):
 @pytest.mark.parametrize("fmt", ["table", "csv", "md", "json"])
 def test_compare_prints_every_job_in_each_format(width_depth_sweep, run_cli, fmt, tmp_path):
     sweep, _ = width_depth_sweep
-    r = run_cli(tmp_path, "compare", sweep, "--format", fmt, "--sort", "params")
+    wide = ["--wide"] * (fmt == "table")  # the run column, which a narrow table may leave out
+    r = run_cli(tmp_path, "compare", sweep, "--format", fmt, "--sort", "params", *wide)
     assert r.returncode == 0, r.stderr
     if fmt == "json":
         rows = json.loads(r.stdout)

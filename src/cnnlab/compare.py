@@ -377,7 +377,7 @@ def _keys(table: pd.DataFrame) -> list[str]:
     """The config keys' columns: between run and model and the first figure."""
     columns = list(table.columns)
     first_figure = next((i for i, col in enumerate(columns) if col in METRICS), len(columns))
-    return columns[columns.index("run") + 2 : first_figure]
+    return columns[columns.index("run") + 2 : first_figure] if "run" in columns else []
 
 
 def _width(text: str) -> int:
