@@ -199,7 +199,8 @@ def test_accuracy_plot_is_titled_bars_are_t_intervals_and_the_baseline_is_marked
     assert accuracy.legend.get_title().get_text() == "config"
     # the preset's declared baseline (model.activation=relu) first, named so in the legend
     names = [f"lenet5 activation={name}" for name in ("relu", "leaky_relu", "gelu")]
-    assert legend_texts(accuracy) == [names[0] + " (baseline)", *names[1:]]
+    shown = [text.replace("\n", " ") for text in legend_texts(accuracy)]  # wrapped at 30
+    assert shown == [names[0] + " (baseline)", *names[1:]]
     axes = accuracy.axes.flat[0]
     relu = pd.Series(by_seed(job(activations, "=relu")))
     (line,) = [ln for ln in axes.get_lines() if ln.get_linestyle() == "--"]

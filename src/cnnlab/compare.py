@@ -201,7 +201,6 @@ def config_names(runs: list[dict], folders: list[str]) -> list[str]:
             for group in run["choices"]
             if group != "model" and len({runs[j]["choices"].get(group) for j in peers}) > 1
         ]
-
         keys = [
             key
             for key in run["config"]
@@ -374,7 +373,7 @@ def _fitted(shown: pd.DataFrame, text) -> str:
 
 
 def _keys(table: pd.DataFrame) -> list[str]:
-    """The config keys' columns: between run and model and the first figure."""
+    """The config keys' columns: after run and model, before the first figure."""
     columns = list(table.columns)
     first_figure = next((i for i, col in enumerate(columns) if col in METRICS), len(columns))
     return columns[columns.index("run") + 2 : first_figure] if "run" in columns else []
@@ -445,11 +444,12 @@ def _panels(runs: list[dict], folders: set[int]) -> dict[int, str]:
     """Each of `folders` (indexes into runs) by the data set and epoch count its plot panel
     shows, where these differ among them ("ECG200, 300 epochs"; "" where they do not)."""
     said = {}
-    for key, unit in (("data.name", ""), ("trainer.epochs", " epochs")):
+    for key, unit in (("data.name", ""), ("trainer.epochs", " epoch")):
         values = {f: runs[f]["config"].get(key) for f in folders}
         if len(set(map(str, values.values()))) > 1:
             for f, value in values.items():
-                said.setdefault(f, []).append(f"{value}{unit}")
+                plural = "s" * (unit != "" and value != 1)
+                said.setdefault(f, []).append(f"{value}{unit}{plural}")
     return {f: ", ".join(said.get(f, [])) for f in folders}
 
 
