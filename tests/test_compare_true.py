@@ -74,7 +74,7 @@ def test_a_key_the_mlp_lacks_is_a_column(trio, capsys):
         assert (rows["plain"][key], rows["batch"][key], rows["mlp"][key]) == (plain, batch, mlp)
     assert rows["mlp"]["model.hidden"] == [128] and rows["plain"]["model.hidden"] is None
 
-    code, out, _ = compare_cli(capsys, trio)
+    code, out, _ = compare_cli(capsys, trio, "--wide")
     assert code == 0
     cells = table_cells(out)
     assert [cells[run]["model.norm"] for run in ("plain", "batch", "mlp")] == ["none", "batch", "-"]
@@ -108,7 +108,7 @@ def test_depths_of_a_sweep_beside_an_mlp_stay_apart_in_table_and_plots(tmp_path,
     assert len(table) == 5  # five configurations: none merged
     assert list(table["model.depth"]) == [1, 2, 1, 2, None]
     assert list(table["model.norm"]) == [None, None, "batch", "batch", None]
-    mlp = table_cells(compare.format_table(table))["4_model=mlp"]
+    mlp = table_cells(compare.format_table(table, wide=True))["4_model=mlp"]
     assert (mlp["model.channels"], mlp["model.depth"], mlp["model.hidden"]) == ("-", "-", "[128]")
 
     drawn = []
@@ -117,13 +117,16 @@ def test_depths_of_a_sweep_beside_an_mlp_stay_apart_in_table_and_plots(tmp_path,
     monkeypatch.setattr(plots, "roles_of", lambda *a: drawn.append(roles(*a)) or drawn[-1])
     compare.write_summary(runs, tmp_path / "out")
     for plot, (frame, role) in zip(("accuracy", "losses"), drawn, strict=True):
-        by = [role[name] for name in ("hue", "style", "col") if name in role]
-        lines = frame.groupby(by)["folder" if plot == "accuracy" else "epoch"].size()
+        lines = frame.groupby(role["hue"])["folder" if plot == "accuracy" else "epoch"].size()
         assert len(lines) == 5, (plot, lines)  # a line or a point per configuration
-    # a key a run lacks (the MLP's norm) or sets null (the first LeNet-5 runs): "-"
+    # a key a run lacks (the MLP's norm) or sets null (the first LeNet-5 runs): not named
     frame, role = drawn[0]
-    assert role["hue"] == "model, model.norm, model.hidden"
-    assert set(frame[role["hue"]]) == {"lenet5, -, -", "lenet5, batch, -", "mlp, -, [128]"}
+    assert role["hue"] == "config"
+    assert set(frame["config"]) == {
+        *(f"lenet5 depth={d}" for d in (1, 2)),
+        *(f"lenet5 depth={d} norm=batch" for d in (1, 2)),
+        "mlp",
+    }
 
 
 # ---------------------------------------------------------------- 18.2 ordinary folders
@@ -185,7 +188,7 @@ def test_json_receptive_field_is_a_number_or_a_list(tmp_path, capsys):
     hand_run(tmp_path / "c", {"name": "lenet5", "kernel_size": 3}, {"receptive_field": [7, 7]})
     rows = json_rows(capsys, tmp_path)
     assert [rows[run]["receptive_field"] for run in "abc"] == [16, [5, 9], 7]
-    code, out, _ = compare_cli(capsys, tmp_path)
+    code, out, _ = compare_cli(capsys, tmp_path, "--wide")
     cells = table_cells(out)
     assert [cells[run]["receptive_field"] for run in "abc"] == ["16", "5x9", "7"]
     code, out, _ = compare_cli(capsys, tmp_path, "--format", "csv")
@@ -217,7 +220,7 @@ def test_a_diverged_copy_is_left_out_of_mean_std_and_n(tmp_path, capsys):
     assert (stack.get("diverged"), whole.get("diverged")) == (1, 0)
     assert stack["accuracy_%"] == pytest.approx(statistics.mean(finished))
     assert stack["accuracy_%_std"] == pytest.approx(statistics.stdev(finished))
-    code, out, _ = compare_cli(capsys, tmp_path)
+    code, out, _ = compare_cli(capsys, tmp_path, "--wide")
     cells = table_cells(out)
     assert (cells["0_stack"]["n"], cells["1_whole"]["n"]) == ("4, 1 diverged", "2")
     assert "diverged" not in cells["0_stack"]  # the count is in the n column

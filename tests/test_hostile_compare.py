@@ -87,7 +87,7 @@ def test_metrics_nobody_wrote_is_a_row_with_a_reason(tmp_path, capsys, metrics, 
     row = row_of(capsys, run)
     assert row["status"] == "unreadable" and reason in row["reason"]
     assert len(row["reason"]) < 200  # a huge value is cut short
-    code, out, _ = compare_cli(capsys, run)  # the table prints it on one line
+    code, out, _ = compare_cli(capsys, run, "--wide")  # the table prints it on one line
     assert code == 0 and len(out.splitlines()) == 3
 
 
@@ -194,7 +194,7 @@ def test_a_link_back_up_counts_each_run_once(tmp_path, capsys, link):
 def test_a_folder_name_with_a_newline_stays_one_line(tmp_path, capsys):
     write_run(tmp_path / "a\nb\x1b[31m")
     write_run(tmp_path / "c", config={"model": {"width": 2}})
-    code, out, _ = compare_cli(capsys, tmp_path)
+    code, out, _ = compare_cli(capsys, tmp_path, "--wide")
     assert code == 0 and len(out.splitlines()) == 4 and "a\\nb\\x1b[31m" in out
     assert "\x1b" not in out
 
@@ -205,7 +205,7 @@ def test_a_folder_name_with_a_newline_stays_one_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--sort", "speed"], "error: unknown sort key 'speed'; columns: run, model"),
+        (["--sort", "speed"], "error: unknown sort key 'speed'; columns: config, run, model"),
         (["--sort", "-"], "error: unknown sort key '-'"),
         (["--format", "xml"], "error: argument --format: invalid choice: 'xml'"),
         (["--bogus"], "error: unrecognized arguments: --bogus"),

@@ -16,7 +16,6 @@ from cnnlab import pictures
 from cnnlab.config import LeNetConfig, MLPConfig
 from cnnlab.inspection import (
     conv_stages,
-    effective_receptive_field,
     format_inspection,
     inspect_model,
 )
@@ -257,21 +256,3 @@ def test_mosaic_puts_gaps_between_tiles():
     assert np.isnan(image[3]).all() and np.isnan(image[:, 2]).all()
     assert np.isnan(image[4:, 6:]).all()  # the grid's unused sixth place
     assert np.nansum(image) == 5 * 3 * 2
-
-
-def test_effective_receptive_field_lies_inside_the_theoretical_one(tmp_path):
-    torch.manual_seed(0)
-    model = build_model(LeNetConfig(), MNIST, 10)
-    erf = effective_receptive_field(model, torch.randn(8, *MNIST))
-    seen = erf.nonzero()
-    # the centre unit (2, 2) of the 4x4 map sees input rows and columns 8..23: 16 pixels
-    assert (seen.min(0).values.tolist(), seen.max(0).values.tolist()) == ([8, 8], [23, 23])
-    assert all(p.grad is None for p in model.parameters())
-    assert pictures.plot_effective_receptive_field(
-        model, torch.randn(2, *MNIST), 16, tmp_path / "e.png"
-    )
-    assert_png(tmp_path / "e.png")
-    mlp = build_model(MLPConfig(), MNIST, 10)
-    assert not pictures.plot_effective_receptive_field(
-        mlp, torch.randn(2, *MNIST), 28, tmp_path / "m.png"
-    )

@@ -56,3 +56,21 @@ def test_the_chapter_notebook_runs_end_to_end(tmp_path):
         if "image/png" in output.get("data", {})
     ]
     assert len(pictures) == 2  # the two loss curves
+
+    # quiet: a cell that trains shows one line per run (its Run), the log is in train.log
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "train(" in cell.source:
+            streams = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+            assert streams and all(line.startswith("Run(") for line in streams.splitlines())
+    assert all((run / "train.log").stat().st_size > 0 for run in runs)
+    # the prose on the MLP against LeNet-5 is computed from what ran
+    by_model = {m["model"]: m for m in metrics if len(m["seeds"]) == 1}
+    prose = [
+        output["data"]["text/markdown"]
+        for cell in nb.cells
+        for output in cell.get("outputs", [])
+        if "text/markdown" in output.get("data", {})
+    ]
+    assert len(prose) == 1
+    for model in ("mlp", "lenet5"):
+        assert f"**{100 * by_model[model]['accuracy']:.2f}%**" in prose[0]

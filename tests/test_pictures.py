@@ -160,7 +160,7 @@ def test_a_multi_scale_layer_shows_every_branch(tmp_path, saved):
     filters, maps = draw(build_model(cfg, MNIST, 10), MNIST, tmp_path, saved)
     shares = branch_shares(cfg.channels[0], 3)
     counts = ", ".join(f"{k}x{k}: {n}" for k, n in zip(cfg.branches, shares, strict=True))
-    assert filters.get_suptitle() == f"conv 1: 6 filters, in parallel branches ({counts})"
+    assert one_line(filters.get_suptitle()) == f"conv 1: 6 filters, in parallel branches ({counts})"
     # one column per multi-scale layer: its branches' maps concatenated
     assert [t.split(") ")[0] for t in column_titles(maps)] == [
         "conv 1 (1x1, 3x3, 5x5 in parallel",
@@ -228,3 +228,77 @@ def test_a_run_on_a_series_writes_the_named_pictures(tmp_path, saved):
     assert list(saved["loss_curve.png"].axes[0].get_xticks()) == [1]
     for fig in saved.values():
         assert_readable(fig)
+
+
+# ---- issue 32: run pictures say which run they show, and how it ended
+
+
+def test_a_run_is_titled_by_the_model_keys_it_changes():
+    cfg = LeNetConfig(width=2.0, depth=2, residual=True)
+    assert pictures.run_title(cfg, "fashion_mnist") == (
+        "lenet5 width=2 depth=2 residual=true on fashion_mnist"
+    )
+    assert pictures.run_title(MLPConfig(), "digits") == "mlp on digits"
+
+
+@pytest.mark.parametrize(
+    "done, planned, status, said",
+    [
+        (3, 5, "interrupted", "interrupted after 3 of 5 epochs"),
+        (2, 5, "diverged", "diverged after 2 of 5 epochs"),
+        (3, 5, "completed", "stopped early after 3 of 5 epochs"),
+        (5, 5, "completed", None),
+    ],
+)
+def test_an_incomplete_loss_curve_says_so(tmp_path, saved, done, planned, status, said):
+    report.plot_loss_curve(history(done, 1), tmp_path / "loss_curve.png", "run", planned, status)
+    title = saved["loss_curve.png"].axes[0].get_title()
+    assert title.split("\n")[-1] == (said or "run")
+
+
+@pytest.mark.parametrize("epochs, marked", [(30, True), (31, False)])
+def test_only_short_loss_curves_mark_each_epoch(tmp_path, saved, epochs, marked):
+    report.plot_loss_curve(history(epochs, 1), tmp_path / "loss_curve.png", "run")
+    markers = {line.get_marker() for line in saved["loss_curve.png"].axes[0].get_lines()}
+    assert (markers != {"None"}) == marked
+
+
+@pytest.mark.parametrize(
+    "classes, rotation", [([str(i) for i in range(10)], 0), (["cat", "jumper"], 45)]
+)
+def test_confusion_ticks_slant_only_for_long_names(tmp_path, saved, classes, rotation):
+    cm = torch.ones(len(classes), len(classes), dtype=torch.long)
+    report.plot_confusion_matrix(cm, classes, tmp_path / "cm.png", "run")
+    ticks = saved["cm.png"].axes[0].get_xticklabels()
+    assert {tick.get_rotation() for tick in ticks} == {rotation}
+
+
+def test_one_dimensional_mistakes_have_axes(tmp_path, saved):
+    series = torch.randn(6, 1, 50)
+    y, predicted = torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long)
+    pictures.plot_mistakes(series, y, predicted, torch.rand(6), ["a", "b"], tmp_path / "m.png")
+    drawn = [ax for ax in saved["m.png"].axes if ax.get_lines()]
+    assert len(drawn) == 6 and all(ax.axison for ax in drawn)
+    # under each column's last plot (6 in 4 columns: the last 4)
+    assert [ax.get_xlabel() for ax in drawn] == [""] * 2 + ["time step"] * 4
+    assert_readable(saved["m.png"])
+
+
+def test_feature_maps_have_a_colour_scale_per_column(tmp_path, saved):
+    _, maps = draw(build_model(LeNetConfig(), MNIST, 10), MNIST, tmp_path, saved)
+    bars = [ax for ax in maps.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2  # one per conv stage
+
+
+def test_a_multi_scale_layer_labels_its_branches_and_outlines_each_kernel(tmp_path, saved):
+    cfg = LeNetConfig(branches=[1, 3, 5], padding="same")
+    filters, _ = draw(build_model(cfg, MNIST, 10), MNIST, tmp_path, saved)
+    ax = filters.axes[0]
+    shares = branch_shares(cfg.channels[0], 3)
+    rows = [f"{k}x{k}: {n}" for k, n in zip(cfg.branches, shares, strict=True)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == rows  # a row per branch
+    # every kernel outlined at its own size: a 1x1 kernel is a box one pixel wide
+    sizes = sorted((p.get_width(), p.get_height()) for p in ax.patches)
+    assert sizes == sorted(
+        (k, k) for k, n in zip(cfg.branches, shares, strict=True) for _ in range(n)
+    )

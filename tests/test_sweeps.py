@@ -83,7 +83,7 @@ def test_compare_prints_every_job_in_each_format(width_depth_sweep, run_cli, fmt
         rows = [
             line
             for line in r.stdout.splitlines()
-            if line.lstrip("| ").startswith(("0_", "1_", "2_", "3_"))
+            if line.lstrip("| ").startswith("lenet5 width=")  # named by config
         ]
     assert len(rows) == 4
     if fmt in ("json", "csv"):

@@ -196,13 +196,16 @@ def test_accuracy_plot_is_titled_bars_are_t_intervals_and_the_baseline_is_marked
     title = accuracy.figure._suptitle.get_text()
     assert "digits, 1 epoch" in title and "bars: 95% CI over 8 seeds" in title
     assert "over 8 seeds" in losses.figure._suptitle.get_text()
-    assert accuracy.legend.get_title().get_text() == "model.activation"
-    assert legend_texts(accuracy) == ["relu", "leaky_relu", "gelu"]
+    assert accuracy.legend.get_title().get_text() == "config"
+    # the preset's declared baseline (model.activation=relu) first, named so in the legend
+    names = [f"lenet5 activation={name}" for name in ("relu", "leaky_relu", "gelu")]
+    shown = [text.replace("\n", " ") for text in legend_texts(accuracy)]  # wrapped at 30
+    assert shown == [names[0] + " (baseline)", *names[1:]]
     axes = accuracy.axes.flat[0]
     relu = pd.Series(by_seed(job(activations, "=relu")))
     (line,) = [ln for ln in axes.get_lines() if ln.get_linestyle() == "--"]
     assert line.get_ydata()[0] == pytest.approx(relu.mean())
-    assert any(t.get_text() == "baseline: model.activation=relu" for t in axes.texts)
+    assert line.get_color() == "black" and not axes.texts  # no label over the points
     low, high = verdicts.interval_of_mean(relu)
     bars = [c for c in axes.collections if len(c.get_segments()) == 1]
     spans = [tuple(sorted(c.get_segments()[0][:, 1])) for c in bars]
@@ -216,8 +219,12 @@ def test_a_variant_sweep_is_labelled_by_variant_names(tmp_path, monkeypatch):
     grids = drawn_grids(monkeypatch)
     compare.write_summary(records.find_runs([sweep]), tmp_path / "out", baseline="variant=baseline")
     for grid in grids:
-        assert grid.legend.get_title().get_text() == "variant"
-        assert legend_texts(grid) == ["baseline", "kernel3", "factorize"]
+        assert grid.legend.get_title().get_text() == "config"
+        assert legend_texts(grid) == [
+            "lenet5 baseline (baseline)",
+            "lenet5 kernel3",
+            "lenet5 factorize",
+        ]
     text = (tmp_path / "out" / "findings.md").read_text()
     assert "- variant=kernel3 vs variant=baseline: " in text
 

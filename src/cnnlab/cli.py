@@ -62,6 +62,9 @@ def compare_main(args: list[str]) -> int:
     p.add_argument("--format", default="table", choices=["table", "csv", "md", "json"])
     p.add_argument("--out", metavar="DIR", help="also write comparison.csv/.md and the plots")
     p.add_argument(
+        "--wide", action="store_true", help="every column (the table: at most 120 columns wide)"
+    )
+    p.add_argument(
         "--baseline",
         metavar="KEY=VALUE[,KEY=VALUE]",
         help="the row the others are compared with: diff, 95%% CI, p (Holm), verdict",
@@ -83,7 +86,7 @@ def compare_main(args: list[str]) -> int:
         return EXIT_CODES[Status.bad_input]
     from cnnlab import compare  # pandas and seaborn: not for every command
 
-    return compare.compare_command(a.paths, a.sort, a.format, a.out, a.baseline)
+    return compare.compare_command(a.paths, a.sort, a.format, a.out, a.baseline, a.wide)
 
 
 def bench_main(args: list[str]) -> int:

@@ -13,13 +13,14 @@ import json
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
 from cnnlab import files, findings, plots
-from cnnlab.config import REPEAT_KEYS, is_run_setting
+from cnnlab.config import REPEAT_KEYS, is_run_setting, override_text
 from cnnlab.records import (
     RUN_NUMBERS,
     SEED_NUMBERS,
@@ -75,6 +76,7 @@ def _tables(
     names = _short_names([run["path"] for run in runs])
     keys = _differing_keys(runs)
     seeds = _seed_rows(runs, names, keys)
+    seeds.insert(1, "config", seeds["folder"].map(dict(enumerate(config_names(runs, names)))))
     table = _group(seeds, keys)
     if baseline:
         table = findings.with_verdicts(table, seeds, runs, baseline)
@@ -130,7 +132,7 @@ def _axes_text(value) -> str:
 
 def _group(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     groups = seeds.groupby("group", sort=False)
-    table = groups[["run", "model", *keys, "receptive_field", "status", "reason"]].first()
+    table = groups[["config", "run", "model", *keys, "receptive_field", "status", "reason"]].first()
     others = groups["folder"].nunique() - 1
     table["run"] += (" (+" + others.astype(str) + ")").where(others > 0, "")
     # diverged copies are counted apart and left out of every mean, std and n
@@ -146,7 +148,7 @@ def _group(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     std = std.where(std > 0).dropna(axis=1, how="all")
     table = table.join(mean).join(std.add_suffix("_std"))
     shown = [col for col in METRICS if col not in OPTIONAL or table[col].notna().any()]
-    columns = ["run", "model", *keys]
+    columns = ["config", "run", "model", *keys]
     columns += [c for col in shown for c in (col, col + "_std") if c in table]
     diverged = bool(table["diverged"].any())
     columns += ["n"] * (diverged or bool((table["n"] > 1).any())) + ["diverged"] * diverged
@@ -172,6 +174,58 @@ def _short_names(paths: list[Path]) -> list[str]:
         f"{job[1]}_{','.join(i for i in its if i not in shared)}".rstrip("_")
         for job, its in zip(jobs, items, strict=True)
     ]
+
+
+def config_names(runs: list[dict], folders: list[str]) -> list[str]:
+    """What tells each run's configuration apart, as a reader names it: the model's name
+    (mlp, lenet5, lenet5_wide), the groups chosen differently among runs of that model
+    (kernel3, ECG200), then its keys that differ among them (`lenet5 width=2 depth=2`),
+    less the keys those groups decide (variant=kernel3 sets model.kernel_size). A run
+    without a config: its model's name, else its folder's (`folders`)."""
+    heads = [
+        run["metrics"].get("model") or run["config"].get("model.name") or folder
+        for run, folder in zip(runs, folders, strict=True)
+    ]
+    settings = [
+        {k: canon(v) for k, v in run["config"].items() if v is not None} if run["config"] else None
+        for run in runs
+    ]
+    names = []
+    for i, run in enumerate(runs):
+        if settings[i] is None:
+            names.append(heads[i])
+            continue
+        peers = [j for j, head in enumerate(heads) if head == heads[i] and settings[j] is not None]
+        chosen = [
+            group
+            for group in run["choices"]
+            if group != "model" and len({runs[j]["choices"].get(group) for j in peers}) > 1
+        ]
+        keys = [
+            key
+            for key in run["config"]
+            if not _is_repeat_or_setting(key)
+            and key != "model.name"
+            and len({settings[j].get(key) for j in peers}) > 1
+            and not (chosen and _decided(key, [runs[j] for j in peers], chosen))
+        ]
+        parts = [run["choices"][group] for group in chosen]
+        parts += [
+            f"{key.removeprefix('model.')}={override_text(run['config'][key])}"
+            for key in keys
+            if run["config"][key] is not None  # unset: the model's plain form
+        ]
+        names.append(" ".join([heads[i], *parts]))
+    return names
+
+
+def _decided(key: str, runs: list[dict], groups: list[str]) -> bool:
+    """Whether the choices of `groups` decide `key` among `runs`: one value per choice."""
+    values: dict = {}
+    for run in runs:
+        choice = tuple(run["choices"].get(group) for group in groups)
+        values.setdefault(choice, set()).add(canon(run["config"].get(key)))
+    return all(len(found) == 1 for found in values.values())
 
 
 def _is_repeat_or_setting(key: str) -> bool:
@@ -227,10 +281,13 @@ def _is_numeric(column: pd.Series) -> bool:
 # ---------------------------------------------------------------- output formats
 
 
-def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
+def format_table(table: pd.DataFrame, fmt: str = "table", wide: bool = False) -> str:
     """The table as aligned text, csv, GitHub markdown or json. csv and json keep every
     column (x and x_std, full precision; n and diverged); table and md show "mean ± std" and
-    "n, k diverged". json keeps numbers numbers (a receptive field: 16, or [5, 9])."""
+    "n, k diverged". json keeps numbers numbers (a receptive field: 16, or [5, 9]). The
+    text table fits WIDTH columns unless `wide`: rows named by their config (config_names),
+    without the key columns it names, less the columns of DROPPED first that do not fit,
+    named on a line below; md: every column but the key columns."""
     if fmt not in FORMATS:
         raise CompareError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fmt == "json":  # json has no NaN: a missing or diverged value is null
@@ -255,14 +312,75 @@ def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
         shown = shown.apply(lambda texts: texts.str.replace("|", "\\|"))
     # numbers to the right, the verdict columns' signed figures too (texts by then)
     figures = ("diff", "ci95", "p")
-    align = ["right" if col in figures or _is_numeric(table[col]) else "left" for col in shown]
-    text = shown.to_markdown(
-        index=False,
-        tablefmt="pipe" if fmt == "md" else "simple",
-        disable_numparse=True,  # the cells are already formatted
-        colalign=align,
-    )
-    return "\n".join(line.rstrip() for line in text.splitlines())
+    align = {col: "right" if col in figures or _is_numeric(table[col]) else "left" for col in shown}
+
+    def text(columns: list[str]) -> str:
+        out = shown[columns].to_markdown(
+            index=False,
+            tablefmt="pipe" if fmt == "md" else "simple",
+            disable_numparse=True,  # the cells are already formatted
+            colalign=[align[col] for col in columns],
+        )
+        return "\n".join(line.rstrip() for line in out.splitlines())
+
+    if wide:
+        return text(list(shown.columns))
+    if fmt == "md":  # a file: every figure, the config named once
+        return text([col for col in shown if col != "model" and col not in _keys(shown)])
+    return _fitted(shown, text)
+
+
+WIDTH = 120  # the text table's width unless --wide
+# What the text table leaves out first where it does not fit: the run's folder, then the
+# measurements least often read. The config keys are left out always (config names them).
+DROPPED = (
+    "run",
+    "images_per_second",
+    "conv_layers",
+    "receptive_field",
+    "macs",
+    "train_seconds",
+    "f1_macro",
+    "paired",
+    "params",
+)
+NAME_WIDTH = 30  # a reason cut short where the table does not fit keeps this much
+
+
+def _fitted(shown: pd.DataFrame, text) -> str:
+    """The text table in WIDTH columns: config first, the key columns (between model and the
+    figures) and then DROPPED left out until it fits, a long reason cut short; a line
+    below says what was left out."""
+    columns, keys = list(shown.columns), _keys(shown)
+    left = [col for col in columns if col not in keys and col != "model"]
+    for col in DROPPED:
+        if _width(text(left)) <= WIDTH:
+            break
+        if col in left:
+            left.remove(col)
+    out = text(left)
+    if "reason" in left and _width(out) > WIDTH:  # a reason cut short, on its one line
+        room = max(NAME_WIDTH, WIDTH - (_width(out) - shown["reason"].str.len().max()))
+        cut = shown["reason"].map(lambda r: r if len(r) <= room else r[: room - 1] + "…")
+        shown["reason"] = cut
+        out = text(left)
+    hidden = [col for col in columns if col not in left and col != "model" and col not in keys]
+    hidden += [f"{len(keys)} config key{'s' * (len(keys) > 1)}"] * bool(keys)
+    if hidden:
+        note = f"--wide adds: {', '.join(hidden)}"
+        out += "\n" + textwrap.fill(note, WIDTH)
+    return out
+
+
+def _keys(table: pd.DataFrame) -> list[str]:
+    """The config keys' columns: after run and model, before the first figure."""
+    columns = list(table.columns)
+    first_figure = next((i for i, col in enumerate(columns) if col in METRICS), len(columns))
+    return columns[columns.index("run") + 2 : first_figure] if "run" in columns else []
+
+
+def _width(text: str) -> int:
+    return max(map(len, text.splitlines()))
 
 
 CONTROL = r"[\x00-\x1f\x7f]"
@@ -311,17 +429,28 @@ def write_summary(
     files.write_atomic(out / "comparison.md", format_table(table, "md") + "\n\n" + images + "\n")
     text = findings.findings(grouped, seeds, keys, baseline, setting)
     files.write_atomic(out / "findings.md", text)
-    # The plots show completed runs (the table has the others), told apart by what varies:
-    # by their variant's name where the runs chose one (it names what its keys set)
+    # The plots show completed runs (the table has the others), named by their config
     seeds = seeds[seeds["status"] == "completed"]
-    seeds = seeds.assign(**{key: seeds[key].map(_label) for key in keys})
-    keys = ["variant"] if "variant" in keys else keys
-    keys = [key for key in ["model", *keys] if seeds[key].map(canon).nunique() > 1]
+    seeds = seeds.assign(panel=seeds["folder"].map(_panels(runs, set(seeds["folder"]))))
     base = grouped["group"][grouped["verdict"] == "baseline"] if "verdict" in grouped else []
-    marked = plots.Baseline(seeds["group"].isin(base), baseline) if len(base) else None
-    plots.plot_accuracy(seeds, keys, out / "accuracy_vs_params.png", setting, marked)
-    plots.plot_losses(runs, seeds, keys, out / "loss_curves.png", setting)
+    name = grouped["config"][grouped["verdict"] == "baseline"] if len(base) else None
+    marked = plots.Baseline(seeds["group"].isin(base), name.iloc[0]) if len(base) else None
+    plots.plot_accuracy(seeds, out / "accuracy_vs_params.png", setting, marked)
+    plots.plot_losses(runs, seeds, out / "loss_curves.png", setting, marked)
     return table
+
+
+def _panels(runs: list[dict], folders: set[int]) -> dict[int, str]:
+    """Each of `folders` (indexes into runs) by the data set and epoch count its plot panel
+    shows, where these differ among them ("ECG200, 300 epochs"; "" where they do not)."""
+    said = {}
+    for key, unit in (("data.name", ""), ("trainer.epochs", " epoch")):
+        values = {f: runs[f]["config"].get(key) for f in folders}
+        if len(set(map(str, values.values()))) > 1:
+            for f, value in values.items():
+                plural = "s" * (unit != "" and value != 1)
+                said.setdefault(f, []).append(f"{value}{unit}{plural}")
+    return {f: ", ".join(said.get(f, [])) for f in folders}
 
 
 def declared_baseline(runs: list[dict]) -> str | None:
@@ -331,22 +460,18 @@ def declared_baseline(runs: list[dict]) -> str | None:
     return declared.pop() if len(declared) == 1 else None
 
 
-def _label(value) -> str:
-    return UNSET if value is None else str(value)  # lists too: [6, 16]
-
-
 # ---------------------------------------------------------------- entry points
 
 
 def compare_command(
-    paths, sort: str | None = None, fmt: str = "table", out=None, baseline: str | None = None
+    paths, sort=None, fmt: str = "table", out=None, baseline: str | None = None, wide=False
 ) -> int:
     """`cnnlab compare`: 0 once the table is printed (failed runs are rows, not errors),
     2 for a bad argument (--out included: checked before the table is printed), 1 if the
-    files for --out could not be written."""
+    files for --out could not be written. `wide`: every column of the text table."""
     try:
         runs = runs_in(paths)
-        text = format_table(compare_table(runs, sort, baseline), fmt)
+        text = format_table(compare_table(runs, sort, baseline), fmt, wide)
         if out is not None:
             _make_folder(out)
     except CompareError as error:

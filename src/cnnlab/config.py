@@ -13,6 +13,7 @@ dataclasses, so they work from a notebook too.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -447,3 +448,12 @@ SCHEMAS = {
     "tensorboard_logger": TensorBoardLoggerConfig,
     "mlflow_logger": MLflowLoggerConfig,
 }
+
+
+def override_text(value) -> str:
+    """A config value as an override writes it: true, null, [6,16], relu, 2 (not 2.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str):  # an enum's value too
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), default=str)

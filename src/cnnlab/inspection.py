@@ -312,38 +312,3 @@ def is_conv_block(module: nn.Module | None) -> bool:
         not list(child.children()) and not isinstance(child, POOLS + WHOLE_INPUT)
         for child in module.children()
     )
-
-
-def effective_receptive_field(model: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
-    """The gradient method (Luo et al. 2016): |d unit / d input| for the centre unit of the
-    last feature map before flatten or global pooling (summed over its channels), averaged
-    over `images` (normalised model inputs) and input channels: a map the size of the
-    input. None for a model without convs. It is non-zero only inside the theoretical
-    field, and it is usually concentrated in the middle of it.
-    """
-    if not any(isinstance(m, CONVS) for m in model.modules()):
-        return None
-    maps: list[torch.Tensor] = []
-
-    def keep_input(layer, inputs, output):
-        maps.append(inputs[0])
-
-    hooks = [
-        m.register_forward_hook(keep_input) for m in model.modules() if isinstance(m, WHOLE_INPUT)
-    ]
-    was_training = model.training
-    x = images.detach().float().clone().requires_grad_(True)
-    try:
-        model.eval()
-        with torch.enable_grad():
-            output = model(x)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    fmap = maps[0] if maps else output  # a model without flatten: its output is the map
-    centre = tuple(size // 2 for size in fmap.shape[2:])
-    unit = fmap[(slice(None), slice(None), *centre)].sum()
-    # autograd.grad, not backward: the model's own .grad stays untouched
-    (grad,) = torch.autograd.grad(unit, x)
-    return grad.abs().mean(dim=(0, 1)).cpu()

@@ -1,12 +1,13 @@
 """The pictures of what a run's model does: filters.png (its first layer's weights),
 feature_maps.png (what each conv stage makes of a few test images), mistakes.png (the
-test images it got most confidently wrong) and erf.png (its effective receptive field).
+test images it got most confidently wrong).
 
 Drawn with matplotlib's object API alone (`figure`), which report.py's plots share.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 from typing import NamedTuple
@@ -15,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab.inspection import CONVS, conv_stages, effective_receptive_field, per_axis
+from cnnlab.config import override_text
+from cnnlab.inspection import CONVS, conv_stages
 from cnnlab.layer_names import ConvLayer, conv_layers, kernel_text, stage_title
 
 
@@ -25,6 +27,19 @@ def figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
+
+
+def run_title(model, data: str) -> str:
+    """What a run's pictures are titled with: its model and the model keys it sets away from
+    their defaults, on its data ("lenet5 width=2 depth=2 on fashion_mnist"). `model`: the
+    model's config (config.MLPConfig, LeNetConfig)."""
+    default = type(model)()
+    changed = [
+        f"{f.name}={override_text(getattr(model, f.name))}"
+        for f in dataclasses.fields(model)
+        if f.name != "name" and getattr(model, f.name) != getattr(default, f.name)
+    ]
+    return textwrap.fill(" ".join([model.name, *changed, "on", data]), 60)
 
 
 MAX_TILES = 64  # filters.png shows at most this many kernels
@@ -64,12 +79,15 @@ class FirstLayer(NamedTuple):
     """What filters.png shows: the layer's name ('conv 1', 'first dense layer'), its
     weights (filters x channels x *spatial), its window in words (None: a dense layer)
     and a note: for a conv, on what its kernels see or how they were drawn ('' if
-    nothing to say); for a dense layer, what its rows are ('hidden units')."""
+    nothing to say); for a dense layer, what its rows are ('hidden units'). A multi-scale
+    layer's `branches`: (kernel in words, filters, kernel shape) of each, in the order of
+    its weights."""
 
     name: str
     weights: torch.Tensor
     kernel: str | None
     note: str = ""
+    branches: tuple = ()
 
 
 def first_layer_weights(model, input_shape=None) -> FirstLayer:
@@ -105,8 +123,12 @@ def conv_layer_weights(layer: ConvLayer, input_channels: int) -> FirstLayer:
         size = max(conv.weight.shape[2:] for conv in convs)
         tiles = [centred(conv.weight.detach(), size) for conv in convs]
         shares = zip(parts, convs, strict=True)
-        counts = ", ".join(f"{part}: {conv.out_channels}" for part, conv in shares)
-        return FirstLayer(name, torch.cat(tiles), f"in parallel branches ({counts})")
+        branches = tuple(
+            (part, conv.out_channels, tuple(conv.weight.shape[2:])) for part, conv in shares
+        )
+        counts = ", ".join(f"{part}: {count}" for part, count, _ in branches)
+        text = f"in parallel branches ({counts})"
+        return FirstLayer(name, torch.cat(tiles), text, branches=branches)
     conv = max(convs, key=lambda c: c.weight[0, 0].numel())  # a branch: the widest
     note = ""
     if conv.in_channels != input_channels:
@@ -183,6 +205,9 @@ def plot_filters(model, path: Path, input_shape=None) -> None:
     # one image per filter: a square grid; else a row per filter, a column per channel
     square = rgb or (channels == 1 and not one_d)
     cols = int(np.ceil(np.sqrt(len(w)))) if square else w.shape[1]
+    branches = first.branches if square and not rgb else ()
+    if branches:  # a row per branch
+        cols, tiles = by_branch(tiles, branches)
     image = mosaic(tiles, cols, fill=1.0 if rgb else np.nan)
     if one_d:  # rows one pixel high: drop the gap rows between them (show draws hairlines)
         image = image[::2]
@@ -200,12 +225,43 @@ def plot_filters(model, path: Path, input_shape=None) -> None:
     else:
         im = show(ax, image, one_d, _diverging(), vmin=-vmax, vmax=vmax)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="weight")
+        if branches:
+            label_branches(ax, branches, tiles.shape[1:], cols)
         if channels > 1 or one_d:
             along = "tap" if first.kernel else "time step"
             unit = "filter" if first.kernel else "unit"
             ax.set(xlabel="input channel" if channels > 1 else along, ylabel=unit)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def by_branch(tiles: np.ndarray, branches: tuple) -> tuple[int, np.ndarray]:
+    """A multi-scale layer's tiles (filters x h x w, branch after branch) as rows of one
+    branch each, NaN tiles after a branch with fewer filters: (columns, tiles)."""
+    cols = min(16, max(count for _, count, _ in branches))
+    rows, start = [], 0
+    for _, count, _ in branches:
+        block = tiles[start : start + count][:cols]
+        rows += [block, np.full((cols - len(block), *tiles.shape[1:]), np.nan)]
+        start += count
+    return cols, np.concatenate(rows)
+
+
+def label_branches(ax, branches: tuple, tile: tuple[int, int], cols: int) -> None:
+    """Each branch's row named on the y axis ('1x1: 2'), and each kernel outlined: a 1x1
+    kernel is one pixel of a 5x5 tile, and one near zero is white on the grey gaps."""
+    from matplotlib.patches import Rectangle
+
+    h, w = tile
+    ax.set_yticks(
+        [r * (h + 1) + (h - 1) / 2 for r in range(len(branches))],
+        [f"{part}: {count}" for part, count, _ in branches],
+        fontsize=8,
+    )
+    for r, (_, count, (kh, kw)) in enumerate(branches):
+        for c in range(min(count, cols)):
+            corner = (c * (w + 1) + (w - kw) // 2 - 0.5, r * (h + 1) + (h - kh) // 2 - 0.5)
+            ax.add_patch(Rectangle(corner, kw, kh, fill=False, ec="black", lw=0.8))
 
 
 def maps_text(shape, shown: int) -> str:
@@ -255,7 +311,10 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
         for i in range(n):
             maps = out[i].numpy()  # 1-D: channels x length, already a row per channel
             image = maps if one_d else mosaic(maps, int(np.ceil(np.sqrt(len(maps)))))
-            show(axes[i, j], image, one_d, cmap, vmin=lo, vmax=hi or 1.0)
+            im = show(axes[i, j], image, one_d, cmap, vmin=lo, vmax=hi or 1.0)
+        # the column's one scale, under its last row
+        bar = fig.colorbar(im, ax=axes[-1, j], location="bottom", fraction=0.08, pad=0.04)
+        bar.ax.tick_params(labelsize=6)
         title = f"{stage_title(stage, layers)}\n{maps_text(outputs[name].shape[1:], out.shape[1])}"
         axes[0, j].set_title(wrap(title, column, 8), fontsize=8)
     for ax in axes.flat:
@@ -291,51 +350,6 @@ def stage_outputs(model, images: torch.Tensor, stages) -> dict[str, torch.Tensor
     return outputs
 
 
-def plot_effective_receptive_field(
-    model, images: torch.Tensor, receptive_field, path: Path
-) -> bool:
-    """erf.png: the effective receptive field (the input gradient of the last feature map's
-    centre unit, averaged over `images`) with the theoretical `receptive_field` (int or
-    per axis, as inspect_model gives it) outlined. Returns False, drawing nothing, for a
-    model without convs."""
-    from matplotlib.patches import Rectangle
-
-    erf = effective_receptive_field(model, images)
-    if erf is None:
-        return False
-    rf = per_axis(receptive_field, erf.ndim)
-    erf = (erf / (erf.max() or 1.0)).numpy()
-    # the theoretical field sits where the gradient is non-zero (seen by some image)
-    seen = [
-        np.flatnonzero(erf.max(axis=tuple(a for a in range(erf.ndim) if a != i)))
-        for i in range(erf.ndim)
-    ]
-    centre = [
-        (s[0] + s[-1]) / 2 if len(s) else (n - 1) / 2 for s, n in zip(seen, erf.shape, strict=True)
-    ]
-    fig = figure(4.5, 4 if erf.ndim == 2 else 2.8)
-    ax = fig.add_subplot()
-    title = "x".join(map(str, rf))
-    if erf.ndim == 2:
-        im = ax.imshow(erf, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="|gradient| / max")
-        corner = (centre[1] - rf[1] / 2, centre[0] - rf[0] / 2)
-        ax.add_patch(Rectangle(corner, rf[1], rf[0], fill=False, ec="cyan", ls="--", lw=1.5))
-        ax.set(xlim=(-0.5, erf.shape[1] - 0.5), ylim=(erf.shape[0] - 0.5, -0.5))
-    else:
-        ax.plot(erf, color="black")
-        ax.axvspan(centre[0] - rf[0] / 2, centre[0] + rf[0] / 2, color="cyan", alpha=0.3)
-        ax.set(xlabel="input position", ylabel="|gradient| / max")
-    ax.set_title(
-        f"effective receptive field of the centre unit, {len(images)} images\n"
-        f"dashed / shaded: the theoretical field, {title}",
-        fontsize=8,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
-
-
 def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: int = 16) -> int:
     """The test images the model got most confidently wrong, labelled true / predicted.
 
@@ -359,11 +373,14 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     if images.dim() == 3:  # series: one small plot each, one line per channel
         fig = figure(width, 2.4 * rows + above)
         axes = fig.subplots(rows, cols, squeeze=False)
-        for ax in axes.flat:
+        for ax in axes.flat[len(order) :]:
             ax.axis("off")
         for ax, i, label in zip(axes.flat, order, labels, strict=False):
             ax.plot(images[i].T.numpy(), linewidth=0.8)
             ax.set_title(label, fontsize=8)
+            ax.tick_params(labelsize=6)
+        for ax in axes.flat[max(0, len(order) - cols) : len(order)]:  # each column's last
+            ax.set_xlabel("time step", fontsize=7)
         ax = axes.flat[0]
     elif order:
         tiles = images[order].permute(0, 2, 3, 1).float().numpy() / 255

@@ -1,12 +1,13 @@
 """compare's two plots (accuracy_vs_params.png, loss_curves.png) drawn with seaborn: the
 seeds of one configuration as a mean and a 95% confidence interval (Student's t over the
-seeds, as verdicts.py computes it), the config keys that vary told apart by hue, style and
-facet column, each plot titled with what was trained and what its bars mean. seaborn is
-imported only when a plot is drawn.
+seeds, as verdicts.py computes it), a colour per configuration named by its config name
+(the baseline black), a panel per data set and epoch count where these differ, each titled
+with what was trained and what its bars mean. seaborn is imported only when a plot is drawn.
 """
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,27 +19,50 @@ from cnnlab.verdicts import interval_of_mean
 
 @dataclass
 class Baseline:
-    """The baseline row's seeds (a mask over the seed rows) and how it was named."""
+    """The baseline row's seeds (a mask over the seed rows) and its config name."""
 
     rows: pd.Series
     name: str
 
 
-def roles_of(data: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, dict]:
-    """seaborn's hue, style and facet column for the varied keys. A fourth key and beyond
-    join the hue, so that no two configurations are ever averaged together. One key is both
-    hue and style: a colour and a marker each, so points that fall together stay apart."""
-    data = data.assign(**{key: data[key].map(str) for key in keys})  # lists, None: labels
-    roles = dict(zip(("style", "col"), keys[1:3], strict=False))
-    hue_keys = keys[:1] + keys[3:]
-    if hue_keys:
-        roles["hue"] = ", ".join(hue_keys)
-        data[roles["hue"]] = data[hue_keys].agg(", ".join, axis=1)
-    if len(keys) == 1 and len(data):  # (seaborn cannot style an empty plot)
-        roles["style"] = roles["hue"]
-    # a marker per style where there is one (most points stand alone), else dots
-    roles |= {"markers": True, "dashes": False} if "style" in roles else {"marker": "o"}
+LABEL = 30  # legend labels are wrapped to lines of at most this many characters
+WIDTH = 13.0  # inches at DPI: a plot is at most 1560 px wide
+DPI = 120
+LEGEND = 2.8  # inches beside the panels for the legend
+MARKED_EPOCHS = 30  # loss curves of at most this many epochs mark each epoch
+
+
+def roles_of(data: pd.DataFrame, baseline: Baseline | None) -> tuple[pd.DataFrame, dict]:
+    """seaborn's roles: a colour per configuration (its config name, wrapped to LABEL, the
+    baseline's in black and first), a panel per data set and epoch count where these differ
+    (`panel`). Sizes that keep the plot within WIDTH."""
+    if not len(data):  # (seaborn cannot colour an empty plot)
+        return data, {"height": 3.6, "aspect": 1.3}
+    data = data.assign(config=data["config"].map(label))
+    order = list(dict.fromkeys(data["config"]))
+    palette = dict(zip(order, sns_palette(len(order)), strict=True))
+    if baseline is not None:
+        marked = label(baseline.name + " (baseline)")
+        data.loc[baseline.rows.reindex(data.index, fill_value=False), "config"] = marked
+        order = [marked, *(name for name in order if name != label(baseline.name))]
+        palette = {marked: "black", **{name: palette[name] for name in order[1:]}}
+    panels = data["panel"].nunique()
+    roles = {"hue": "config", "hue_order": order, "palette": palette}
+    if panels > 1:
+        roles |= {"col": "panel", "col_order": list(dict.fromkeys(data["panel"]))}
+    height = 3.6
+    roles |= {"height": height, "aspect": min(1.3, (WIDTH - LEGEND) / (panels * height))}
     return data, roles
+
+
+def label(name: str) -> str:
+    return textwrap.fill(str(name), LABEL, break_long_words=True)
+
+
+def sns_palette(n: int) -> list:
+    import seaborn as sns
+
+    return sns.color_palette("tab10" if n <= 10 else "husl", n)
 
 
 def ci95(values) -> tuple[float, float]:
@@ -48,7 +72,7 @@ def ci95(values) -> tuple[float, float]:
 
 
 # What both plots share: lines over seeds as mean and 95% confidence interval.
-PLOT = {"kind": "line", "errorbar": ci95, "legend": "full", "height": 4, "aspect": 1.3}
+PLOT = {"kind": "line", "errorbar": ci95, "legend": "full"}
 X_LABELS = {"params": "parameters", "macs": "MACs per input"}
 
 
@@ -60,13 +84,13 @@ def seeds_said(seeds: pd.DataFrame) -> str:
     return f"over {many} seed{'s' * (high != 1)}"
 
 
-def plot_accuracy(
-    seeds: pd.DataFrame, keys: list[str], file: Path, about: str, baseline: Baseline | None
-) -> None:
+def plot_accuracy(seeds: pd.DataFrame, file: Path, about: str, baseline: Baseline | None) -> None:
     import seaborn as sns
     from matplotlib.ticker import EngFormatter
 
-    data, roles = roles_of(seeds.dropna(subset=["params", "accuracy_%"]), keys)
+    data, roles = roles_of(seeds.dropna(subset=["params", "accuracy_%"]), baseline)
+    if "hue" in roles:  # a marker each too: points that fall together stay apart
+        roles |= {"style": "config", "markers": True, "dashes": False}
     measures = ["params"] + ["macs"] * bool(data["macs"].notna().any())
     # one row of panels per x measure: parameters, and MACs when the runs have them
     data = data.melt(id_vars=list(data.columns.drop(measures)), value_vars=measures, var_name="x")
@@ -83,43 +107,51 @@ def plot_accuracy(
     )
     grid.set_axis_labels("", "test accuracy (%)")
     # each row of panels says its measure on its own x axis, so no "x = params" titles
-    grid.set_titles(template="{col_var} = {col_name}" if "col" in roles else "")
-    level = seeds.loc[baseline.rows, "accuracy_%"].mean() if baseline is not None else None
+    grid.set_titles(template="{col_name}" if "col" in roles else "")
+    base = data[data["config"] == roles["hue_order"][0]] if baseline is not None else None
     for measure, row in zip(measures, grid.axes, strict=True):
         for axes in row:
             axes.set_xlabel(X_LABELS[measure])
             axes.xaxis.set_major_formatter(EngFormatter())  # 50 k, 1 M
-            if level is not None and not np.isnan(level):
-                axes.axhline(level, color="0.4", linestyle="--", linewidth=1, zorder=0)
-                axes.annotate(
-                    f"baseline: {baseline.name}", (0.01, level), xycoords=("axes fraction", "data"),
-                    xytext=(0, 3), textcoords="offset points", fontsize=8, color="0.3",
-                )  # fmt: skip
+            title = axes.get_title()
+            level = base if base is None or not title else base[base["panel"] == title]
+            if level is not None and len(level):  # the baseline's level, named in the legend
+                mean = level["accuracy_%"].mean()
+                axes.axhline(mean, color="black", linestyle="--", linewidth=1, zorder=0)
     title = f"Test accuracy against size: {about}\nbars: 95% CI {seeds_said(seeds)}"
     grid.figure.suptitle(title)
     grid.tight_layout()  # room for the title and the upper row's x labels
     save(grid, file)
 
 
-def plot_losses(runs: list[dict], seeds: pd.DataFrame, keys: list[str], file: Path, about: str):
+def plot_losses(runs: list[dict], seeds: pd.DataFrame, file: Path, about: str, baseline=None):
     import seaborn as sns
 
-    columns = seeds.drop_duplicates("folder").set_index("folder")[keys].map(str)
+    columns = seeds.drop_duplicates("folder").set_index("folder")[["config", "panel", "group"]]
     histories = [runs[f]["history"].assign(**columns.loc[f].to_dict()) for f in columns.index]
     # runs that held a validation split out evaluated on it each epoch, not on the test set
     validated = bool(histories) and all("val_loss" in h for h in histories)
     loss = "val_loss" if validated else "test_loss"
-    curves = [pd.DataFrame(columns=["epoch", loss]), *histories]  # empty plot if no history
-    data = pd.concat(curves, ignore_index=True)
+    empty = pd.DataFrame(columns=["epoch", loss, "config", "panel", "group"])
+    data = pd.concat([empty, *histories], ignore_index=True)  # empty plot if no history
     # only points: a line through a diverged (inf) or garbled (NaN) value has none there
     points = data[["epoch", loss]].apply(pd.to_numeric, errors="coerce").abs()
-    data, roles = roles_of(data[(points < float("inf")).all(axis=1)], keys)
+    data = data[(points < float("inf")).all(axis=1)]
+    if baseline is not None:  # the baseline's folders, from its seed rows
+        baseline = Baseline(data["group"].isin(seeds.loc[baseline.rows, "group"]), baseline.name)
+    data, roles = roles_of(data.reset_index(drop=True), baseline)
+    epochs = pd.to_numeric(data["epoch"]).max() if len(data) else 0
+    marked = {"marker": "o"} if epochs <= MARKED_EPOCHS else {}
     # the seeds of one configuration (runs, or seeds in one run) become a mean and a band
-    grid = sns.relplot(data, x="epoch", y=loss, **PLOT, **roles)
+    grid = sns.relplot(data, x="epoch", y=loss, **PLOT, **roles, **marked)
     said = "validation loss" if validated else "test loss"
     grid.set_axis_labels("epoch", said)
+    grid.set_titles(template="{col_name}" if "col" in roles else "")
     for axes in grid.axes.flat:
-        axes.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
+        whole_epochs(axes)
+        for line in axes.get_lines():  # the baseline on top of the bands that hide it
+            if line.get_color() == "black":
+                line.set(zorder=3, linewidth=2)
     grid.figure.suptitle(
         f"{said.capitalize()} per epoch: {about}\nbands: 95% CI {seeds_said(seeds)}"
     )
@@ -127,8 +159,20 @@ def plot_losses(runs: list[dict], seeds: pd.DataFrame, keys: list[str], file: Pa
     save(grid, file)
 
 
+def whole_epochs(axes) -> None:
+    """Epochs are whole numbers: a few are each a tick (one epoch alone is not 0.96-1.04)."""
+    from matplotlib.ticker import MaxNLocator
+
+    low, high = axes.dataLim.intervalx
+    if high - low < 12 and np.isfinite(low):
+        axes.set_xticks(range(int(low), int(high) + 1))
+        axes.set_xlim(low - 0.5, high + 0.5)
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def save(grid, file: Path) -> None:
     import matplotlib.pyplot as plt
 
-    grid.savefig(file, dpi=120)
+    grid.savefig(file, dpi=DPI)
     plt.close(grid.figure)  # pyplot keeps every open figure: a long sweep would leak them

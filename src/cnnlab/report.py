@@ -102,14 +102,21 @@ def write_confusion_csv(path: Path, cm: torch.Tensor, classes: list[str]) -> Non
 # ---- plots -------------------------------------------------------------------------------
 
 
-def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
+MARKED_EPOCHS = 30  # a loss curve of at most this many epochs marks each epoch
+
+
+def plot_loss_curve(
+    history: list[dict], path: Path, title: str, planned: int | None = None, status="completed"
+) -> None:
     """Train and validation (else test) loss per epoch; with several seeds, their mean and a
     band from the lowest to the highest seed (one epoch: points, and a bar for the seeds'
-    range)."""
+    range). A run that ended before its `planned` epochs, or whose `status` is not
+    completed, says so in red under the title."""
     fig = pictures.figure(6, 4)
     ax = fig.subplots()
     epochs = by_epoch(history)
     seeds = len(next(iter(epochs.values())))
+    marks = len(epochs) <= MARKED_EPOCHS
     for key, style, label in (
         ("train_loss", "o-", "train loss (mean per epoch)"),
         ("val_loss", "s--", "validation loss"),
@@ -118,6 +125,7 @@ def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
         if key not in history[0]:
             continue
         values = np.array([[row[key] for row in rows] for rows in epochs.values()])
+        style = style if marks else style[1:]
         (line,) = ax.plot(list(epochs), values.mean(1), style, label=label)
         low, high = values.min(1), values.max(1)
         if seeds > 1 and len(epochs) > 1:
@@ -127,7 +135,12 @@ def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
     if seeds > 1:
         spread = "band" if len(epochs) > 1 else "bar"
         title += f"\n({seeds} seeds: mean, {spread} from lowest to highest)"
-    ax.set(xlabel="epoch", ylabel="cross-entropy loss", title=title)
+    done, incomplete = max(epochs), status != "completed"
+    if incomplete or (planned and done < planned):
+        ended = status if incomplete else "stopped early"
+        title += f"\n{ended} after {done}{f' of {planned}' if planned else ''} epochs"
+    ax.set(xlabel="epoch", ylabel="cross-entropy loss")
+    ax.set_title(title, **({"color": "firebrick"} if incomplete else {}))
     # whole epochs only: a few are each a tick (one epoch alone is not a band of 0.96-1.04)
     if len(epochs) <= 12:
         ax.set_xticks(list(epochs))
@@ -155,7 +168,9 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, titl
     for (i, j), count in np.ndenumerate(counts):
         color = "white" if count > dark else "black"
         ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
-    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    # short names (digits) read level; longer ones slanted, so that they do not overlap
+    slanted = max(map(len, classes)) > 3
+    ax.set_xticks(range(k), classes, rotation=45 * slanted, ha="right" if slanted else "center")
     ax.set_yticks(range(k), classes)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.tight_layout()

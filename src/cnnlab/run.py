@@ -213,7 +213,7 @@ def write_results(
     `warnings`) without costing the results. `run` is (state, engine, dataset, tensors,
     input shape)."""
     state, engine, ds, tensors, input_shape = run
-    title, steps = f"{cfg.model.name} on {cfg.data.name}", []
+    title, steps = pictures.run_title(cfg.model, cfg.data.name), []
     if evaluations is not None:
         figures, cm = report.evaluation_figures(evaluations, state, ds)
         chosen = validation_figures(state)["per_seed"]
@@ -226,7 +226,8 @@ def write_results(
     rows = state.live_rows(state.history)
     if rows:
         curve = run_dir / "loss_curve.png"
-        steps.insert(0, (curve.name, lambda: report.plot_loss_curve(rows, curve, title)))
+        ended = (cfg.trainer.epochs, metrics["status"])
+        steps.insert(0, (curve.name, lambda: report.plot_loss_curve(rows, curve, title, *ended)))
     if cfg.pictures:
         steps += draw_pictures(engine, state, tensors, input_shape, run_dir)
     steps.append((f"logger={cfg.logger.name} final()", lambda: run_logger.final(metrics, run_dir)))
