@@ -347,10 +347,12 @@ class TrainerConfig:
             )
         if self.patience is not None:
             positive("trainer.patience", self.patience)
+        if isinstance(self.threads, str) and self.threads.strip().isdecimal():
+            self.threads = int(self.threads)  # trainer.threads='2': a number, quoted
         number = isinstance(self.threads, int) and not isinstance(self.threads, bool)
         if self.threads != "auto" and not (number and self.threads >= 1):
             raise ConfigError(
-                f"trainer.threads={self.threads} is not allowed: use auto or a whole number >= 1"
+                f"trainer.threads={self.threads!r} is not allowed: use auto or a whole number >= 1"
             )
 
 
