@@ -3,10 +3,12 @@ compare_runs() is `cnnlab compare`'s table; bad input raises the shell's one lin
 
 import contextlib
 import io
+import logging
 import re
 import signal
 import subprocess
 import sys
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -167,3 +169,66 @@ def test_importing_the_api_loads_neither_torch_nor_pandas():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+# ---- issue 28: arguments, logging, twice in a row, from a thread ----------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [((5,), "train(5)"), ((None,), "train(None)"), ((["data=digits"],), "unpack a list")],
+    ids=["int", "None", "list"],
+)
+def test_overrides_that_are_not_strings_raise_cnnlab_error(tmp_path, monkeypatch, bad, words):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CnnlabError, match=re.escape(words)) as raised:
+        train(*bad)
+    assert raised.value.exit_code == 2 and "overrides are strings" in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def callers_logging():
+    """The root logger as a caller set it up: a handler of its own at level WARNING."""
+    root = logging.getLogger()
+    mine = logging.StreamHandler(io.StringIO())
+    level = root.level
+    root.addHandler(mine)
+    root.setLevel(logging.WARNING)
+    yield mine
+    root.removeHandler(mine)
+    root.setLevel(level)
+
+
+def test_train_leaves_the_root_logger_as_it_found_it(tmp_path, callers_logging):
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    run = train(*RUN, f"hydra.run.dir={tmp_path / 'run'}")
+    assert (list(root.handlers), root.level) == before
+    with pytest.raises(CnnlabError):  # bad input: the same
+        train(*RUN, "seed=-1")
+    assert (list(root.handlers), root.level) == before
+    failed = train(*RUN, "trainer.lr=1e30", "model=mlp", f"hydra.run.dir={tmp_path / 'div'}")
+    assert failed.metrics["status"] == "diverged"
+    assert (list(root.handlers), root.level) == before
+    logging.getLogger("callers.own").warning("a line of the caller's")
+    assert "a line of the caller's" not in (run.run_dir / "train.log").read_text()
+    assert "a line of the caller's" in callers_logging.stream.getvalue()
+
+
+def test_train_twice_in_a_row_and_from_a_thread(tmp_path):
+    """As a notebook calls it: twice, the same run twice (timings aside), and from a worker
+    thread, where no signal handler can be set."""
+    first = train(*RUN, f"hydra.run.dir={tmp_path / 'a'}")
+    second = train(*RUN, f"hydra.run.dir={tmp_path / 'b'}")
+    got = {}
+    worker = threading.Thread(
+        target=lambda: got.update(run=train(*RUN, f"hydra.run.dir={tmp_path / 'c'}"))
+    )
+    worker.start()
+    worker.join(300)
+    runs = [first, second, got.get("run")]
+    assert all(r is not None and r.metrics["status"] == "completed" for r in runs), got
+    for r in runs[1:]:
+        assert r.metrics["accuracy"] == first.metrics["accuracy"]
+        assert r.history.drop(columns="seconds").equals(first.history.drop(columns="seconds"))
