@@ -74,13 +74,16 @@ def check_resumable(saved: dict, current: dict, path: str) -> None:
         )
 
 
-def check_config(cfg: DictConfig) -> Checked:
+def check_config(cfg: DictConfig, run: bool = True) -> Checked:
     """The config as dataclasses, with every check that needs no data: ranges, the data
     source's shape, the model built on the meta device (no memory, no time), the device,
-    and the checkpoint to resume. Raises a RunError with status bad_input."""
+    and the checkpoint to resume; for a run (not inspect), the data at hand and its split
+    (data.check). Raises a RunError with status bad_input (failed: data not to be had)."""
     refuse_unknown_keys(cfg)
     plain = OmegaConf.to_object(cfg)
     input_shape, classes = data.spec(plain.data)
+    if run:
+        data.check(plain.data, classes)
     model = meta_model(plain.model, input_shape, len(classes))
     device = resolve_device(plain.device)
     choose_path(plain.trainer, device)

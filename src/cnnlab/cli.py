@@ -109,7 +109,8 @@ def inspect_main(args: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        checked = check_config(composed_jobs(a.overrides, multirun=False, writes=False)[0])
+        job = composed_jobs(a.overrides, multirun=False, writes=False)[0]
+        checked = check_config(job, run=False)  # no data: inspect needs no dataset files
     except BAD_INPUT as e:
         return refuse_bad_input(e)
     # the check built the model on the meta device: shapes need no weights

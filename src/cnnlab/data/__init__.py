@@ -49,6 +49,7 @@ from cnnlab.data.idx import (
     idx_counts,
     idx_spec,
     load_idx_dataset,
+    present_files,
     read_idx,
 )
 from cnnlab.data.image_folder import (
@@ -95,18 +96,19 @@ class Source:
     """A dataset name's jobs: its input shape and class names, known without a data load
     (so a model can be built and checked before any data loads: most know them by heart,
     UCR sets read their training labels, image folders list their class folders); its
-    training and test images per class, which the pre-flight check splits as load() will
-    (data.train_size, data.val_fraction) to refuse a split that cannot train; and its
-    loader. `schema` is the config class its keys come from."""
+    training and test images per class, which a run's check splits as load() will; its
+    loader; and `fetch`, which a run's check calls to have the files at hand (downloaded
+    if missing), where spec does not. `schema` is the config class its keys come from."""
 
     spec: Callable[[DataConfig], tuple[tuple[int, ...], list[str]]]
     load: Callable[[DataConfig], Dataset]
     counts: Callable[[DataConfig], tuple[list[int], list[int]]]
     schema: type = DataConfig
+    fetch: Callable[[DataConfig], object] | None = None
 
 
-def fixed(shape: tuple[int, ...], classes: list[str]):
-    return lambda cfg: (shape, classes)
+def fixed(*known):
+    return lambda cfg: known
 
 
 def loaded_counts(load_source: Callable[[DataConfig], Dataset]):
@@ -116,21 +118,27 @@ def loaded_counts(load_source: Callable[[DataConfig], Dataset]):
     def counts(cfg: DataConfig) -> tuple[list[int], list[int]]:
         ds = load_source(cfg)
         n = len(ds.classes)
-        return (torch.bincount(y, minlength=n).tolist() for y in (ds.y_train, ds.y_test))
+        return tuple(torch.bincount(y, minlength=n).tolist() for y in (ds.y_train, ds.y_test))
 
     return counts
 
 
 def spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
-    """The source's shape and classes, and, where data.train_size or data.val_fraction cut
-    the training set, that cut made on the source's real counts and refused if it holds
-    out nothing or everything or leaves out a class the test set holds."""
+    return source(cfg).spec(cfg)
+
+
+def check(cfg: DataConfig, classes: list[str]) -> None:
+    """What a run needs of its data before its folder exists, beyond spec: the files at hand
+    (MNIST and Fashion-MNIST are downloaded here when missing, so a download that fails
+    leaves no run folder), and, where data.train_size or data.val_fraction cut the training
+    set, that cut made on the source's real counts: refused if it holds out nothing or
+    everything, or leaves out of training a class the test set holds."""
     src = source(cfg)
-    shape, classes = src.spec(cfg)
+    if src.fetch is not None:
+        src.fetch(cfg)
     if cfg.train_size is not None or cfg.val_fraction:
         train, test = (per_class(c) for c in src.counts(cfg))
         split(cfg, train, test, classes)
-    return shape, classes
 
 
 def per_class(counts: list[int]) -> torch.Tensor:
@@ -238,8 +246,8 @@ def validation_split(
 
 # Every dataset name, declared once: the config, bench and the CLI read them from here.
 SOURCES: dict[str, Source] = {
-    "mnist": Source(idx_spec, load_idx_dataset, idx_counts),
-    "fashion_mnist": Source(idx_spec, load_idx_dataset, idx_counts),
+    "mnist": Source(idx_spec, load_idx_dataset, idx_counts, fetch=present_files),
+    "fashion_mnist": Source(idx_spec, load_idx_dataset, idx_counts, fetch=present_files),
     "cifar10": Source(cifar_spec, load_cifar10, fixed(CIFAR10_COUNTS, CIFAR10_TEST_COUNTS)),
     "digits": Source(fixed((1, 28, 28), DIGITS), load_digits, loaded_counts(load_digits)),
     "synthetic": Source(synthetic_spec, synthetic, loaded_counts(synthetic), SyntheticDataConfig),

@@ -124,9 +124,12 @@ def idx_missing(cfg: DataConfig, raw: Path, why: str) -> DataError:
 
 
 def idx_spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
-    """The four files must be there, or be downloaded now (data.download): a set that cannot
-    be had fails in the pre-flight check, before a run folder is made, as a UCR set does."""
-    present_files(cfg)
+    """Without a download to come, the four files must be there: four stats, so a missing
+    set fails before a run folder is made, as a missing UCR set does (a run's check then
+    downloads them: present_files, through idx_counts)."""
+    raw, files = idx_files(cfg)
+    if files is None and not cfg.download:
+        raise idx_missing(cfg, raw, "data.download=false")
     return (1, 28, 28), FASHION_CLASSES if cfg.name == "fashion_mnist" else DIGITS
 
 
