@@ -232,3 +232,17 @@ def test_train_twice_in_a_row_and_from_a_thread(tmp_path):
     for r in runs[1:]:
         assert r.metrics["accuracy"] == first.metrics["accuracy"]
         assert r.history.drop(columns="seconds").equals(first.history.drop(columns="seconds"))
+
+
+@pytest.mark.parametrize(
+    "split",
+    [["data.val_fraction=0.0001"], ["data.train_size=10", "data.val_fraction=0.5"]],
+    ids=["nothing held out", "classes left out"],
+)
+def test_a_split_that_cannot_train_raises_and_writes_nothing(tmp_path, monkeypatch, split):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "data"))
+    with pytest.raises(CnnlabError, match="data.val_fraction=") as raised:
+        train("data=digits", "device=cpu", *split)
+    assert raised.value.exit_code == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # the digits cache, no run

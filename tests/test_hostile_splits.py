@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cnnlab_train, history_of, metrics_of
+from conftest import SMALL, cnnlab_train, history_of, metrics_of, patch_steps
 from test_image_folder import make_folder
 
 from cnnlab import cli, data
@@ -221,3 +221,44 @@ def test_digits_built_in_python_keep_no_folder_named_after_an_interpolation(tmp_
     assert (tmp_path / "elsewhere" / "digits").is_dir()
     assert not any("$" in str(p) for p in tmp_path.rglob("*"))
     assert json.dumps(sorted(p.name for p in tmp_path.iterdir())) == '["data", "elsewhere"]'
+
+
+# ---- keep=best with a copy that diverges -------------------------------------------------
+
+
+def test_keep_best_with_a_copy_that_diverges_after_its_best_epoch(tmp_path, monkeypatch):
+    """Copy 1 turns Inf in epoch 2: the others keep their own best epochs, the diverged
+    copy's kept (finite) weights are not reported as a result, and nothing is NaN."""
+
+    def poison(state, n):  # 6 steps an epoch (192 images, batches of 32): step 10 is in epoch 2
+        if n == 10:
+            with torch.no_grad():
+                next(state.model.parameters())[1].fill_(float("inf"))
+
+    patch_steps(monkeypatch, poison)
+    run = tmp_path / "run"
+    chosen = ["model=lenet5", *SMALL, "data.val_fraction=0.25", "trainer.keep=best", "seeds=3"]
+    assert cnnlab_train(run, *chosen, "trainer.epochs=3", "trainer.patience=2") == 0
+    m = metrics_of(run)
+    per_seed = m["per_seed"]
+    assert [r["status"] for r in per_seed] == ["completed", "diverged", "completed"]
+    live = [r for r in per_seed if r["status"] == "completed"]
+    assert per_seed[1]["accuracy"] is None
+    assert m["accuracy"] == pytest.approx(sum(r["accuracy"] for r in live) / 2)
+    assert m["val_accuracy"] == pytest.approx(sum(r["val_accuracy"] for r in live) / 2)
+    assert all(r["best_epoch"] in (1, 2, 3) for r in live)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    weights = best["model"] if "model" in best else best
+    for key, value in weights.items():
+        if value.is_floating_point():
+            assert torch.isfinite(value[[0, 2]]).all(), key
+
+
+def test_a_sweep_with_one_split_that_cannot_train_runs_no_job(tmp_path, capfd):
+    capfd.readouterr()
+    code = cnnlab_train(
+        tmp_path / "sweep", *RUN, "data=digits", "data.val_fraction=0.2,0.0001", multirun=True
+    )
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "data.val_fraction=0.0001 holds out 0" in err[0]
+    assert not (tmp_path / "sweep").exists()
