@@ -104,8 +104,14 @@ def test_bad_input_raises_the_line_the_shell_prints(tmp_path, monkeypatch, capfd
 def test_a_run_that_fails_is_returned_with_its_reason(tmp_path, monkeypatch):
     for key, value in cli_env(tmp_path).items():  # an empty data folder, no network
         monkeypatch.setenv(key, value)
-    run = train("device=cpu", "data=cifar10", f"hydra.run.dir={tmp_path / 'run'}")
-    assert run.metrics["status"] == "failed" and "cifar10 files not found" in run.metrics["error"]
+    folder = tmp_path / "data" / "cifar-10-batches-py"  # there, but damaged: found by the load
+    folder.mkdir(parents=True)
+    for name in ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch"):
+        (folder / name).write_bytes(b"not a pickle")
+    run = train(
+        "device=cpu", "data=cifar10", "data.download=false", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert run.metrics["status"] == "failed" and "damaged" in run.metrics["error"]
     assert run.metrics == metrics_of(tmp_path / "run") and run.history.empty
 
 

@@ -488,15 +488,18 @@ def test_a_mirror_that_makes_no_real_progress_fails_long_before_the_deadline(
     assert not list((tmp_path / data.UCR_FOLDER).iterdir())
 
 
-def test_mnist_that_cannot_be_downloaded_fails_in_the_check(tmp_path, run_cli):
+@pytest.mark.parametrize(
+    "args, name", [(["model=lenet5"], "mnist"), (["data=cifar10"], "cifar10")], ids=str
+)
+def test_a_set_that_cannot_be_downloaded_fails_in_the_check(tmp_path, run_cli, args, name):
     """`cnnlab train model=lenet5` with no MNIST files and no network (cli_env: an empty data
     folder, every proxy a closed port): the download is tried by the pre-flight check, so
     its failure is one `error:` line on stderr, exit 1 (failed: data that cannot be had)
-    and no run folder (issue 28)."""
-    r = run_cli(tmp_path, "train", "model=lenet5")
+    and no run folder (issue 28). CIFAR-10 the same."""
+    r = run_cli(tmp_path, "train", *args)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: mnist files not found"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: {name} files not found"), lines
     assert "the download failed" in lines[0] and "error" not in r.stdout
     assert not (tmp_path / "outputs").exists()
-    assert not list((tmp_path / "data" / "MNIST" / "raw").iterdir())
+    assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []

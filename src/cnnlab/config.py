@@ -25,6 +25,7 @@ from cnnlab.ranges import (
     layers,
     positive,
     refuse_non_finite,
+    thread_count,
 )
 
 
@@ -347,13 +348,7 @@ class TrainerConfig:
             )
         if self.patience is not None:
             positive("trainer.patience", self.patience)
-        if isinstance(self.threads, str) and self.threads.strip().isdecimal():
-            self.threads = int(self.threads)  # trainer.threads='2': a number, quoted
-        number = isinstance(self.threads, int) and not isinstance(self.threads, bool)
-        if self.threads != "auto" and not (number and self.threads >= 1):
-            raise ConfigError(
-                f"trainer.threads={self.threads!r} is not allowed: use auto or a whole number >= 1"
-            )
+        self.threads = thread_count("trainer.threads", self.threads)
 
 
 # ---- logger: where a run's params and metrics go besides its folder (loggers.py)

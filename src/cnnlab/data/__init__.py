@@ -33,6 +33,7 @@ from cnnlab.data.builtin import (
     CIFAR10_TEST_COUNTS,
     CIFAR_FILES,
     CIFAR_FOLDER,
+    cifar_files,
     cifar_spec,
     load_cifar10,
     load_digits,
@@ -129,7 +130,7 @@ def spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
 
 def check(cfg: DataConfig, classes: list[str]) -> None:
     """What a run needs of its data before its folder exists, beyond spec: the files at hand
-    (MNIST and Fashion-MNIST are downloaded here when missing, so a download that fails
+    (MNIST, Fashion-MNIST and CIFAR-10 are downloaded here when missing, so a download that fails
     leaves no run folder), and, where data.train_size or data.val_fraction cut the training
     set, that cut made on the source's real counts: refused if it holds out nothing or
     everything, or leaves out of training a class the test set holds."""
@@ -248,7 +249,9 @@ def validation_split(
 SOURCES: dict[str, Source] = {
     "mnist": Source(idx_spec, load_idx_dataset, idx_counts, fetch=present_files),
     "fashion_mnist": Source(idx_spec, load_idx_dataset, idx_counts, fetch=present_files),
-    "cifar10": Source(cifar_spec, load_cifar10, fixed(CIFAR10_COUNTS, CIFAR10_TEST_COUNTS)),
+    "cifar10": Source(
+        cifar_spec, load_cifar10, fixed(CIFAR10_COUNTS, CIFAR10_TEST_COUNTS), fetch=cifar_files
+    ),
     "digits": Source(fixed((1, 28, 28), DIGITS), load_digits, loaded_counts(load_digits)),
     "synthetic": Source(synthetic_spec, synthetic, loaded_counts(synthetic), SyntheticDataConfig),
     "ucr": Source(ucr_spec, load_ucr, ucr_counts, UcrDataConfig),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+from pathlib import Path
 
 import torch
 
@@ -43,6 +44,23 @@ def cifar_spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
             f"data.download=false; {OFFLINE_HINT}"
         )
     return (3, 32, 32), CIFAR10_CLASSES
+
+
+def cifar_files(cfg: DataConfig) -> Path:
+    """The batch files' folder, downloaded and unpacked first when files are missing and
+    data.download is set (a run's check calls it: a download that fails leaves no run
+    folder). A damaged file is found by the load, which downloads afresh."""
+    folder = data_folder(cfg) / CIFAR_FOLDER
+    if all((folder / f).is_file() for f in CIFAR_FILES):
+        return folder
+    cifar_spec(cfg)  # data.download=false: the files must be there
+    try:
+        download_cifar10(cfg)
+    except DataError as e:
+        raise DataError(
+            f"cifar10 files not found in {folder} and the download failed ({e}); {OFFLINE_HINT}"
+        ) from None
+    return folder
 
 
 def download_cifar10(cfg: DataConfig) -> None:
