@@ -82,8 +82,6 @@ def check_config(cfg: DictConfig, run: bool = True) -> Checked:
     refuse_unknown_keys(cfg)
     plain = OmegaConf.to_object(cfg)
     input_shape, classes = data.spec(plain.data)
-    if run:
-        data.check(plain.data, classes)
     model = meta_model(plain.model, input_shape, len(classes))
     device = resolve_device(plain.device)
     choose_path(plain.trainer, device)
@@ -91,6 +89,8 @@ def check_config(cfg: DictConfig, run: bool = True) -> Checked:
     checked = Checked(plain, input_shape, classes, model)
     if plain.resume:
         checked.checkpoint = check_resume(plain, model)
+    if run:  # last: a config refused for anything else downloads nothing
+        data.check(plain.data, classes)
     return checked
 
 
