@@ -246,13 +246,7 @@ class DataConfig:
                 f"data.val_fraction={self.val_fraction} is not allowed: use 0 (no validation) "
                 f"or a share of the training images below 1, e.g. 0.1"
             )
-        held = round(self.val_fraction * (self.train_size or 0))
-        if self.val_fraction and self.train_size and not 0 < held < self.train_size:
-            raise ConfigError(
-                f"data.val_fraction={self.val_fraction} holds out {held} of "
-                f"data.train_size={self.train_size} images: choose a share that leaves at "
-                f"least one image on each side"
-            )
+        # the share's count is checked on the source's real training set (data.check)
         if not 0 <= self.val_seed < 2**32:
             raise ConfigError(f"data.val_seed={self.val_seed} is not allowed: use 0..{2**32 - 1}")
 
