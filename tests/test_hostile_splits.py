@@ -262,3 +262,9 @@ def test_a_sweep_with_one_split_that_cannot_train_runs_no_job(tmp_path, capfd):
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "data.val_fraction=0.0001 holds out 0" in err[0]
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("key", ["train_size", "test_size"])
+def test_synthetic_data_without_a_size_is_refused_first(tmp_path, capfd, key):
+    line = refused(tmp_path, capfd, "data=synthetic", f"data.{key}=null")
+    assert f"data.{key}=null is not allowed for data=synthetic" in line
