@@ -85,10 +85,10 @@ __all__ = [
     "IMAGE_CACHE_VERSION", "IMAGE_SUFFIXES", "OFFLINE_HINT", "SAMPLE_SEED", "SOURCES",
     "UCR_FOLDER", "UCR_NAMES", "UCR_WHEEL", "UCR_WHEEL_SETS", "ConfigError", "DataConfig",
     "DataError", "Dataset", "ImageFolderDataConfig", "Source", "SyntheticDataConfig",
-    "UcrDataConfig", "as_float", "channel_stats", "data_folder", "decode_image",
+    "UcrDataConfig", "as_float", "channel_stats", "check", "data_folder", "decode_image",
     "decode_images", "fetch", "file_digest", "find_idx_files", "fixed", "free_memory",
     "image_files", "listed_images", "load", "read_idx", "read_ucr_set", "sample",
-    "scan_image_folder", "source", "spec", "to_device", "validation_split",
+    "scan_image_folder", "source", "spec", "split", "to_device", "validation_split",
 ]  # fmt: skip
 
 
@@ -129,11 +129,12 @@ def spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
 
 
 def check(cfg: DataConfig, classes: list[str]) -> None:
-    """What a run needs of its data before its folder exists, beyond spec: the files at hand
-    (MNIST, Fashion-MNIST and CIFAR-10 are downloaded here when missing, so a download that fails
-    leaves no run folder), and, where data.train_size or data.val_fraction cut the training
-    set, that cut made on the source's real counts: refused if it holds out nothing or
-    everything, or leaves out of training a class the test set holds."""
+    """What a run needs of its data before its folder exists, beyond spec: the files at
+    hand (MNIST, Fashion-MNIST and CIFAR-10 are downloaded here when missing, so a download
+    that fails leaves no run folder), and, where data.train_size or data.val_fraction cut
+    the training set, that cut made on the source's real counts: refused if it holds out
+    nothing or everything, or leaves out of training a class the test set holds. `inspect`
+    needs no data and does not call it."""
     src = source(cfg)
     if src.fetch is not None:
         src.fetch(cfg)
