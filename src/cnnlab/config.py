@@ -267,10 +267,11 @@ class SyntheticDataConfig(DataConfig):
                 f"[channels, length] (series), each >= 1"
             )
         positive("data.classes", self.classes)
-        for key in ("train_size", "test_size"):  # None, the whole set, has no size here
+        for key in ("train_size", "test_size"):  # null (the whole set) means no count here
             if getattr(self, key) is None:
                 raise ConfigError(
-                    f"data.{key}=null is not allowed for data=synthetic: give the count"
+                    f"data.{key}=null is not allowed for data=synthetic: give the number of "
+                    f"images to generate, a whole number >= 1"
                 )
 
 
