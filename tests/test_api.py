@@ -3,10 +3,12 @@ compare_runs() is `cnnlab compare`'s table; bad input raises the shell's one lin
 
 import contextlib
 import io
+import logging
 import re
 import signal
 import subprocess
 import sys
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -102,8 +104,14 @@ def test_bad_input_raises_the_line_the_shell_prints(tmp_path, monkeypatch, capfd
 def test_a_run_that_fails_is_returned_with_its_reason(tmp_path, monkeypatch):
     for key, value in cli_env(tmp_path).items():  # an empty data folder, no network
         monkeypatch.setenv(key, value)
-    run = train("device=cpu", "data=cifar10", f"hydra.run.dir={tmp_path / 'run'}")
-    assert run.metrics["status"] == "failed" and "cifar10 files not found" in run.metrics["error"]
+    folder = tmp_path / "data" / "cifar-10-batches-py"  # there, but damaged: found by the load
+    folder.mkdir(parents=True)
+    for name in ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch"):
+        (folder / name).write_bytes(b"not a pickle")
+    run = train(
+        "device=cpu", "data=cifar10", "data.download=false", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert run.metrics["status"] == "failed" and "damaged" in run.metrics["error"]
     assert run.metrics == metrics_of(tmp_path / "run") and run.history.empty
 
 
@@ -167,3 +175,80 @@ def test_importing_the_api_loads_neither_torch_nor_pandas():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+# ---- issue 28: arguments, logging, twice in a row, from a thread ----------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [((5,), "train(5)"), ((None,), "train(None)"), ((["data=digits"],), "unpack a list")],
+    ids=["int", "None", "list"],
+)
+def test_overrides_that_are_not_strings_raise_cnnlab_error(tmp_path, monkeypatch, bad, words):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CnnlabError, match=re.escape(words)) as raised:
+        train(*bad)
+    assert raised.value.exit_code == 2 and "overrides are strings" in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def callers_logging():
+    """The root logger as a caller set it up: a handler of its own at level WARNING."""
+    root = logging.getLogger()
+    mine = logging.StreamHandler(io.StringIO())
+    level = root.level
+    root.addHandler(mine)
+    root.setLevel(logging.WARNING)
+    yield mine
+    root.removeHandler(mine)
+    root.setLevel(level)
+
+
+def test_train_leaves_the_root_logger_as_it_found_it(tmp_path, callers_logging):
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    run = train(*RUN, f"hydra.run.dir={tmp_path / 'run'}")
+    assert (list(root.handlers), root.level) == before
+    with pytest.raises(CnnlabError):  # bad input: the same
+        train(*RUN, "seed=-1")
+    assert (list(root.handlers), root.level) == before
+    failed = train(*RUN, "trainer.lr=1e30", "model=mlp", f"hydra.run.dir={tmp_path / 'div'}")
+    assert failed.metrics["status"] == "diverged"
+    assert (list(root.handlers), root.level) == before
+    logging.getLogger("callers.own").warning("a line of the caller's")
+    assert "a line of the caller's" not in (run.run_dir / "train.log").read_text()
+    assert "a line of the caller's" in callers_logging.stream.getvalue()
+
+
+def test_train_twice_in_a_row_and_from_a_thread(tmp_path):
+    """As a notebook calls it: twice, the same run twice (timings aside), and from a worker
+    thread, where no signal handler can be set."""
+    first = train(*RUN, f"hydra.run.dir={tmp_path / 'a'}")
+    second = train(*RUN, f"hydra.run.dir={tmp_path / 'b'}")
+    got = {}
+    worker = threading.Thread(
+        target=lambda: got.update(run=train(*RUN, f"hydra.run.dir={tmp_path / 'c'}"))
+    )
+    worker.start()
+    worker.join(300)
+    runs = [first, second, got.get("run")]
+    assert all(r is not None and r.metrics["status"] == "completed" for r in runs), got
+    for r in runs[1:]:
+        assert r.metrics["accuracy"] == first.metrics["accuracy"]
+        assert r.history.drop(columns="seconds").equals(first.history.drop(columns="seconds"))
+
+
+@pytest.mark.parametrize(
+    "split",
+    [["data.val_fraction=0.0001"], ["data.train_size=10", "data.val_fraction=0.5"]],
+    ids=["nothing held out", "classes left out"],
+)
+def test_a_split_that_cannot_train_raises_and_writes_nothing(tmp_path, monkeypatch, split):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "data"))
+    with pytest.raises(CnnlabError, match="data.val_fraction=") as raised:
+        train("data=digits", "device=cpu", *split)
+    assert raised.value.exit_code == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # the digits cache, no run

@@ -164,11 +164,10 @@ def test_mnist_missing_and_offline_fails_fast_naming_folder_files_and_alternativ
         assert name in text
     assert "data=digits" in text and "fashion_mnist" in text and "Debian" in text, text
     assert "Traceback" not in text
-    # no partial file left behind, and no run folder claims to have trained
+    # no partial file left behind; the download failed in the check: exit 1, no run folder
     assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
-    (folder,) = run_folders(tmp_path)
-    assert json.loads((folder / "metrics.json").read_text())["status"] == "failed"
-    assert not (folder / "history.csv").exists()
+    assert result.returncode == 1 and result.stderr.startswith("error: mnist files not found")
+    assert run_folders(tmp_path) == [] and not (tmp_path / "outputs").exists()
 
 
 # ---- one real run, end to end ------------------------------------------------------------

@@ -97,6 +97,15 @@ def test_spec_knows_shapes_without_reading_files(tmp_path):
     assert not missing.exists()
 
 
+def test_a_runs_check_has_the_mnist_family_at_hand(tmp_path):
+    """A run's check (data.check, after spec) downloads a missing MNIST: a set that cannot
+    be had fails there, before a run folder exists (issue 28)."""
+    cfg = DataConfig(name="mnist", root=str(tmp_path), mirror="http://127.0.0.1:9/")
+    with pytest.raises(DataError, match="the download failed"):
+        data.check(cfg, data.DIGITS)
+    assert not list((tmp_path / "MNIST" / "raw").iterdir())
+
+
 def test_unknown_data_name_is_a_config_error_listing_the_choices():
     with pytest.raises(ConfigError, match="data.name='nosuch'") as e:
         data.spec(DataConfig(name="nosuch"))

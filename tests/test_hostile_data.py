@@ -469,3 +469,37 @@ def test_a_download_says_what_it_fetches_and_keeps_a_whole_file(tmp_path, caplog
     assert f"downloading {url} (2.9 MB) to {tmp_path / 'got' / 'f.bin'}" in caplog.text
     assert (tmp_path / "got" / "f.bin").stat().st_size == 3_000_000
     assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["f.bin"]
+
+
+def test_a_mirror_that_makes_no_real_progress_fails_long_before_the_deadline(
+    tmp_path, trickle, monkeypatch
+):
+    """Five bytes a second would take the whole deadline (900 s, kept here): below
+    MIN_RATE over a RATE_WINDOW (1 s here) it fails, naming the URL and the rate."""
+    monkeypatch.setattr(download, "DOWNLOAD_DEADLINE", 900)
+    monkeypatch.setattr(download, "RATE_WINDOW", 1)
+    started = time.monotonic()
+    with pytest.raises(DataError) as e:
+        data.spec(UcrDataConfig(name="ECG200", root=str(tmp_path), mirror=trickle))
+    message = str(e.value)
+    assert time.monotonic() - started < 5
+    assert f"{trickle}{data.UCR_WHEEL}" in message and "bytes/s over the last 1 s" in message
+    assert "below the 1,024 bytes/s a download must keep" in message and "\n" not in message
+    assert not list((tmp_path / data.UCR_FOLDER).iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, name", [(["model=lenet5"], "mnist"), (["data=cifar10"], "cifar10")], ids=str
+)
+def test_a_set_that_cannot_be_downloaded_fails_in_the_check(tmp_path, run_cli, args, name):
+    """`cnnlab train model=lenet5` with no MNIST files and no network (cli_env: an empty data
+    folder, every proxy a closed port): the download is tried by the pre-flight check, so
+    its failure is one `error:` line on stderr, exit 1 (failed: data that cannot be had)
+    and no run folder (issue 28). CIFAR-10 the same."""
+    r = run_cli(tmp_path, "train", *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {name} files not found"), lines
+    assert "the download failed" in lines[0] and "error" not in r.stdout
+    assert not (tmp_path / "outputs").exists()
+    assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []

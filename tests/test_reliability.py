@@ -732,9 +732,13 @@ def test_unreachable_mirror_fails_with_the_offline_options(tmp_path):
 
 def test_multirun_with_failing_jobs(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    # mnist's files here are empty (found by the check, refused at the data load); lr=1e30
-    # diverges
-    write_mnist(tmp_path / "no_data" / "MNIST" / "raw", {}, empty=True)
+    # mnist's image files here are empty (found by the check, which counts the labels,
+    # refused at the data load); lr=1e30 diverges
+    labels = {
+        "train-labels-idx1-ubyte": np.arange(300) % 10,
+        "t10k-labels-idx1-ubyte": np.arange(100) % 10,
+    }
+    write_mnist(tmp_path / "no_data" / "MNIST" / "raw", labels, empty=True)
     code = cnnlab_train(
         sweep,
         "model=lenet5",

@@ -101,12 +101,16 @@ def test_compare_out_writes_files(width_depth_sweep, run_cli, tmp_path):
 
 
 def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
-    # MNIST's files here are empty: job 1 fails at its data load
+    # MNIST's image files here are empty: job 1 fails at its data load (the check reads
+    # only the label files, to count the classes data.train_size samples)
     not_synthetic = [o for o in FAST if o != "data=synthetic"]
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for file in data.IDX_FILES:
-        (raw / file).write_bytes(b"")
+        n = {"train-labels-idx1-ubyte": 300, "t10k-labels-idx1-ubyte": 100}.get(file)
+        labels = bytes(i % 10 for i in range(n or 0))
+        header = b"\x00\x00\x08\x01" + n.to_bytes(4, "big") if n else b""
+        (raw / file).write_bytes(header + labels)
     sweep, r = run_sweep(
         run_cli, tmp_path, "data=synthetic,mnist", "data.download=false", *not_synthetic
     )

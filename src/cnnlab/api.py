@@ -17,7 +17,9 @@ Torch, Hydra and pandas load on the first call, not on import.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +46,14 @@ class Run:
 
 
 def train(*overrides: str) -> Run:
-    """`cnnlab train OVERRIDES` (one run, overrides as in the shell), returning its Run."""
+    """`cnnlab train OVERRIDES` (one run, overrides as in the shell), returning its Run.
+    The root logger is left as it was: Hydra sets up a run's console and train.log
+    handlers there, which would otherwise take the caller's later log lines."""
     from cnnlab import hydra_app
 
-    run_dir, code = hydra_app.train_once(list(overrides))
+    check_overrides(overrides)
+    with logging_kept():
+        run_dir, code = hydra_app.train_once(list(overrides))
     run_dir = run_dir.absolute()  # the folder still, should the caller change folder
     path = run_dir / "metrics.json"
     try:
@@ -57,6 +63,35 @@ def train(*overrides: str) -> Run:
     if code >= EXIT_CODES[Status.interrupted]:
         raise KeyboardInterrupt(f"{run_dir}: {metrics.get('error', 'interrupted')}")
     return Run(metrics, _history(run_dir / "history.csv"), run_dir)
+
+
+def check_overrides(overrides: tuple) -> None:
+    """Each override a string, as the shell passes them."""
+    for value in overrides:
+        if not isinstance(value, str):
+            hint = (
+                ": unpack a list with train(*overrides)" if isinstance(value, list | tuple) else ""
+            )
+            raise CnnlabError(
+                f"train({value!r}): overrides are strings, one per argument, as on the command "
+                f'line, e.g. train("model=lenet5", "data=digits"){hint}'
+            )
+
+
+@contextlib.contextmanager
+def logging_kept():
+    """The root logger's handlers and level as they were before, after a run or its error;
+    the handlers a run added closed (train.log's file)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _history(path: Path) -> pd.DataFrame:

@@ -73,10 +73,11 @@ def check_resumable(saved: dict, current: dict, path: str) -> None:
         )
 
 
-def check_config(cfg: DictConfig) -> Checked:
+def check_config(cfg: DictConfig, run: bool = True) -> Checked:
     """The config as dataclasses, with every check that needs no data: ranges, the data
     source's shape, the model built on the meta device (no memory, no time), the device,
-    and the checkpoint to resume. Raises a RunError with status bad_input."""
+    and the checkpoint to resume; for a run (not inspect), the data at hand and its split
+    (data.check). Raises a RunError with status bad_input (failed: data not to be had)."""
     refuse_unknown_keys(cfg)
     plain = OmegaConf.to_object(cfg)  # the ranges: a refusal so far needed no torch
     from cnnlab import data
@@ -91,6 +92,8 @@ def check_config(cfg: DictConfig) -> Checked:
     checked = Checked(plain, input_shape, classes, model)
     if plain.resume:
         checked.checkpoint = check_resume(plain, model)
+    if run:  # last: a config refused for anything else downloads nothing
+        data.check(plain.data, classes)
     return checked
 
 

@@ -120,7 +120,8 @@ def inspect_main(args: list[str]) -> int:
     from cnnlab.hydra_app import BAD_INPUT, composed_jobs, refuse_bad_input
 
     try:
-        checked = check_config(composed_jobs(a.overrides, multirun=False, writes=False)[0])
+        job = composed_jobs(a.overrides, multirun=False, writes=False)[0]
+        checked = check_config(job, run=False)  # no data: inspect needs no dataset files
     except BAD_INPUT as e:
         return refuse_bad_input(e)
     from cnnlab.inspection import format_inspection, inspect_model

@@ -26,6 +26,7 @@ from cnnlab.ranges import (
     layers,
     positive,
     refuse_non_finite,
+    thread_count,
 )
 
 
@@ -246,13 +247,7 @@ class DataConfig:
                 f"data.val_fraction={self.val_fraction} is not allowed: use 0 (no validation) "
                 f"or a share of the training images below 1, e.g. 0.1"
             )
-        held = round(self.val_fraction * (self.train_size or 0))
-        if self.val_fraction and self.train_size and not 0 < held < self.train_size:
-            raise ConfigError(
-                f"data.val_fraction={self.val_fraction} holds out {held} of "
-                f"data.train_size={self.train_size} images: choose a share that leaves at "
-                f"least one image on each side"
-            )
+        # the share's count is checked on the source's real training set (data.check)
         if not 0 <= self.val_seed < 2**32:
             raise ConfigError(f"data.val_seed={self.val_seed} is not allowed: use 0..{2**32 - 1}")
 
@@ -273,6 +268,12 @@ class SyntheticDataConfig(DataConfig):
                 f"[channels, length] (series), each >= 1"
             )
         positive("data.classes", self.classes)
+        for key in ("train_size", "test_size"):  # null (the whole set) means no count here
+            if getattr(self, key) is None:
+                raise ConfigError(
+                    f"data.{key}=null is not allowed for data=synthetic: give the number of "
+                    f"images to generate, a whole number >= 1"
+                )
 
 
 @dataclass
@@ -348,11 +349,7 @@ class TrainerConfig:
             )
         if self.patience is not None:
             positive("trainer.patience", self.patience)
-        number = isinstance(self.threads, int) and not isinstance(self.threads, bool)
-        if self.threads != "auto" and not (number and self.threads >= 1):
-            raise ConfigError(
-                f"trainer.threads={self.threads} is not allowed: use auto or a whole number >= 1"
-            )
+        self.threads = thread_count("trainer.threads", self.threads)
 
 
 # ---- logger: where a run's params and metrics go besides its folder (loggers.py)

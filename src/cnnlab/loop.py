@@ -103,6 +103,7 @@ class RunState:
             "images_seen": self.images_seen,
             "train_seconds": self.train_seconds,
             "selection": self.selection.state_dict() if self.selection else None,
+            "stopped_early": self.stopped_early,
             "rng": {
                 "python": random.getstate(),
                 "numpy": _plain(np.random.get_state(legacy=False)),
@@ -132,6 +133,7 @@ class RunState:
         self.images_seen, self.train_seconds = state["images_seen"], state["train_seconds"]
         if self.selection is not None and state.get("selection"):
             self.selection.load_state_dict(state["selection"])
+        self.stopped_early = state.get("stopped_early", False)
         rng = state["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])  # takes the key as a list as well
@@ -356,6 +358,8 @@ def fit(
     names (None when stopped by a loss or a signal)."""
     state.model.train()
     evaluations = None
+    if state.stopped_early and not state.selection.exhausted(cfg.patience, state.live()):
+        state.stopped_early = False  # resumed with more patience, or none: it trains on
     while state.epoch < cfg.epochs and not state.stopped_early:
         started = time.perf_counter()
         if stop.signal is None:

@@ -171,7 +171,7 @@ def plan_conv(cfg, s: int, d: int, in_ch: int, size: tuple, input_shape: tuple) 
         kernel = max(cfg.branches)
         padding = same_padding(kernel, cfg.dilation, dims)
         check_branches(cfg, s, out_ch)
-    if cfg.bottleneck is not None:
+    if cfg.bottleneck is not None and not cfg.branches:  # in a branch no norm acts on it
         check_groups(cfg, cfg.bottleneck, input_shape)
     check_groups(cfg, out_ch, input_shape)
     new_size = conv_out(size, kernel, stride, padding, cfg.dilation)

@@ -34,6 +34,15 @@ def int_or_pair(key: str, value, allow_zero: bool = False):
     return values if pair else value
 
 
+def thread_count(key: str, value):
+    """auto, or a whole number >= 1, given as a number or quoted ('2': the number)."""
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value)
+    if value != "auto" and not (is_int(value) and value >= 1):
+        raise ConfigError(f"{key}={value!r} is not allowed: use auto or a whole number >= 1")
+    return value
+
+
 # More layers than any model here wants; it bounds the time a config's check takes (a
 # model is built on the meta device, about 0.5 ms a layer).
 MAX_LAYERS = 1000

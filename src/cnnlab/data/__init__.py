@@ -29,8 +29,11 @@ from cnnlab.config import (
 from cnnlab.data.base import OFFLINE_HINT, DataError, Dataset, data_folder
 from cnnlab.data.builtin import (
     CIFAR10_CLASSES,
+    CIFAR10_COUNTS,
+    CIFAR10_TEST_COUNTS,
     CIFAR_FILES,
     CIFAR_FOLDER,
+    cifar_files,
     cifar_spec,
     load_cifar10,
     load_digits,
@@ -44,8 +47,10 @@ from cnnlab.data.idx import (
     FASHION_CLASSES,
     IDX_FILES,
     find_idx_files,
+    idx_counts,
     idx_spec,
     load_idx_dataset,
+    present_files,
     read_idx,
 )
 from cnnlab.data.image_folder import (
@@ -55,6 +60,7 @@ from cnnlab.data.image_folder import (
     decode_image,
     decode_images,
     image_files,
+    image_folder_counts,
     image_folder_spec,
     listed_images,
     load_image_folder,
@@ -68,6 +74,7 @@ from cnnlab.data.ucr import (
     UCR_WHEEL_SETS,
     load_ucr,
     read_ucr_set,
+    ucr_counts,
     ucr_spec,
 )
 
@@ -78,31 +85,69 @@ __all__ = [
     "IMAGE_CACHE_VERSION", "IMAGE_SUFFIXES", "OFFLINE_HINT", "SAMPLE_SEED", "SOURCES",
     "UCR_FOLDER", "UCR_NAMES", "UCR_WHEEL", "UCR_WHEEL_SETS", "ConfigError", "DataConfig",
     "DataError", "Dataset", "ImageFolderDataConfig", "Source", "SyntheticDataConfig",
-    "UcrDataConfig", "as_float", "channel_stats", "data_folder", "decode_image",
+    "UcrDataConfig", "as_float", "channel_stats", "check", "data_folder", "decode_image",
     "decode_images", "fetch", "file_digest", "find_idx_files", "fixed", "free_memory",
     "image_files", "listed_images", "load", "read_idx", "read_ucr_set", "sample",
-    "scan_image_folder", "source", "spec", "to_device", "validation_split",
+    "scan_image_folder", "source", "spec", "split", "to_device", "validation_split",
 ]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Source:
-    """A dataset name's two jobs: its input shape and class names, known without a data load
+    """A dataset name's jobs: its input shape and class names, known without a data load
     (so a model can be built and checked before any data loads: most know them by heart,
-    UCR sets read their training labels, image folders list their class folders), and its
-    loader. `schema` is the config class its keys come from."""
+    UCR sets read their training labels, image folders list their class folders); its
+    training and test images per class, which a run's check splits as load() will; its
+    loader; and `fetch`, which a run's check calls to have the files at hand (downloaded
+    if missing), where spec does not. `schema` is the config class its keys come from."""
 
     spec: Callable[[DataConfig], tuple[tuple[int, ...], list[str]]]
     load: Callable[[DataConfig], Dataset]
+    counts: Callable[[DataConfig], tuple[list[int], list[int]]]
     schema: type = DataConfig
+    fetch: Callable[[DataConfig], object] | None = None
 
 
-def fixed(shape: tuple[int, ...], classes: list[str]):
-    return lambda cfg: (shape, classes)
+def fixed(*known):
+    return lambda cfg: known
+
+
+def loaded_counts(load_source: Callable[[DataConfig], Dataset]):
+    """Counts from the loaded set, for the sources whose load is cheap (digits: a cached
+    file; synthetic data: generated)."""
+
+    def counts(cfg: DataConfig) -> tuple[list[int], list[int]]:
+        ds = load_source(cfg)
+        n = len(ds.classes)
+        return tuple(torch.bincount(y, minlength=n).tolist() for y in (ds.y_train, ds.y_test))
+
+    return counts
 
 
 def spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
     return source(cfg).spec(cfg)
+
+
+def check(cfg: DataConfig, classes: list[str]) -> None:
+    """What a run needs of its data before its folder exists, beyond spec: the files at
+    hand (MNIST, Fashion-MNIST and CIFAR-10 are downloaded here when missing, so a download
+    that fails leaves no run folder), and, where data.train_size or data.val_fraction cut
+    the training set, that cut made on the source's real counts: refused if it holds out
+    nothing or everything, or leaves out of training a class the test set holds. `inspect`
+    needs no data and does not call it."""
+    src = source(cfg)
+    if src.fetch is not None:
+        src.fetch(cfg)
+    if cfg.train_size is not None or cfg.val_fraction:
+        train, test = (per_class(c) for c in src.counts(cfg))
+        split(cfg, train, test, classes)
+
+
+def per_class(counts: list[int]) -> torch.Tensor:
+    """Labels with these counts per class: all a stratified split depends on."""
+    return torch.repeat_interleave(
+        torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long)
+    )
 
 
 def source(cfg: DataConfig) -> Source:
@@ -120,17 +165,40 @@ def load(cfg: DataConfig) -> Dataset:
     training images held out for validation and data.normalize resolved (auto: from the
     images left to train on)."""
     ds = source(cfg).load(cfg)
-    train, test = sample(ds.y_train, cfg.train_size), sample(ds.y_test, cfg.test_size)
+    train, held, test = split(cfg, ds.y_train, ds.y_test, ds.classes)
+    x_val = y_val = None
+    if held is not None:
+        x_val, y_val = ds.x_train[held], ds.y_train[held]
     x_train, y_train = ds.x_train[train], ds.y_train[train]
-    x_val = y_val = val_index = None
-    if cfg.val_fraction:
-        kept, held = validation_split(y_train, cfg.val_fraction, cfg.val_seed)
-        x_val, y_val = x_train[held], y_train[held]
-        val_index = torch.arange(len(ds.y_train))[train][held]
-        x_train, y_train = x_train[kept], y_train[kept]
     normalize = channel_stats(x_train) if cfg.normalize == "auto" else list(cfg.normalize)
     x_test, y_test = ds.x_test[test], ds.y_test[test]
-    return Dataset(x_train, y_train, x_test, y_test, ds.classes, normalize, x_val, y_val, val_index)
+    return Dataset(x_train, y_train, x_test, y_test, ds.classes, normalize, x_val, y_val, held)
+
+
+def split(cfg: DataConfig, y_train: torch.Tensor, y_test: torch.Tensor, classes: list[str]):
+    """(training, validation or None, test) indices into the source's sets: the samples of
+    data.train_size / test_size, then data.val_fraction of the training sample held out.
+    A training split without a class the test set holds is refused, as a UCR test file
+    with labels its training file lacks is: nothing could learn that class."""
+    train, test = sample(y_train, cfg.train_size), sample(y_test, cfg.test_size)
+    held = None
+    if cfg.val_fraction:
+        kept, held_out = validation_split(y_train[train], cfg.val_fraction, cfg.val_seed)
+        index = torch.arange(len(y_train))[train]
+        train, held = index[kept], index[held_out]
+    missing = sorted(set(y_test[test].tolist()) - set(y_train[train].tolist()))
+    if missing:
+        keys = [f"data.train_size={cfg.train_size}"] if cfg.train_size is not None else []
+        keys += [f"data.val_fraction={cfg.val_fraction}"] if cfg.val_fraction else []
+        n = len(y_train[train])
+        names = ", ".join(classes[c] for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ConfigError(
+            f"{' with '.join(keys) or 'the data'} leaves the training split ({n:,} "
+            f"image{'s' * (n != 1)}) without {len(missing)} of the classes the test set holds "
+            f"({names}): nothing learns a class it never sees; use a larger data.train_size "
+            f"or a smaller data.val_fraction"
+        )
+    return train, held, test
 
 
 # The seed of every sample data.train_size / test_size take: a constant, not the run's seed,
@@ -180,11 +248,15 @@ def validation_split(
 
 # Every dataset name, declared once: the config, bench and the CLI read them from here.
 SOURCES: dict[str, Source] = {
-    "mnist": Source(idx_spec, load_idx_dataset),
-    "fashion_mnist": Source(idx_spec, load_idx_dataset),
-    "cifar10": Source(cifar_spec, load_cifar10),
-    "digits": Source(fixed((1, 28, 28), DIGITS), load_digits),
-    "synthetic": Source(synthetic_spec, synthetic, SyntheticDataConfig),
-    "ucr": Source(ucr_spec, load_ucr, UcrDataConfig),
-    "image_folder": Source(image_folder_spec, load_image_folder, ImageFolderDataConfig),
+    "mnist": Source(idx_spec, load_idx_dataset, idx_counts, fetch=present_files),
+    "fashion_mnist": Source(idx_spec, load_idx_dataset, idx_counts, fetch=present_files),
+    "cifar10": Source(
+        cifar_spec, load_cifar10, fixed(CIFAR10_COUNTS, CIFAR10_TEST_COUNTS), fetch=cifar_files
+    ),
+    "digits": Source(fixed((1, 28, 28), DIGITS), load_digits, loaded_counts(load_digits)),
+    "synthetic": Source(synthetic_spec, synthetic, loaded_counts(synthetic), SyntheticDataConfig),
+    "ucr": Source(ucr_spec, load_ucr, ucr_counts, UcrDataConfig),
+    "image_folder": Source(
+        image_folder_spec, load_image_folder, image_folder_counts, ImageFolderDataConfig
+    ),
 }

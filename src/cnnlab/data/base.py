@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from cnnlab.config import ConfigError, DataConfig
 from cnnlab.outcome import RunError
@@ -58,10 +60,24 @@ class Dataset:
     val_index: torch.Tensor | None = None
 
 
+def data_root(cfg: DataConfig) -> Path:
+    """data.root as a path. Its interpolation (the default's ${oc.env:CNNLAB_DATA,data}) is
+    resolved here, where the path is used: a DataConfig made in Python, without Hydra,
+    holds it as text."""
+    root = cfg.root
+    if "${" in str(root):
+        try:
+            root = OmegaConf.create({"root": root}).root
+        except OmegaConfBaseException as e:
+            why = str(e).strip().splitlines()[0]
+            raise ConfigError(f"data.root={cfg.root} cannot be resolved ({why})") from None
+    return Path(root).expanduser()
+
+
 def data_folder(cfg: DataConfig) -> Path:
-    """data.root, refused if it is, or is under, something other than a folder (a folder
+    """data_root, refused if it is, or is under, something other than a folder (a folder
     not there yet is made when the data come)."""
-    root = Path(cfg.root).expanduser()
+    root = data_root(cfg)
     try:
         is_folder = stat.S_ISDIR(os.stat(root).st_mode)
     except FileNotFoundError:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import DataConfig, SyntheticDataConfig
-from cnnlab.data.base import OFFLINE_HINT, DataError, Dataset, data_folder
+from cnnlab.data.base import OFFLINE_HINT, DataError, Dataset, data_folder, data_root
 from cnnlab.data.download import fetch
 from cnnlab.data.idx import DIGITS
 from cnnlab.files import atomic_file
@@ -29,6 +29,8 @@ CIFAR10_CLASSES = [
     "truck",
 ]
 
+# images per class of the training and test batches, as CIFAR-10 publishes them
+CIFAR10_COUNTS, CIFAR10_TEST_COUNTS = [5000] * 10, [1000] * 10
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_FILES = ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 
@@ -44,17 +46,34 @@ def cifar_spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
     return (3, 32, 32), CIFAR10_CLASSES
 
 
+def cifar_files(cfg: DataConfig) -> Path:
+    """The batch files' folder, downloaded and unpacked first when files are missing and
+    data.download is set (a run's check calls it: a download that fails leaves no run
+    folder). A damaged file is found by the load, which downloads afresh."""
+    folder = data_folder(cfg) / CIFAR_FOLDER
+    if all((folder / f).is_file() for f in CIFAR_FILES):
+        return folder
+    cifar_spec(cfg)  # data.download=false: the files must be there
+    try:
+        download_cifar10(cfg)
+    except DataError as e:
+        raise DataError(
+            f"cifar10 files not found in {folder} and the download failed ({e}); {OFFLINE_HINT}"
+        ) from None
+    return folder
+
+
 def download_cifar10(cfg: DataConfig) -> None:
     """torchvision's archive and checksum, fetched here so the deadline of `fetch` holds."""
     import tarfile
 
     from torchvision.datasets import CIFAR10
 
-    archive = Path(cfg.root) / CIFAR10.filename
+    archive = data_folder(cfg) / CIFAR10.filename
     fetch(CIFAR10.url, archive, "md5", CIFAR10.tgz_md5)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(cfg.root, filter="data")
+            tar.extractall(archive.parent, filter="data")
     except (tarfile.TarError, OSError) as e:
         raise DataError(f"{archive} cannot be unpacked ({e})") from None
 
@@ -62,10 +81,12 @@ def download_cifar10(cfg: DataConfig) -> None:
 def load_cifar10(cfg: DataConfig) -> Dataset:
     from torchvision.datasets import CIFAR10
 
-    def read():  # torchvision checks every batch file's md5 and reads them
-        return CIFAR10(cfg.root, train=True), CIFAR10(cfg.root, train=False)
+    root = data_folder(cfg)
 
-    folder = Path(cfg.root) / CIFAR_FOLDER
+    def read():  # torchvision checks every batch file's md5 and reads them
+        return CIFAR10(root, train=True), CIFAR10(root, train=False)
+
+    folder = root / CIFAR_FOLDER
     try:
         try:
             train, test = read()
@@ -92,7 +113,7 @@ def load_digits(cfg: DataConfig) -> Dataset:
 
     Kept in ${data.root}/digits/ after the first run: importing scikit-learn's datasets
     and model selection costs about 0.8 s, half a bare `import torch`, on every start."""
-    cache = Path(cfg.root) / "digits" / "digits_28x28_v1.pt"
+    cache = data_root(cfg) / "digits" / "digits_28x28_v1.pt"
     with contextlib.suppress(Exception):  # no cache, or a damaged one: made again
         x_train, y_train, x_test, y_test = torch.load(cache, weights_only=True)
         return Dataset(x_train, y_train, x_test, y_test, DIGITS)

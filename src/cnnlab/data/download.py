@@ -16,6 +16,10 @@ from cnnlab.files import atomic_file
 # only, so a mirror that sends a byte every few seconds would otherwise never end.
 DOWNLOAD_DEADLINE = 900
 READ_TIMEOUT = 20  # seconds without a byte
+# ...and one that sends a little every few seconds fails once it falls below MIN_RATE
+# bytes a second over a window of RATE_WINDOW seconds, not after the whole deadline.
+MIN_RATE = 1024
+RATE_WINDOW = 30
 
 
 def file_digest(path: Path, algorithm: str) -> str:
@@ -55,17 +59,29 @@ def fetch(url: str, dest: Path, algorithm: str, expected: str) -> None:
 
 
 def copy_within(response, f, digest, deadline: float, url: str, size: int | None) -> None:
-    """The response's bytes into f and digest, refused once the deadline passes."""
+    """The response's bytes into f and digest, refused once the deadline passes or the rate
+    over the last RATE_WINDOW seconds falls below MIN_RATE."""
     from tqdm import tqdm
 
     got = 0
+    window_start, window_got = time.monotonic(), 0
+    of = f"of {f'{size:,}' if size else 'unknown'} bytes"
     with tqdm(total=size, unit="B", unit_scale=True, disable=not sys.stderr.isatty()) as bar:
         while block := response.read1(1 << 20):  # read1: returns what has come
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise DataError(
                     f"{url}: not complete within the {DOWNLOAD_DEADLINE} s download "
-                    f"deadline ({got:,} of {f'{size:,}' if size else 'unknown'} bytes)"
+                    f"deadline ({got:,} {of})"
                 )
+            if now - window_start >= RATE_WINDOW:
+                rate = (got - window_got) / (now - window_start)
+                if rate < MIN_RATE:
+                    raise DataError(
+                        f"{url}: {rate:,.1f} bytes/s over the last {now - window_start:.0f} s, "
+                        f"below the {MIN_RATE:,} bytes/s a download must keep ({got:,} {of})"
+                    )
+                window_start, window_got = now, got
             digest.update(block)
             f.write(block)
             got += len(block)

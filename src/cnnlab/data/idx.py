@@ -125,23 +125,39 @@ def idx_missing(cfg: DataConfig, raw: Path, why: str) -> DataError:
 
 def idx_spec(cfg: DataConfig) -> tuple[tuple[int, ...], list[str]]:
     """Without a download to come, the four files must be there: four stats, so a missing
-    set fails before a run folder is made, as a missing UCR set does."""
+    set fails before a run folder is made, as a missing UCR set does (a run's check then
+    downloads them: present_files, through idx_counts)."""
     raw, files = idx_files(cfg)
     if files is None and not cfg.download:
         raise idx_missing(cfg, raw, "data.download=false")
     return (1, 28, 28), FASHION_CLASSES if cfg.name == "fashion_mnist" else DIGITS
 
 
-def load_idx_dataset(cfg: DataConfig) -> Dataset:
+def present_files(cfg: DataConfig) -> list[Path]:
+    """The four IDX files, downloaded first when missing and data.download is set."""
     raw, files = idx_files(cfg)
-    if files is None:
-        if not cfg.download:
-            raise idx_missing(cfg, raw, "data.download=false")
-        try:
-            download_idx(cfg, raw)
-        except DataError as e:
-            raise idx_missing(cfg, raw, f"the download failed ({e})") from None
-        files = find_idx_files(raw)
+    if files is not None:
+        return files
+    if not cfg.download:
+        raise idx_missing(cfg, raw, "data.download=false")
+    try:
+        download_idx(cfg, raw)
+    except DataError as e:
+        raise idx_missing(cfg, raw, f"the download failed ({e})") from None
+    return find_idx_files(raw)
+
+
+def idx_counts(cfg: DataConfig) -> tuple[list[int], list[int]]:
+    """Images per class, from the two label files alone (70 kB for MNIST)."""
+    files = present_files(cfg)
+    # a label of 10 or more is refused by the load, naming the file
+    return tuple(
+        torch.bincount(read_idx(files[i]).long(), minlength=10)[:10].tolist() for i in (1, 3)
+    )
+
+
+def load_idx_dataset(cfg: DataConfig) -> Dataset:
+    files = present_files(cfg)
     x_train, y_train, x_test, y_test = (read_idx(p) for p in files)
     for x, p in ((x_train, files[0]), (x_test, files[2])):
         if x.dim() != 3 or x.shape[1:] != (28, 28):

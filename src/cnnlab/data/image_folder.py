@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import ConfigError, ImageFolderDataConfig
-from cnnlab.data.base import DataError, Dataset, log, read_once, stamp
+from cnnlab.data.base import DataError, Dataset, data_root, log, read_once, stamp
 from cnnlab.files import atomic_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -179,6 +179,17 @@ def image_folder_spec(cfg: ImageFolderDataConfig) -> tuple[tuple[int, ...], list
     return (cfg.channels, *image_size(cfg)), scan_image_folder(cfg)["classes"]
 
 
+def image_folder_counts(cfg: ImageFolderDataConfig) -> tuple[list[int], list[int]]:
+    """Images per class of the training and test sets, from the listing (as load_image_folder
+    splits them: each class holds held_out of its images out without a test/ folder)."""
+    scan = scan_image_folder(cfg)
+    listed = [len(scan["train"][c]) for c in scan["classes"]]
+    if "test" in scan:
+        return listed, [len(scan["test"].get(c, [])) for c in scan["classes"]]
+    test = [held_out(n, cfg.test_fraction) for n in listed]
+    return [n - t for n, t in zip(listed, test, strict=True)], test
+
+
 def flatten_image(img, channels: int):
     """img as 'L' or 'RGB' with its contents kept, where Pillow's convert would lose them:
     16-bit grey (convert clips it at 255) is scaled to 8 bits, and transparency (convert
@@ -268,7 +279,7 @@ def image_cache_path(cfg: ImageFolderDataConfig, files: list[str]) -> Path:
                 f"{f} cannot be read ({e.strerror}): it went since the listing"
             ) from None
         key.update(f"\n{f}\t{st.st_size}\t{st.st_mtime_ns}".encode())
-    return Path(cfg.root) / "image_folder_cache" / f"{key.hexdigest()[:32]}.pt"
+    return data_root(cfg) / "image_folder_cache" / f"{key.hexdigest()[:32]}.pt"
 
 
 def read_image_cache(path: Path, n: int) -> torch.Tensor | None:

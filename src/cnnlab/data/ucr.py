@@ -256,6 +256,18 @@ def ucr_spec(cfg: UcrDataConfig) -> tuple[tuple[int, ...], list[str]]:
     return (1, train.shape[1] - 1), classes
 
 
+def ucr_counts(cfg: UcrDataConfig) -> tuple[list[int], list[int]]:
+    """Series per class of the two files (read once, with ucr_spec's read)."""
+    *tables, classes = read_ucr_set(cfg)
+    counted = ({name: 0 for name in classes} for _ in tables)
+    out = []
+    for table, counts in zip(tables, counted, strict=True):
+        for v in table[:, 0]:
+            counts[ucr_class_name(float(v))] += 1
+        out.append(list(counts.values()))
+    return out[0], out[1]
+
+
 def load_ucr(cfg: UcrDataConfig) -> Dataset:
     """Float series N x 1 x length; each series z-normalised on its own (with data.znorm) as
     the archive does it (sample std), which leaves the archive's z-normalised sets as they
