@@ -32,6 +32,8 @@ class Activation(StrEnum):
     relu = "relu"
     leaky_relu = "leaky_relu"
     gelu = "gelu"
+    sigmoid = "sigmoid"  # the chapter contrasts ReLU with these two (vanishing gradients)
+    tanh = "tanh"
 
 
 class Pool(StrEnum):
@@ -101,6 +103,13 @@ def is_run_setting(key: str) -> bool:
 RESUMABLE_CHANGES = ("trainer.epochs", "trainer.lr", "trainer.batch_size", "trainer.patience")
 
 
+def check_dropout(p: float) -> None:
+    if not 0 <= p < 1:
+        raise ConfigError(
+            f"model.dropout={p} is not allowed: use a share 0 <= p < 1 (0: no dropout)"
+        )
+
+
 def flatten(tree: dict, prefix: str = "") -> dict:
     """{"model": {"width": 2}} -> {"model.width": 2}; lists stay values."""
     flat = {}
@@ -119,9 +128,11 @@ class MLPConfig:
     activation: Activation = Activation.relu
     negative_slope: float = 0.05
     width: float = 1.0
+    dropout: float = 0.0  # after each hidden dense layer's activation; 0: none
 
     def __post_init__(self):
         positive("model.width", self.width)
+        check_dropout(self.dropout)
         for h in self.hidden:
             positive("model.hidden", h)
         layers("model.hidden", len(self.hidden), self.hidden)
@@ -148,8 +159,10 @@ class LeNetConfig:
     residual: bool = False
     branches: list[int] | None = None  # kernel sizes of parallel convs per stage (Inception)
     branch_pool: bool = False  # with branches: a 3x3 max pool then 1x1 conv branch too
+    dropout: float = 0.0  # after each hidden dense layer's activation; 0: none
 
     def __post_init__(self):
+        check_dropout(self.dropout)
         # Deeper checks that need the input size (a map shrinking below 1x1, groups not
         # dividing the channels) happen in models.py, where that size is known.
         self.kernel_size = int_or_pair("model.kernel_size", self.kernel_size)  # lists: tuples
