@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from cnnlab.outcome import ConfigError
 from cnnlab.ranges import (
+    dropout_rate,
     int_or_pair,
     key_values,
     layers,
@@ -72,22 +73,11 @@ class Precision(StrEnum):
 # names, compare's columns and groups, and the resume check all leave them out. Hydra's
 # exclude_keys (run-folder names) match keys exactly: hence logger's keys one by one too.
 RUN_SETTINGS = (
-    "device",
-    "resume",
-    "logger",
-    "logger.tracking_uri",
-    "logger.experiment",
-    "data.root",
-    "data.download",
-    "data.mirror",
-    "trainer.progress",
-    "trainer.log_every",
-    "trainer.checkpoint",
-    "trainer.eval_batch_size",
-    "trainer.threads",
-    "pictures",
-    "baseline",
-)
+    "device", "resume", "logger", "logger.tracking_uri", "logger.experiment",
+    "data.root", "data.download", "data.mirror",
+    "trainer.progress", "trainer.log_every", "trainer.checkpoint", "trainer.eval_batch_size",
+    "trainer.threads", "pictures", "baseline", "claim",
+)  # fmt: skip
 # Repeats of one experiment: runs that differ only in these are grouped (mean, std, n).
 REPEAT_KEYS = ("seed", "seeds")
 
@@ -101,13 +91,6 @@ def is_run_setting(key: str) -> bool:
 # goes on at the image of the epoch where it stopped) and its patience. Everything else that
 # is not a run setting must match the checkpoint.
 RESUMABLE_CHANGES = ("trainer.epochs", "trainer.lr", "trainer.batch_size", "trainer.patience")
-
-
-def check_dropout(p: float) -> None:
-    if not 0 <= p < 1:
-        raise ConfigError(
-            f"model.dropout={p} is not allowed: use a share 0 <= p < 1 (0: no dropout)"
-        )
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -132,7 +115,7 @@ class MLPConfig:
 
     def __post_init__(self):
         positive("model.width", self.width)
-        check_dropout(self.dropout)
+        dropout_rate("model.dropout", self.dropout)
         for h in self.hidden:
             positive("model.hidden", h)
         layers("model.hidden", len(self.hidden), self.hidden)
@@ -162,7 +145,7 @@ class LeNetConfig:
     dropout: float = 0.0  # after each hidden dense layer's activation; 0: none
 
     def __post_init__(self):
-        check_dropout(self.dropout)
+        dropout_rate("model.dropout", self.dropout)
         # Deeper checks that need the input size (a map shrinking below 1x1, groups not
         # dividing the channels) happen in models.py, where that size is known.
         self.kernel_size = int_or_pair("model.kernel_size", self.kernel_size)  # lists: tuples
@@ -406,6 +389,7 @@ class TrainConfig:
     # the row a sweep's summary compares the others with (KEY=VALUE[,KEY=VALUE], as
     # `cnnlab compare --baseline`): each experiment preset declares one
     baseline: str | None = None
+    claim: Any = None  # a claim preset's words and tests (claims.py reads them from its file)
 
     def __post_init__(self):
         refuse_non_finite(self)

@@ -133,6 +133,15 @@ class GradProbe:
         return [a / b if b > 0 else None for a, b in zip(first, last, strict=True)]
 
 
+def probe_first_steps(state, engine) -> GradProbe | None:
+    """A GradProbe around the engine's step, for a fresh run (None for a resumed one)."""
+    if state.images_seen:
+        return None
+    probe = GradProbe(state.model, weight_names(engine.copy(0)), len(state.seeds))
+    engine.step = probe.wrap(engine.step)
+    return probe
+
+
 def epoch1_accuracies(history: list[dict], seeds: list[int]) -> list[float | None]:
     row = {r["seed"]: r.get("test_accuracy") for r in history if r["epoch"] == 1}
     return [row.get(seed) for seed in seeds]

@@ -307,11 +307,7 @@ def train_run(checked: Checked, run_dir: Path, job: Job, stop, kept) -> tuple[di
             log.info("resumed from %s at epoch %d, image %d", cfg.resume, *at)
         copies = f", {len(seeds)} seeds together" if len(seeds) > 1 else ""
         log.info("training path: %s, precision %s%s", engine.path, cfg.trainer.precision, copies)
-        probe = None
-        if state.images_seen == 0:  # a fresh run: its first steps give grad_ratio
-            names = measures.weight_names(engine.copy(0))
-            probe = measures.GradProbe(state.model, names, len(seeds))
-            engine.step = probe.wrap(engine.step)
+        probe = measures.probe_first_steps(state, engine)  # for grad_ratio
         stop.deferred = True  # from here a signal waits for the checkpoint and the files
         outcome, evaluations = fit(state, engine, tensors, cfg.trainer, stop, save, on_epoch)
         metrics = run_metrics(cfg, state, engine.path, outcome, device) | {
