@@ -150,3 +150,14 @@ def test_zero_epochs_and_a_validation_split(tmp_path):
     metrics = metrics_of(tmp_path / "val")
     assert metrics["epoch1_accuracy"] is None  # history holds validation figures only
     assert metrics["grad_ratio"] > 0
+
+
+def test_a_resumed_run_has_no_grad_ratio_of_its_own(tmp_path):
+    # its first steps are the first run's: they are long past, so it does not claim them
+    assert cnnlab_train(tmp_path / "a", *QUICK) == 0
+    assert metrics_of(tmp_path / "a")["grad_ratio"] > 0
+    resumed = cnnlab_train(tmp_path / "b", *QUICK, "trainer.epochs=2", f"resume={tmp_path / 'a'}")
+    assert resumed == 0
+    metrics = metrics_of(tmp_path / "b")
+    assert metrics["grad_ratio"] is None and metrics["epochs_completed"] == 2
+    assert metrics["shift_accuracy"]["0"] == pytest.approx(metrics["accuracy"])
