@@ -51,6 +51,7 @@ TIMING_KEYS = {
     "peak_rss_mb",
     "peak_gpu_mb",
     "mps_allocated_mb",
+    "measure_seconds",
 }
 
 # the console script installed beside this interpreter (pip install -e . puts it there)

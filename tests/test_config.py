@@ -135,7 +135,7 @@ def test_data_root_defaults_to_data_without_cnnlab_data(monkeypatch):
 COMPOSE_ERRORS = {
     "model.widht=2": ["widht"],
     "trainer.epochs=abc": ["trainer.epochs", "abc"],
-    "model.activation=tanh": ["model.activation", "tanh", "relu"],  # allowed ones listed
+    "model.activation=swish": ["model.activation", "swish", "relu"],  # allowed ones listed
     "data=nosuch": ["nosuch", "digits"],  # available options listed
     "model.width=wide": ["model.width", "wide"],
     "trainer.lr=fast": ["trainer.lr", "fast"],

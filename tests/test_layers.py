@@ -99,9 +99,9 @@ def test_tables_cover_the_config_enums_exactly(table, enum):
 
 def test_lookup_error_names_the_key_and_the_allowed_values():
     with pytest.raises(ValueError) as e:
-        lookup(ACTIVATIONS, "tanh", "model.activation")
+        lookup(ACTIVATIONS, "swish", "model.activation")
     message = str(e.value)
-    assert "model.activation" in message and "tanh" in message
+    assert "model.activation" in message and "swish" in message
     for name in ACTIVATIONS:
         assert name in message
 

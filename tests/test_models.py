@@ -436,7 +436,7 @@ def test_bad_sizes_from_yaml_fail_before_the_model_is_built():
 @pytest.mark.parametrize(
     "override, allowed",
     [
-        ("model.activation=tanh", "relu"),
+        ("model.activation=swish", "relu"),
         ("model.pool=min", "max"),
         ("model.norm=weight", "batch"),
     ],
@@ -450,8 +450,8 @@ def test_bad_enum_values_fail_at_compose_time(override, allowed):
 
 
 def test_bad_enum_value_in_code_names_the_key():
-    with pytest.raises(ValueError, match="model.activation='tanh'.*relu"):
-        build_model(replace(LeNetConfig(), activation="tanh"), MNIST, 10)
+    with pytest.raises(ValueError, match="model.activation='swish'.*relu"):
+        build_model(replace(LeNetConfig(), activation="swish"), MNIST, 10)
 
 
 # ---------------------------------------------------------------- summary and conv count

@@ -35,6 +35,8 @@ commands:
   inspect [overrides] the model train would build, per layer: shape, parameters, MACs,
                       receptive field; reads no data for built-in sets (UCR files and
                       image folders for their shape) (--format table|md|csv|json)
+  claims [overrides]  the chapter's claims judged on their sweeps in --dir (outputs/claims;
+                      --run runs the missing ones): writes claims.md (--help)
 
 Shell completion (bash, zsh after `autoload -U bashcompinit && bashcompinit`):
   eval "$(cnnlab train --shell-completion install=bash)"    (fish: install=fish | source)
@@ -95,6 +97,13 @@ def bench_main(args: list[str]) -> int:
     return bench.main(args)
 
 
+def claims_main(args: list[str]) -> int:
+    from cnnlab import claims
+    from cnnlab.hydra_app import config_dir
+
+    return claims.main(args, config_dir() / "experiment")
+
+
 def inspect_main(args: list[str]) -> int:
     """`cnnlab inspect [overrides] [--format F]`: the model that `cnnlab train` would build
     with the same overrides, layer by layer. Trains nothing; a built-in data preset knows its
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": bench_main,
         "inspect": inspect_main,
         "rerun": rerun_main,
+        "claims": claims_main,
     }
     if is_completion(argv):
         return completion_main(argv, list(commands))

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from cnnlab.outcome import ConfigError
 from cnnlab.ranges import (
+    dropout_rate,
     int_or_pair,
     key_values,
     layers,
@@ -34,6 +35,8 @@ class Activation(StrEnum):
     relu = "relu"
     leaky_relu = "leaky_relu"
     gelu = "gelu"
+    sigmoid = "sigmoid"  # the chapter contrasts ReLU with these two (vanishing gradients)
+    tanh = "tanh"
 
 
 class Pool(StrEnum):
@@ -72,22 +75,11 @@ class Precision(StrEnum):
 # names, compare's columns and groups, and the resume check all leave them out. Hydra's
 # exclude_keys (run-folder names) match keys exactly: hence logger's keys one by one too.
 RUN_SETTINGS = (
-    "device",
-    "resume",
-    "logger",
-    "logger.tracking_uri",
-    "logger.experiment",
-    "data.root",
-    "data.download",
-    "data.mirror",
-    "trainer.progress",
-    "trainer.log_every",
-    "trainer.checkpoint",
-    "trainer.eval_batch_size",
-    "trainer.threads",
-    "pictures",
-    "baseline",
-)
+    "device", "resume", "logger", "logger.tracking_uri", "logger.experiment",
+    "data.root", "data.download", "data.mirror",
+    "trainer.progress", "trainer.log_every", "trainer.checkpoint", "trainer.eval_batch_size",
+    "trainer.threads", "pictures", "baseline", "claim",
+)  # fmt: skip
 # Repeats of one experiment: runs that differ only in these are grouped (mean, std, n).
 REPEAT_KEYS = ("seed", "seeds")
 
@@ -121,9 +113,11 @@ class MLPConfig:
     activation: Activation = Activation.relu
     negative_slope: float = 0.05
     width: float = 1.0
+    dropout: float = 0.0  # after each hidden dense layer's activation; 0: none
 
     def __post_init__(self):
         positive("model.width", self.width)
+        dropout_rate("model.dropout", self.dropout)
         for h in self.hidden:
             positive("model.hidden", h)
         layers("model.hidden", len(self.hidden), self.hidden)
@@ -150,8 +144,10 @@ class LeNetConfig:
     residual: bool = False
     branches: list[int] | None = None  # kernel sizes of parallel convs per stage (Inception)
     branch_pool: bool = False  # with branches: a 3x3 max pool then 1x1 conv branch too
+    dropout: float = 0.0  # after each hidden dense layer's activation; 0: none
 
     def __post_init__(self):
+        dropout_rate("model.dropout", self.dropout)
         # Deeper checks that need the input size (a map shrinking below 1x1, groups not
         # dividing the channels) happen in models.py, where that size is known.
         self.kernel_size = int_or_pair("model.kernel_size", self.kernel_size)  # lists: tuples
@@ -391,6 +387,7 @@ class TrainConfig:
     # the row a sweep's summary compares the others with (KEY=VALUE[,KEY=VALUE], as
     # `cnnlab compare --baseline`): each experiment preset declares one
     baseline: str | None = None
+    claim: Any = None  # a claim preset's words and tests (claims.py reads them from its file)
 
     def __post_init__(self):
         refuse_non_finite(self)

@@ -23,6 +23,8 @@ ACTIVATIONS: dict[Activation, Callable[[float], nn.Module]] = {
     Activation.relu: lambda slope: nn.ReLU(),
     Activation.leaky_relu: lambda slope: nn.LeakyReLU(slope),
     Activation.gelu: lambda slope: nn.GELU(),
+    Activation.sigmoid: lambda slope: nn.Sigmoid(),
+    Activation.tanh: lambda slope: nn.Tanh(),
 }
 
 # The layer classes of each kind, by number of spatial axes.

@@ -245,11 +245,14 @@ def plan(cfg, input_shape: tuple[int, ...], num_classes: int) -> Plan:
 # ---- the models, built from their plans ----------------------------------------------------
 
 
-def dense_head(layers: tuple[tuple[int, int], ...], activation) -> list[nn.Module]:
-    """Linear layers with an activation between each pair (none after the last)."""
+def dense_head(
+    layers: tuple[tuple[int, int], ...], activation, dropout: float = 0.0
+) -> list[nn.Module]:
+    """Linear layers with an activation between each pair (none after the last), each
+    activation followed by dropout when `dropout` > 0."""
     head: list[nn.Module] = []
     for n_in, n_out in layers[:-1]:
-        head += [nn.Linear(n_in, n_out), activation()]
+        head += [nn.Linear(n_in, n_out), activation()] + [nn.Dropout(dropout)] * (dropout > 0)
     return [*head, nn.Linear(*layers[-1])]
 
 
@@ -259,7 +262,7 @@ class MLP(nn.Module):
         shape = plan_mlp(cfg, tuple(input_shape), num_classes)
         act = ACTIVATIONS[cfg.activation]
         self.net = nn.Sequential(
-            nn.Flatten(), *dense_head(shape.dense, lambda: act(cfg.negative_slope))
+            nn.Flatten(), *dense_head(shape.dense, lambda: act(cfg.negative_slope), cfg.dropout)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -372,7 +375,8 @@ class LeNet(nn.Module):
             if stage.pooled_size is not None:
                 stages.append(POOLS[cfg.pool][shape.dims](2, 2))
         self.features = nn.Sequential(*stages)
-        self.classifier = nn.Sequential(nn.Flatten(), *dense_head(shape.dense, build.activation))
+        head = dense_head(shape.dense, build.activation, cfg.dropout)
+        self.classifier = nn.Sequential(nn.Flatten(), *head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

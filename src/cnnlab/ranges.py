@@ -17,6 +17,11 @@ def positive(key: str, value, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value} is not allowed: it must be a finite number {allowed}")
 
 
+def dropout_rate(key: str, p) -> None:
+    if not 0 <= p < 1:
+        raise ConfigError(f"{key}={p} is not allowed: use a share 0 <= p < 1 (0: no dropout)")
+
+
 def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

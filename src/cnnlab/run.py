@@ -14,6 +14,7 @@ import re
 import resource
 import signal
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab import data, files, loggers, pictures, report
+from cnnlab import data, files, loggers, measures, pictures, report
 from cnnlab.checkpoints import save_checkpoint
 from cnnlab.checks import Checked, resume_config
 from cnnlab.config import TrainConfig
@@ -205,21 +206,34 @@ class KeptWarnings(logging.Handler):
             self.lines.append(message.removeprefix("warning: ").splitlines()[0])
 
 
+def measure(cfg: TrainConfig, run: tuple, evaluations, probe) -> tuple[list[dict], float]:
+    """measures.measure's figures per copy, and the seconds they took after training; a
+    failure is a warning, and no figures."""
+    started = time.perf_counter()
+    try:
+        measured = measures.measure(run, evaluations, cfg.trainer.eval_batch_size, probe)
+    except Exception as e:
+        log.warning("warning: measurements (shift_accuracy, ...) failed: %s", loggers.first_line(e))
+        measured = [{} for _ in evaluations]
+    return measured, round(time.perf_counter() - started, 3)
+
+
 def write_results(
-    cfg: TrainConfig, run_dir: Path, metrics: dict, run: tuple, evaluations, run_logger
+    cfg: TrainConfig, run_dir: Path, metrics: dict, run: tuple, evaluations, run_logger, probe
 ) -> None:
     """history.csv and metrics.json as soon as the figures exist; then the pictures and
     the tracker's final(), each of which may fail as a warning (train.log and metrics.json's
     `warnings`) without costing the results. `run` is (state, engine, dataset, tensors,
-    input shape)."""
+    input shape); `probe` the GradProbe of the run's first steps (None on a resume)."""
     state, engine, ds, tensors, input_shape = run
     title, steps = pictures.run_title(cfg.model, cfg.data.name), []
     if evaluations is not None:
         figures, cm = report.evaluation_figures(evaluations, state, ds)
         chosen = validation_figures(state)["per_seed"]
-        for row in figures["per_seed"]:
-            row |= chosen.get(row["seed"], {})
-        metrics |= figures
+        measured, seconds = measure(cfg, run, evaluations, probe)
+        for row, extra in zip(figures["per_seed"], measured, strict=True):
+            row |= chosen.get(row["seed"], {}) | extra
+        metrics |= figures | measures.mean_of(measured) | {"measure_seconds": seconds}
         steps += report.evaluation_files(run_dir, figures, cm, evaluations, state, ds, title)
     report.write_history(run_dir / "history.csv", state.history)
     report.write_json(run_dir / "metrics.json", metrics)
@@ -294,6 +308,7 @@ def train_run(checked: Checked, run_dir: Path, job: Job, stop, kept) -> tuple[di
             log.info("resumed from %s at epoch %d, image %d", cfg.resume, *at)
         copies = f", {len(seeds)} seeds together" if len(seeds) > 1 else ""
         log.info("training path: %s, precision %s%s", engine.path, cfg.trainer.precision, copies)
+        probe = measures.probe_first_steps(state, engine)  # for grad_ratio
         stop.deferred = True  # from here a signal waits for the checkpoint and the files
         outcome, evaluations = fit(state, engine, tensors, cfg.trainer, stop, save, on_epoch)
         metrics = run_metrics(cfg, state, engine.path, outcome, device) | {
@@ -304,7 +319,7 @@ def train_run(checked: Checked, run_dir: Path, job: Job, stop, kept) -> tuple[di
             "warnings": kept,
         }
         run = (state, engine, ds, tensors, input_shape)
-        write_results(cfg, run_dir, metrics, run, evaluations, run_logger)
+        write_results(cfg, run_dir, metrics, run, evaluations, run_logger, probe)
         outcome = settle(run_dir, metrics, outcome, stop)
     if metrics["accuracy"] is not None:
         log.info(

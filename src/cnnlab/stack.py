@@ -223,8 +223,11 @@ STACKED: dict[type, type[nn.Module]] = {
     Branches: StackedBranches,
 }
 AS_THEY_ARE = (
-    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.Identity,
+    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.MaxPool1d, nn.MaxPool2d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.Identity,
+    # dropout draws one mask for the whole stack: each copy's own, but not the mask its seed
+    # alone would draw, so with dropout a copy matches its single run in law, not bit for bit
+    nn.Dropout,
 )  # fmt: skip
 # containers whose own forward only chains children, or (Residual) crops and adds maps
 CONTAINERS = (nn.Sequential, Residual, MLP, LeNet)

@@ -1,0 +1,400 @@
+"""The ledger of the chapter's claims: `cnnlab claims` reads (or, with --run, first runs)
+each claim preset's sweep and writes claims.md with, per claim, the chapter's words, the
+experiment, the figures with their intervals, a verdict (holds | does not hold |
+inconclusive) and the sweep it came from.
+
+A claim preset is an experiment preset (configs/experiment/claim_NN.yaml): a sweep with a
+baseline, as every preset, plus a `claim:` section that states the claim and how it is
+judged:
+  tests   trained comparisons: runs selected by KEY=VALUE (`arm` against `against`), a
+          per-seed `metric` (METRICS) and the `direction` that confirms the claim (higher |
+          lower; report: shown, not judged). The statistics are verdicts.py's (paired by
+          seed, Holm over the claim's tests), not redone here.
+  exact   figures judged by arithmetic on the models the arms build (inspection.py, on
+          MNIST's 1x28x28): params, macs, receptive_field, map (the map the head flattens),
+          stages (the most conv stages that can be built); relation <, =, > (or report).
+  sweep   another preset whose sweep holds these runs (shared arms run once).
+Nothing here imports Hydra or torch until a model is inspected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cnnlab import files
+from cnnlab.ranges import key_values
+
+VERDICTS = ("holds", "does not hold", "inconclusive")
+DIRECTIONS = ("higher", "lower", "report")
+RELATIONS = ("<", "=", ">", "report")
+INPUT = (1, 28, 28)  # MNIST, the chapter's data: what the exact figures are worked out on
+
+
+def shift_drop(row: dict) -> float | None:
+    """Accuracy lost, in points, from the test set to the test set shifted 2-4 pixels."""
+    shifted = row.get("shift_accuracy")
+    if not shifted:
+        return None
+    return 100 * (shifted["0"] - statistics.fmean(shifted[k] for k in ("2", "3", "4")))
+
+
+def dead_share(row: dict) -> float | None:
+    """The share of units never positive (%), averaged over the activation layers."""
+    dead = row.get("dead_units")
+    return 100 * statistics.fmean(dead.values()) if dead else None
+
+
+def points(key: str):
+    return lambda row: None if row.get(key) is None else 100 * row[key]
+
+
+# metric -> (what it is, how a per-seed row of metrics.json gives it)
+METRICS = {
+    "accuracy": ("test accuracy (%)", points("accuracy")),
+    "epoch1_accuracy": ("test accuracy after epoch 1 (%)", points("epoch1_accuracy")),
+    "generalization_gap": ("train - test accuracy (points)", points("generalization_gap")),
+    "shift_drop": ("accuracy lost at 2-4 pixel shifts (points)", shift_drop),
+    "dead_share": ("units never positive (%, mean over layers)", dead_share),
+    "grad_ratio": (
+        "first / last layer gradient norm, first 50 steps",
+        lambda r: r.get("grad_ratio"),
+    ),
+}
+
+
+class ClaimError(ValueError):
+    """A bad claim preset or argument: one `error:` line, exit 2."""
+
+
+@dataclass
+class Claim:
+    number: int
+    words: str
+    experiment: str
+    preset: str  # the experiment preset's name
+    sweep: str  # the preset whose sweep holds the runs
+    tests: list[dict] = field(default_factory=list)
+    exact: list[dict] = field(default_factory=list)
+    note: str | None = None  # what a reader needs to read the verdict right
+
+
+def load_claims(experiment_dir: Path) -> list[Claim]:
+    """Every claim preset under configs/experiment, in claim order."""
+    claims = []
+    for path in sorted(Path(experiment_dir).glob("claim_*.yaml")):
+        spec = (yaml.safe_load(path.read_text()) or {}).get("claim") or {}
+        name = path.stem
+        for part, allowed, key in (
+            ("tests", DIRECTIONS, "direction"),
+            ("exact", RELATIONS, "relation"),
+        ):
+            for item in spec.get(part) or []:
+                if item.get(key) not in allowed:
+                    raise ClaimError(f"{path}: {part} {item}: {key} must be one of {allowed}")
+                if part == "tests" and item.get("metric") not in METRICS:
+                    raise ClaimError(
+                        f"{path}: metric {item.get('metric')!r}: one of {list(METRICS)}"
+                    )
+        claims.append(
+            Claim(
+                int(spec["number"]),
+                spec["words"],
+                spec["experiment"],
+                name,
+                spec.get("sweep") or name,
+                list(spec.get("tests") or []),
+                list(spec.get("exact") or []),
+                spec.get("note"),
+            )
+        )
+    return sorted(claims, key=lambda c: c.number)
+
+
+# ---- exact claims: arithmetic on the models ------------------------------------------------
+
+
+def model_config(selector: str):
+    """The model config that `model=NAME,model.KEY=VALUE` names (LeNet-5 by default)."""
+    from cnnlab.config import LeNetConfig, MLPConfig
+
+    values = key_values("arm", selector) if selector else {}
+    schema = MLPConfig if values.pop("model", "lenet5") == "mlp" else LeNetConfig
+    return schema(**{k.removeprefix("model."): v for k, v in values.items()})
+
+
+def figure(selector: str, name: str):
+    """One exact figure of the model `selector` builds on INPUT."""
+    from dataclasses import replace
+
+    from cnnlab.config import ConfigError
+    from cnnlab.inspection import inspect_model
+    from cnnlab.models import build_model, plan
+
+    cfg = model_config(selector)
+    if name == "stages":  # the most conv stages this setting can stack on INPUT
+        for stages in range(1, 33):
+            try:
+                plan(replace(cfg, channels=[cfg.channels[0]] * stages), INPUT, 10)
+            except ConfigError:
+                return stages - 1
+        return 32
+    import torch
+
+    with torch.device("meta"):
+        info = inspect_model(build_model(cfg, INPUT, 10), INPUT)
+    if name == "map":
+        layers = info["layers"]
+        flat = next(i for i, layer in enumerate(layers) if layer["type"] == "Flatten")
+        shape = layers[flat - 1]["output_shape"] if flat else list(INPUT)
+        return shape[1:]  # the spatial size: channels are not what resolution means
+    return info[name]
+
+
+def relation_holds(a, b, relation: str) -> bool:
+    a, b = (list(v) if isinstance(v, list | tuple) else [v] for v in (a, b))
+    if relation == "=":
+        return a == b
+    pairs = list(zip(a, b, strict=False))
+    return all(x < y for x, y in pairs) if relation == "<" else all(x > y for x, y in pairs)
+
+
+def judge_exact(item: dict) -> dict:
+    a, b = figure(item["arm"], item["figure"]), figure(item["against"], item["figure"])
+    relation = item["relation"]
+    verdict = "report" if relation == "report" else VERDICTS[not relation_holds(a, b, relation)]
+    return {**item, "arm_value": a, "against_value": b, "verdict": verdict}
+
+
+# ---- trained claims: verdicts.py on per-seed figures ---------------------------------------
+
+
+def per_seed(runs: list[dict], selector: str, metric: str):
+    """The metric of each seed of the completed runs `selector` names, indexed by seed."""
+    import pandas as pd
+
+    from cnnlab.findings import settings
+    from cnnlab.records import canon
+
+    wanted = key_values("arm", selector)
+    values = {}
+    for run in runs:
+        chosen = settings(run)
+        if run["status"] != "completed" or any(
+            canon(chosen.get(k)) != canon(v) for k, v in wanted.items()
+        ):
+            continue
+        metrics = run["metrics"]
+        for row in metrics.get("per_seed") or [metrics]:
+            if row.get("status", "completed") == "completed":
+                value = METRICS[metric][1](row)
+                if value is not None:
+                    values[row.get("seed", metrics.get("seed"))] = value
+    return pd.Series(values, dtype=float)
+
+
+def seeds_needed(c) -> int | None:
+    """Seeds that would detect the difference seen, where the ones run could not: the
+    detectable difference shrinks as one over the square root of the seeds."""
+    if not c.detectable or not c.diff:
+        return None
+    return math.ceil(c.n * (c.detectable / abs(c.diff)) ** 2)
+
+
+def judge_tests(runs: list[dict], tests: list[dict]) -> list[dict]:
+    from cnnlab import verdicts
+
+    judged, contrasts = [], []
+    for item in tests:
+        arm, against = (per_seed(runs, item[k], item["metric"]) for k in ("arm", "against"))
+        c = verdicts.contrast(against, arm) if len(arm) and len(against) else None
+        judged.append({**item, "arm_values": arm, "against_values": against, "contrast": c})
+        if c is not None and item["direction"] != "report":
+            contrasts.append(c)
+    verdicts.holm(contrasts)  # over the claim's judged tests
+    for item in judged:
+        item["verdict"] = test_verdict(item)
+    return judged
+
+
+def test_verdict(item: dict) -> str:
+    c = item["contrast"]
+    if item["direction"] == "report":
+        return "report"
+    if c is None:
+        return "not run"
+    if c.verdict in ("better", "worse"):
+        confirms = (c.diff > 0) == (item["direction"] == "higher")
+        return "holds" if confirms else "does not hold"
+    if c.verdict == "n too small":
+        return "inconclusive (n too small: at least 3 seeds a side)"
+    needed = seeds_needed(c)
+    more = f"; about {needed} seeds would detect {c.diff:+.3g}" if needed else ""
+    return f"inconclusive (no detectable difference with {c.n} seeds{more})"
+
+
+def claim_verdict(judged: list[dict]) -> str:
+    words = [item["verdict"] for item in judged if item["verdict"] != "report"]
+    if not words or "not run" in words:
+        return "inconclusive (not run)" if words else "inconclusive (nothing judged)"
+    if "does not hold" in words:
+        return "does not hold"
+    if all(word == "holds" for word in words):
+        return "holds"
+    return next(word for word in words if word.startswith("inconclusive"))
+
+
+# ---- claims.md -------------------------------------------------------------------------------
+
+
+def interval_text(values) -> str:
+    from cnnlab.verdicts import interval_of_mean
+
+    if not len(values):
+        return "-"
+    interval = interval_of_mean(values)
+    low_high = f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else ""
+    return f"{values.mean():.4g}{low_high} (n={len(values)})"
+
+
+def test_rows(judged: list[dict]) -> list[str]:
+    lines = [
+        "| metric | arm | against | arm: mean [95% CI] | against | diff [95% CI] | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for item in judged:
+        c = item["contrast"]
+        diff = "-"
+        if c is not None:
+            diff = f"{c.diff:+.3g}"
+            if c.ci95_low is not None:
+                diff += f" [{c.ci95_low:+.3g}, {c.ci95_high:+.3g}]"
+        lines.append(
+            f"| {METRICS[item['metric']][0]}, {item['direction']} | `{item['arm']}` | "
+            f"`{item['against']}` | {interval_text(item['arm_values'])} | "
+            f"{interval_text(item['against_values'])} | {diff} | {item['verdict']} |"
+        )
+    return lines
+
+
+def exact_rows(judged: list[dict]) -> list[str]:
+    lines = [
+        "| figure | arm | value | relation | against | value | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for item in judged:
+        lines.append(
+            f"| {item['figure']} | `{item['arm'] or 'model=lenet5'}` | {item['arm_value']} | "
+            f"{item['relation']} | `{item['against'] or 'model=lenet5'}` | "
+            f"{item['against_value']} | {item['verdict']} |"
+        )
+    return lines
+
+
+def sweep_about(runs: list[dict]) -> str:
+    done = [run["metrics"] for run in runs if run["status"] == "completed"]
+    if not done:
+        return "no completed runs"
+    data = sorted({str(m.get("data")) for m in done})
+    epochs = sorted({m.get("epochs_completed") for m in done})
+    seconds = sum(m.get("train_seconds") or 0 for m in done)
+    return (
+        f"{len(runs)} runs on {', '.join(data)}, {'/'.join(map(str, epochs))} epochs, "
+        f"{seconds:.0f} s of training"
+    )
+
+
+def section(claim: Claim, sweep_dir: Path, runs: list[dict] | None) -> tuple[str, str]:
+    exact = [judge_exact(item) for item in claim.exact]
+    tests = judge_tests(runs or [], claim.tests) if claim.tests else []
+    verdict = claim_verdict(exact + tests)
+    where = f"`{sweep_dir}` ({sweep_about(runs)})" if runs else f"not run (`{sweep_dir}` is empty)"
+    lines = [
+        f"## {claim.number}. {claim.words}",
+        "",
+        f"- Experiment: {claim.experiment} (`cnnlab train experiment={claim.preset}`)",
+        f"- Sweep: {where}" if claim.tests else "- Sweep: none needed (arithmetic)",
+        f"- **Verdict: {verdict}**",
+        *([f"- Note: {claim.note}"] if claim.note else []),
+        "",
+    ]
+    if exact:
+        lines += ["By arithmetic (`cnnlab inspect`, 1x28x28 input):", "", *exact_rows(exact), ""]
+    if tests:
+        lines += ["Trained (per seed, paired by seed, Holm over the claim's tests):", ""]
+        lines += [*test_rows(tests), ""]
+    return "\n".join(lines), verdict
+
+
+def ledger(claims: list[Claim], root: Path) -> str:
+    from cnnlab.records import load_runs
+
+    sections, summary = [], ["| # | claim | verdict | sweep |", "|---|---|---|---|"]
+    for claim in claims:
+        sweep_dir = root / claim.sweep
+        runs = load_runs([sweep_dir]) if sweep_dir.is_dir() else None
+        text, verdict = section(claim, sweep_dir, runs)
+        sections.append(text)
+        summary.append(f"| {claim.number} | {claim.words} | {verdict} | `{claim.sweep}` |")
+    head = [
+        "# The chapter's claims, put to the test",
+        "",
+        "Written by `cnnlab claims`: each claim's verdict is holds, does not hold or "
+        "inconclusive (with the seeds that would detect the difference seen). Exact claims "
+        "are judged by arithmetic on the models; trained ones by verdicts.py on each seed's "
+        "figures in metrics.json.",
+        "",
+    ]
+    return "\n".join([*head, *summary, "", *sections])
+
+
+def run_sweep(claim: Claim, root: Path, overrides: list[str]) -> int:
+    """`cnnlab train experiment=PRESET` into root/PRESET, in its own process."""
+    command = [sys.executable, "-m", "cnnlab", "train", f"experiment={claim.sweep}"]
+    command += [f"hydra.sweep.dir={root / claim.sweep}", *overrides]
+    print("running:", " ".join(command[2:]), flush=True)
+    return subprocess.run(command).returncode
+
+
+def main(args: list[str], experiment_dir: Path) -> int:
+    p = argparse.ArgumentParser(
+        prog="cnnlab claims",
+        description="The chapter's claims (configs/experiment/claim_*.yaml) judged on the "
+        "sweeps in DIR: writes DIR/claims.md.",
+        exit_on_error=False,
+    )
+    p.add_argument("overrides", nargs="*", help="overrides for the sweeps --run runs")
+    p.add_argument("--dir", default="outputs/claims", help="one sweep folder per preset")
+    p.add_argument("--run", action="store_true", help="run the sweeps not yet in DIR")
+    p.add_argument("--only", metavar="N[,N]", help="these claims only, e.g. 1,2,5")
+    try:
+        a, unknown = p.parse_known_intermixed_args(args)
+        if unknown:
+            raise argparse.ArgumentError(None, f"{unknown[0]} is not an option of claims")
+        claims = load_claims(experiment_dir)
+        if a.only:
+            wanted = {int(n) for n in a.only.split(",")}
+            claims = [c for c in claims if c.number in wanted]
+    except (argparse.ArgumentError, ClaimError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    root = Path(a.dir)
+    if a.run:
+        for preset in dict.fromkeys(c.sweep for c in claims if c.tests):
+            claim = next(c for c in claims if c.sweep == preset)
+            if not (root / preset).is_dir():
+                code = run_sweep(claim, root, a.overrides)
+                if code == 2:
+                    return code
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / "claims.md"
+    files.write_atomic(out, ledger(claims, root) + "\n")
+    print(f"claims.md: {out}")
+    return 0

@@ -1,0 +1,136 @@
+"""The ledger of the chapter's claims (claims.py, `cnnlab claims`): the presets, the exact
+figures against hand arithmetic, the verdicts of trained tests on known per-seed figures,
+and the command end to end on a tiny sweep."""
+
+import re
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import cnnlab.hydra_app
+from cnnlab.claims import (
+    METRICS,
+    claim_verdict,
+    figure,
+    judge_exact,
+    judge_tests,
+    load_claims,
+    relation_holds,
+)
+
+EXPERIMENTS = cnnlab.hydra_app.config_dir() / "experiment"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_a_preset_per_claim_each_composing():
+    claims = load_claims(EXPERIMENTS)
+    assert [c.number for c in claims] == list(range(1, 21))  # every claim of claims.md
+    with initialize_config_dir(config_dir=str(EXPERIMENTS.parent), version_base="1.3"):
+        for claim in claims:
+            cfg = compose("train", overrides=[f"experiment={claim.preset}"])
+            assert cfg.claim.words == claim.words
+            assert cfg.baseline  # each sweep declares the row its findings compare with
+
+
+def test_exact_figures_by_hand():
+    assert figure("model=mlp", "params") == 784 * 128 + 128 + 128 * 10 + 10
+    assert figure("", "params") == 44_426  # LeNet-5
+    assert figure("", "receptive_field") == 16
+    # valid 5x5 stages: 28 -> 24 -> 12 -> 8 -> 4, a third conv has nothing left
+    assert figure("model.padding=valid", "stages") == 2
+    # same: 28 -> 14 -> 7 -> 3 -> 1, a fifth pool cannot halve a 1x1 map
+    assert figure("model.padding=same", "stages") == 4
+    assert figure("model.stride=2,model.padding=same", "map") == [2, 2]
+    assert figure("model.padding=same", "map") == [7, 7]
+
+
+def test_relations_and_an_exact_verdict():
+    assert relation_holds(1, 2, "<") and not relation_holds(2, 2, "<")
+    assert relation_holds([3, 5], [3, 5], "=") and relation_holds([2, 2], [7, 7], "<")
+    same = "model.padding=same"
+    judged = judge_exact(
+        {"arm": f"model.dilation=2,{same}", "against": same, "figure": "params", "relation": "="}
+    )
+    assert judged["verdict"] == "holds" and judged["arm_value"] == judged["against_value"]
+    judged = judge_exact({"arm": "model=mlp", "against": "", "figure": "params", "relation": "<"})
+    assert judged["verdict"] == "does not hold"
+
+
+def run(arm: str, values: list[float], metric="accuracy") -> dict:
+    """A completed run (as records.load_run reads one) of model.activation=arm with a
+    metric per seed."""
+    rows = [
+        {"seed": seed, "status": "completed", metric: value} for seed, value in enumerate(values)
+    ]
+    return {
+        "status": "completed",
+        "choices": {},
+        "config": {"model.activation": arm},
+        "metrics": {"per_seed": rows},
+    }
+
+
+def gelu_vs_relu(metric="accuracy", direction="higher") -> dict:
+    return {
+        "arm": "model.activation=gelu",
+        "against": "model.activation=relu",
+        "metric": metric,
+        "direction": direction,
+    }
+
+
+def test_a_clear_difference_holds_or_does_not():
+    runs = [run("relu", [0.90, 0.91, 0.92, 0.90]), run("gelu", [0.95, 0.955, 0.97, 0.952])]
+    (higher,) = judge_tests(runs, [gelu_vs_relu()])
+    assert higher["verdict"] == "holds"
+    assert higher["contrast"].diff == pytest.approx(100 * (0.95675 - 0.9075))  # points
+    (lower,) = judge_tests(runs, [gelu_vs_relu(direction="lower")])
+    assert lower["verdict"] == "does not hold"
+
+
+def test_no_detectable_difference_is_inconclusive_with_the_seeds_needed():
+    runs = [run("relu", [0.90, 0.93, 0.91]), run("gelu", [0.915, 0.925, 0.92])]
+    (item,) = judge_tests(runs, [gelu_vs_relu()])
+    assert item["verdict"].startswith("inconclusive (no detectable difference with 3 seeds")
+    needed = int(re.search(r"about (\d+) seeds", item["verdict"])[1])
+    assert needed > 3
+    assert claim_verdict([item]) == item["verdict"]
+
+
+def test_too_few_seeds_missing_runs_and_reports():
+    runs = [run("relu", [0.9, 0.91]), run("gelu", [0.95, 0.96])]
+    (item,) = judge_tests(runs, [gelu_vs_relu()])
+    assert item["verdict"].startswith("inconclusive (n too small")
+    (missing,) = judge_tests([], [gelu_vs_relu()])
+    assert missing["verdict"] == "not run"
+    assert claim_verdict([missing]) == "inconclusive (not run)"
+    (shown,) = judge_tests(runs, [gelu_vs_relu(direction="report")])
+    assert shown["verdict"] == "report"
+
+
+def test_derived_metrics():
+    row = {
+        "shift_accuracy": {"0": 0.9, "1": 0.8, "2": 0.7, "3": 0.6, "4": 0.5},
+        "dead_units": {"a": 0.1, "b": 0.3},
+    }
+    assert METRICS["shift_drop"][1](row) == pytest.approx(30.0)
+    assert METRICS["dead_share"][1](row) == pytest.approx(20.0)
+
+
+def test_one_claim_end_to_end(tmp_path, run_cli):
+    tiny = ["data=synthetic", "data.train_size=192", "data.test_size=96", "trainer.epochs=1"]
+    tiny += ["seeds=3", "pictures=false", "trainer.progress=false", "--only", "5"]
+    result = run_cli(tmp_path, "claims", "--dir", "ledger", "--run", *tiny, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (tmp_path / "ledger" / "claims.md").read_text()
+    assert "## 5. Leaky ReLU avoids" in text
+    verdict = re.search(r"\*\*Verdict: (.+?)\*\*", text)[1]
+    assert verdict.split(" (")[0] in ("holds", "does not hold", "inconclusive")
+    assert "(n=3)" in text and "ledger/claim_05" in text
+    assert (tmp_path / "ledger" / "claim_05" / "findings.md").exists()
+
+
+def test_bad_arguments_are_one_error_line(tmp_path, run_cli):
+    result = run_cli(tmp_path, "claims", "--only", "one")
+    assert result.returncode == 2
+    assert result.stderr.count("error:") == 1 and "one" in result.stderr
