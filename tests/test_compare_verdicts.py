@@ -134,6 +134,8 @@ def test_diverged_seeds_are_counted_and_too_few_say_why(tmp_path, capsys):
     make_run(tmp_path / "0_w1", width=1.0, seeds=ACCURACIES)
     edit(make_run(tmp_path / "1_w2", width=2.0, seeds=BETTER), metrics=diverge(1, 3))
     edit(make_run(tmp_path / "2_w3", width=3.0, seeds=BETTER), metrics=diverge(0, 1, 2))
+    every = make_run(tmp_path / "3_w4", width=4.0, seeds=BETTER, status="diverged")
+    edit(every, metrics=diverge(0, 1, 2, 3, 4))
     rows = json_rows(capsys, tmp_path, baseline="model.width=1")
     assert (rows[2.0]["n"], rows[2.0]["diverged"]) == (3, 2)
     assert rows[3.0]["verdict"] == "n too small"
@@ -144,6 +146,7 @@ def test_diverged_seeds_are_counted_and_too_few_say_why(tmp_path, capsys):
     (three,) = [line for line in text.splitlines() if line.startswith("- model.width=3")]
     assert "n too small for a verdict with 2 and 5 seeds" in three
     assert "3 of 5 seeds diverged: judged on 2." in three
+    assert "- 3_w4: no verdict: diverged" in text  # every seed diverged: said, not silent
 
 
 def test_findings_show_a_key_a_run_lacks_as_a_dash(tmp_path):

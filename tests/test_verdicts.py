@@ -158,6 +158,8 @@ def test_an_accuracy_interval_stays_within_0_and_100():
         stats.t.interval(0.95, 2, 97.67, stats.sem(values))[0], abs=0.01
     )
     assert verdicts.interval_of_mean(values, None)[1] > 100  # not an accuracy: not cut
+    assert plots.accuracy_ci95(values)[1] == 100  # the accuracy plot's bars: the same cut
+    assert plots.ci95(values)[1] > 100  # a loss band: not cut
 
 
 # ---- end to end ------------------------------------------------------------------------------

@@ -221,6 +221,6 @@ def sentence(name: str, baseline: str, row: dict, seeds: str, n: int, unit="poin
     one = "1 point" if unit == "points" else "a difference of 1"
     return (
         f"{said}; {n} seeds detect about "
-        f"{row['detectable_diff']:.1f} {unit} here; about {row['seeds_for_1']} seeds would "
+        f"{row['detectable_diff']:.1f} {unit} here; about {int(row['seeds_for_1'])} seeds would "
         f"detect {one}."
     )
