@@ -305,7 +305,7 @@ def format_table(table: pd.DataFrame, fmt: str = "table") -> str:
     if fmt == "md":
         shown = shown.apply(lambda texts: texts.str.replace("|", "\\|"))
     # numbers to the right, the verdict columns' signed figures too (texts by then)
-    figures = ("diff", "ci95", "p")
+    figures = ("diff", findings.INTERVAL, "p")
     align = ["right" if col in figures or _is_numeric(table[col]) else "left" for col in shown]
     text = shown.to_markdown(
         index=False,
