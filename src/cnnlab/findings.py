@@ -35,6 +35,8 @@ def _is_like_key(key: str) -> bool:
 
 
 def parse_baseline(baseline: str) -> dict:
+    if not baseline.strip():
+        raise CompareError("--baseline is empty: give KEY=VALUE pairs, e.g. model.width=1")
     try:
         return key_values("--baseline", baseline)
     except ValueError as e:

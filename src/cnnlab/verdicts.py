@@ -53,7 +53,6 @@ class Contrast:
     prob_improvement: float | None = None
     detectable_diff: float | None = None
     seeds_for_1: int | None = None
-    n_base: int = 0
 
 
 def family(base: pd.Series, others: list[pd.Series]) -> list[Contrast]:
@@ -80,7 +79,7 @@ def _too_few(base: pd.Series, other: pd.Series) -> Contrast:
     paired = _is_paired(base, other)
     n = len(other) if paired else min(len(base), len(other))
     diff = float(other.mean() - base.mean()) if len(other) and len(base) else math.nan
-    return Contrast(diff, None, None, None, paired, "n too small", n, n_base=len(base))
+    return Contrast(diff, None, None, None, paired, "n too small", n)
 
 
 def _contrast(base: pd.Series, other: pd.Series, m: int) -> Contrast:
@@ -101,10 +100,7 @@ def _contrast(base: pd.Series, other: pd.Series, m: int) -> Contrast:
         wins = (np.sign(np.subtract.outer(other.to_numpy(), base.to_numpy())) + 1) / 2
         identical = other.nunique() == base.nunique() == 1 and other.iloc[0] == base.iloc[0]
     adjustment = f"Bonferroni over {m} rows" if m > 1 else "none (one row compared)"
-    found = Contrast(
-        diff, None, None, None, paired, "", n, level, adjustment, float(wins.mean()),
-        n_base=len(base),
-    )  # fmt: skip
+    found = Contrast(diff, None, None, None, paired, "", n, level, adjustment, float(wins.mean()))
     if identical:  # the same results, seed for seed: no difference, exactly
         found.ci95_low = found.ci95_high = 0.0
         found.p_value, found.verdict = 1.0, "identical"
@@ -131,9 +127,10 @@ def _power(base: pd.Series, others: list[pd.Series], contrasts: list[Contrast], 
     """detectable_diff and seeds_for_1 of each tested row, from the spread pooled over the
     family (paired differences, or seeds of one configuration), not each row's own: one
     row's few seeds make a noisy estimate of it."""
+    # rows identical to the baseline say nothing of the spread between configurations
     paired = [
         (other.reindex(base.index) - base) for other, c in zip(others, contrasts, strict=True)
-        if c.ci_level is not None and c.paired
+        if c.ci_level is not None and c.paired and c.verdict != "identical"
     ]  # fmt: skip
     groups = [base] + [o for o, c in zip(others, contrasts, strict=True) if not c.paired]
     spread = {True: _pooled_variance(paired), False: _pooled_variance(groups)}
