@@ -63,11 +63,20 @@ def test_a_rerun_of_the_same_seeds_counts_once(tmp_path, capsys):
     assert both[1.0]["run"].endswith(" (+5 repeats)")
 
 
-def test_repeats_that_disagree_are_refused_naming_both_folders(tmp_path, capsys):
+def test_repeats_trained_alike_that_disagree_are_refused_naming_both_folders(tmp_path, capsys):
     make_run(tmp_path / "a", width=1.0, seeds=ACCURACIES)
-    make_run(tmp_path / "b", seed=2, accuracy=0.5)  # seed 2 of the same config, not 0.91
+    make_run(tmp_path / "b", width=1.0, seeds=[0.90, 0.93, 0.5, 0.94, 0.92])  # seed 2 differs
     said = refused(capsys, tmp_path)
     assert "seed 2" in said and " a and b" in said
+
+
+def test_a_seed_trained_alone_and_in_a_stack_counts_once_as_their_mean(tmp_path, capsys):
+    make_run(tmp_path / "0_stack", width=1.0, seeds=ACCURACIES)
+    make_run(tmp_path / "1_alone", width=1.0, seed=2, accuracy=0.9125)  # a test image apart
+    (row,) = json_rows(capsys, tmp_path, key=None).values()
+    assert row["n"] == 5 and row["run"].endswith(" (+1 repeat)")
+    seeds = [0.90, 0.93, (0.91 + 0.9125) / 2, 0.94, 0.92]
+    assert row["accuracy_%"] == pytest.approx(100 * sum(seeds) / 5)
 
 
 # ---- like with like ----------------------------------------------------------------------------

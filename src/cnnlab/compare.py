@@ -122,6 +122,7 @@ def _seed_rows(runs: list[dict], names: list[str], keys: list[str], metric: str)
             **{column: metrics.get(column) for column in RUN_NUMBERS},
             "receptive_field": receptive_field(metrics.get("receptive_field")),
             **{"status": run["status"], "reason": run["reason"]},
+            "stack": len(metrics.get("per_seed") or [metrics]),  # seeds trained together
         }
         # a multi-seed run: accuracy and F1 of each seed, the other metrics of the run
         for copy in metrics.get("per_seed") or [metrics]:
@@ -135,7 +136,7 @@ def _seed_rows(runs: list[dict], names: list[str], keys: list[str], metric: str)
                 | {"metric": None if judged is None else judged * scale}
             )
     columns = ["folder", "group", "run", "model", *keys, *METRICS, "status", "reason", "diverged"]
-    columns += ["seed", "metric"]
+    columns += ["seed", "metric", "stack"]
     frame = pd.DataFrame(records, columns=columns, dtype=object)  # config values keep types
     frame[[*NUMBERS, "metric"]] = frame[[*NUMBERS, "metric"]].apply(pd.to_numeric, errors="coerce")
     frame[["accuracy_%", "val_accuracy_%"]] *= 100
@@ -143,22 +144,26 @@ def _seed_rows(runs: list[dict], names: list[str], keys: list[str], metric: str)
     return frame
 
 
-# what two copies of one (configuration, seed) must agree in: training is deterministic
-AGREE = ["diverged", "accuracy_%", "f1_macro", "val_accuracy_%", "metric"]
+# a seed's figures; two copies of one (configuration, seed) trained alike must agree in them
+# and in `diverged`: training is deterministic
+FIGURES = ["accuracy_%", "f1_macro", "val_accuracy_%", "metric"]
 
 
 def _one_per_seed(seeds: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Each (configuration, seed) once: the unit of evidence is one training run, and a
-    rerun of a seed is the same run again. `repeats` counts the copies left out; copies
-    that disagree are refused, naming both folders."""
+    rerun of a seed is the same run again. `repeats` counts the copies left out. Copies
+    trained alike (stacks of as many seeds) that disagree are refused, naming both folders;
+    a seed trained alone and in a stack may differ by a test image (float sums in another
+    order): it counts once, as the mean of its copies."""
     known = seeds["seed"].notna()
     twice = (
         seeds[known]
         .duplicated(["group", "seed"], keep=False)
         .reindex(seeds.index, fill_value=False)
     )
-    for (_, seed), copies in seeds[twice].groupby(["group", "seed"], sort=False):
-        figures = copies[AGREE].astype(object).where(copies[AGREE].notna(), None)
+    for (_, seed, _), copies in seeds[twice].groupby(["group", "seed", "stack"], sort=False):
+        figures = copies[["diverged", *FIGURES]].astype(object)
+        figures = figures.where(copies[["diverged", *FIGURES]].notna(), None)
         if len({tuple(row) for row in figures.itertuples(index=False)}) > 1:
             first, other = (names[f] for f in copies["folder"].iloc[:2])
             raise CompareError(
@@ -166,6 +171,10 @@ def _one_per_seed(seeds: pd.DataFrame, names: list[str]) -> pd.DataFrame:
                 f"{other}: training is deterministic, so these are not the same run (a "
                 f"changed code or machine?); compare them apart"
             )
+    seeds = seeds.copy()
+    copies = seeds[twice].groupby(["group", "seed"], sort=False)
+    seeds.loc[twice, FIGURES] = copies[FIGURES].transform("mean")
+    seeds.loc[twice, "diverged"] = copies["diverged"].transform("all")
     repeated = twice & seeds.duplicated(["group", "seed"])
     counts = repeated.groupby(seeds["group"], sort=False).sum()
     return seeds[~repeated].assign(repeats=lambda f: f["group"].map(counts).fillna(0).astype(int))
