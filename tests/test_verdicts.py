@@ -1,5 +1,6 @@
-"""Issue 21: is the difference real? compare --baseline: diff, ci95, p (Holm), paired,
-verdict; findings.md in each sweep folder; presets declare their baseline."""
+"""Issues 21 and 27: is the difference real? compare --baseline: diff, simultaneous
+interval, p, paired, verdict; findings.md in each sweep folder; presets declare their
+baseline."""
 
 from __future__ import annotations
 
