@@ -128,7 +128,17 @@ def _data_sets(completed: list, run_of: dict, wanted: dict, baseline: str) -> di
             )
     keys = dict.fromkeys(k for like in likes.values() for k in like if k not in wanted)
     differing = [k for k in keys if len({canon(like.get(k)) for like in likes.values()}) > 1]
-    return {g: ", ".join(_like_text(k, likes[g].get(k)) for k in differing) for g in completed}
+    # named by the data set and epochs alone where they tell the families apart (the keys
+    # of one source, data.test_size, differ with the data set)
+    short = [k for k in differing if k in ("data.name", "trainer.epochs")]
+
+    def label(g, keys):
+        return ", ".join(_like_text(k, likes[g].get(k)) for k in keys)
+
+    full = {g: label(g, differing) for g in completed}
+    brief = {g: label(g, short) for g in completed}
+    distinct = len(set(brief.values())) == len(set(full.values()))
+    return brief if short and distinct else full
 
 
 def _like_text(key: str, value) -> str:

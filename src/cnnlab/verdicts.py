@@ -208,9 +208,10 @@ def sentence(name: str, baseline: str, row: dict, seeds: str, n: int, unit="poin
     p = "p < 0.001" if row["p_value"] < 0.001 else f"p = {row['p_value']:.3f}"
     low, high = row["ci95_low"], row["ci95_high"]
     interval = f"[{low:+.2f}, {high:+.2f}]" if low is not None else "[unbounded]"
+    adjusted = f", {row['ci_adjustment']}" if row["ci_adjustment"].startswith("Bonf") else ""
     said = (
         f"{head} {interval} ({row['ci_level']:.1%} interval), {verdict} with {seeds} "
-        f"({how}, {p}, {row['ci_adjustment']}); {row['prob_improvement']:.0%} of seed pairs "
+        f"({how}, {p}{adjusted}); {row['prob_improvement']:.0%} of seed pairs "
         f"favour {name}"
     )
     if verdict != "inconclusive":
