@@ -30,11 +30,11 @@ from cnnlab.records import (
     in_points,
     load_run,
     load_runs,
-    metric_names,
     natural,
     receptive_field,
     runs_in,
     seed_metric,
+    unknown_metric,
 )
 
 # The metric columns in the order shown, with the digits that table and md show (csv and json
@@ -82,20 +82,14 @@ def _tables(
     runs = [run if isinstance(run, dict) else load_run(run) for run in runs]
     names = _short_names([run["path"] for run in runs])
     keys = _differing_keys(runs)
-    seeds = _one_per_seed(_seed_rows(runs, names, keys, metric), names)
+    seeds = findings.one_per_seed(_seed_rows(runs, names, keys, metric), names)
     table = _group(seeds, keys)
     if metric != DEFAULT_METRIC and seeds["metric"].isna().all():
-        raise CompareError(_unknown_metric(runs, metric))
+        raise CompareError(unknown_metric(runs, metric))
     if baseline is not None:
         table = findings.with_verdicts(table, seeds, runs, baseline, metric)
     # the group (json of model and settings) stays as a column for findings.md, not shown
     return seeds, _sorted(table, sort).rename_axis("group").reset_index(), keys
-
-
-def _unknown_metric(runs: list[dict], metric: str) -> str:
-    copies = [c for run in runs for c in run["metrics"].get("per_seed") or [run["metrics"]]]
-    known = dict.fromkeys(name for copy in copies for name in metric_names(copy))
-    return f"--metric {metric}: no run has it; available: {', '.join(known) or 'none'}"
 
 
 def _seed_rows(runs: list[dict], names: list[str], keys: list[str], metric: str) -> pd.DataFrame:
@@ -142,42 +136,6 @@ def _seed_rows(runs: list[dict], names: list[str], keys: list[str], metric: str)
     frame[["accuracy_%", "val_accuracy_%"]] *= 100
     frame["diverged"] = frame["diverged"].astype(bool)
     return frame
-
-
-# a seed's figures; two copies of one (configuration, seed) trained alike must agree in them
-# and in `diverged`: training is deterministic
-FIGURES = ["accuracy_%", "f1_macro", "val_accuracy_%", "metric"]
-
-
-def _one_per_seed(seeds: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    """Each (configuration, seed) once: the unit of evidence is one training run, and a
-    rerun of a seed is the same run again. `repeats` counts the copies left out. Copies
-    trained alike (stacks of as many seeds) that disagree are refused, naming both folders;
-    a seed trained alone and in a stack may differ by a test image (float sums in another
-    order): it counts once, as the mean of its copies."""
-    known = seeds["seed"].notna()
-    twice = (
-        seeds[known]
-        .duplicated(["group", "seed"], keep=False)
-        .reindex(seeds.index, fill_value=False)
-    )
-    for (_, seed, _), copies in seeds[twice].groupby(["group", "seed", "stack"], sort=False):
-        figures = copies[["diverged", *FIGURES]].astype(object)
-        figures = figures.where(copies[["diverged", *FIGURES]].notna(), None)
-        if len({tuple(row) for row in figures.itertuples(index=False)}) > 1:
-            first, other = (names[f] for f in copies["folder"].iloc[:2])
-            raise CompareError(
-                f"seed {seed} of one configuration has different results in {first} and "
-                f"{other}: training is deterministic, so these are not the same run (a "
-                f"changed code or machine?); compare them apart"
-            )
-    seeds = seeds.copy()
-    copies = seeds[twice].groupby(["group", "seed"], sort=False)
-    seeds.loc[twice, FIGURES] = copies[FIGURES].transform("mean")
-    seeds.loc[twice, "diverged"] = copies["diverged"].transform("all")
-    repeated = twice & seeds.duplicated(["group", "seed"])
-    counts = repeated.groupby(seeds["group"], sort=False).sum()
-    return seeds[~repeated].assign(repeats=lambda f: f["group"].map(counts).fillna(0).astype(int))
 
 
 def _axes_text(value) -> str:

@@ -1,7 +1,8 @@
-"""Findings of a comparison: the verdict columns each row gains against a baseline row
-(the statistics are verdicts.py's), and findings.md, the comparison in plain words, one
-sentence per row: against a baseline, each row's difference with its interval and verdict;
-without one, each row's accuracy with its 95% interval, and how to ask for verdicts."""
+"""Findings of a comparison: the evidence (each configuration and seed once), the verdict
+columns each row gains against the baseline row of its data set (the statistics are
+verdicts.py's), and findings.md, the comparison in plain words, one sentence per row:
+against a baseline, each row's difference with its interval and verdict; without one, each
+row's accuracy with its 95% interval, and how to ask for verdicts."""
 
 from __future__ import annotations
 
@@ -147,6 +148,42 @@ def _like_text(key: str, value) -> str:
     if key == "trainer.epochs":
         return f"{_shown(value)} epoch{'s' * (value != 1)}"
     return f"{key}={_shown(value)}"
+
+
+# a seed's figures; two copies of one (configuration, seed) trained alike must agree in them
+# and in `diverged`: training is deterministic
+FIGURES = ["accuracy_%", "f1_macro", "val_accuracy_%", "metric"]
+
+
+def one_per_seed(seeds: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Each (configuration, seed) once: the unit of evidence is one training run, and a
+    rerun of a seed is the same run again. `repeats` counts the copies left out. Copies
+    trained alike (stacks of as many seeds) that disagree are refused, naming both folders;
+    a seed trained alone and in a stack may differ by a test image (float sums in another
+    order): it counts once, as the mean of its copies."""
+    known = seeds["seed"].notna()
+    twice = (
+        seeds[known]
+        .duplicated(["group", "seed"], keep=False)
+        .reindex(seeds.index, fill_value=False)
+    )
+    for (_, seed, _), copies in seeds[twice].groupby(["group", "seed", "stack"], sort=False):
+        figures = copies[["diverged", *FIGURES]].astype(object)
+        figures = figures.where(copies[["diverged", *FIGURES]].notna(), None)
+        if len({tuple(row) for row in figures.itertuples(index=False)}) > 1:
+            first, other = (names[f] for f in copies["folder"].iloc[:2])
+            raise CompareError(
+                f"seed {seed} of one configuration has different results in {first} and "
+                f"{other}: training is deterministic, so these are not the same run (a "
+                f"changed code or machine?); compare them apart"
+            )
+    seeds = seeds.copy()
+    copies = seeds[twice].groupby(["group", "seed"], sort=False)
+    seeds.loc[twice, FIGURES] = copies[FIGURES].transform("mean")
+    seeds.loc[twice, "diverged"] = copies["diverged"].transform("all")
+    repeated = twice & seeds.duplicated(["group", "seed"])
+    counts = repeated.groupby(seeds["group"], sort=False).sum()
+    return seeds[~repeated].assign(repeats=lambda f: f["group"].map(counts).fillna(0).astype(int))
 
 
 def _value(run: dict, key: str):

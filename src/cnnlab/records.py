@@ -258,6 +258,13 @@ def metric_names(copy: dict, prefix: str = "") -> list[str]:
     return names
 
 
+def unknown_metric(runs: list[dict], metric: str) -> str:
+    """Why `metric` names nothing: the measurements the runs do have."""
+    copies = [c for run in runs for c in run["metrics"].get("per_seed") or [run["metrics"]]]
+    known = dict.fromkeys(name for copy in copies for name in metric_names(copy))
+    return f"--metric {metric}: no run has it; available: {', '.join(known) or 'none'}"
+
+
 def in_points(name: str) -> bool:
     """An accuracy-like measurement (accuracy, val_accuracy, shift_accuracy.2, f1_macro): a
     fraction that compare shows in points (x 100), its intervals within [0, 100]."""
