@@ -362,8 +362,8 @@ def test_a_multi_seed_run_is_mean_std_and_n(tmp_path):
 def test_multi_seed_and_single_seed_runs_of_one_config_share_a_row(tmp_path):
     multi, single = [0.91, 0.92, 0.94, 0.95], [0.90, 0.97]
     make_run(tmp_path / "0_seeds=4", seeds=multi)
-    for seed, accuracy in enumerate(single, start=1):
-        make_run(tmp_path / f"{seed}_seed={seed}", seed=seed, accuracy=accuracy)
+    for job, accuracy in enumerate(single, start=1):  # seeds 4 and 5: two more seeds
+        make_run(tmp_path / f"{job}_seed={job + 3}", seed=job + 3, accuracy=accuracy)
     make_run(tmp_path / "3_model.width=2", width=2, seeds=[0.8, 0.82])  # another config
     rows = table_rows(tmp_path)
     assert [(row["run"], row["n"]) for row in rows] == [

@@ -230,8 +230,8 @@ def test_seeds_of_one_config_in_a_stack_and_single_runs(tmp_path):
     """Single runs of the stack's config join its row; a single run that diverged keeps a
     row of its own (status diverged) and is not counted as a diverged copy of the stack."""
     stack_run(tmp_path / "0_seeds=3", [0.90, None, 0.92])
-    hand_run(tmp_path / "1_seed=5", metrics={"accuracy": 0.94})
-    hand_run(tmp_path / "2_seed=6", metrics={"status": "diverged", "accuracy": None})
+    hand_run(tmp_path / "1_seed=5", metrics={"accuracy": 0.94, "seed": 5})
+    hand_run(tmp_path / "2_seed=6", metrics={"status": "diverged", "accuracy": None, "seed": 6})
     group, alone = compare.compare_table(records.find_runs([tmp_path])).to_dict("records")
     assert (group["run"], group["n"], group.get("diverged")) == ("0_seeds=3 (+1)", 3, 1)
     assert group["accuracy_%"] == pytest.approx(92.0)

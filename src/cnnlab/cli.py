@@ -69,7 +69,13 @@ def compare_main(args: list[str]) -> int:
     p.add_argument(
         "--baseline",
         metavar="KEY=VALUE[,KEY=VALUE]",
-        help="the row the others are compared with: diff, 95%% CI, p (Holm), verdict",
+        help="the row the others are compared with: diff, simultaneous 95%% CI, p, verdict",
+    )
+    p.add_argument(
+        "--metric",
+        default="accuracy",
+        metavar="NAME",
+        help="the per-seed figure of metrics.json judged (dotted: shift_accuracy.2)",
     )
     # argparse would read `--sort -accuracy` as two options: glue the value on
     for i in range(len(args) - 1):
@@ -88,7 +94,9 @@ def compare_main(args: list[str]) -> int:
         return EXIT_CODES[Status.bad_input]
     from cnnlab import compare  # pandas and seaborn: not for every command
 
-    return compare.compare_command(a.paths, a.sort, a.format, a.out, a.baseline, a.wide)
+    return compare.compare_command(
+        a.paths, a.sort, a.format, a.out, a.baseline, metric=a.metric, wide=a.wide
+    )
 
 
 def bench_main(args: list[str]) -> int:

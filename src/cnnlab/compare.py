@@ -22,15 +22,20 @@ import pandas as pd
 from cnnlab import files, findings, plots
 from cnnlab.config import REPEAT_KEYS, is_run_setting, override_text
 from cnnlab.records import (
+    DEFAULT_METRIC,
     RUN_NUMBERS,
     SEED_NUMBERS,
+    UNSET,
     CompareError,
     canon,
+    in_points,
     load_run,
     load_runs,
     natural,
     receptive_field,
     runs_in,
+    seed_metric,
+    unknown_metric,
 )
 
 # The metric columns in the order shown, with the digits that table and md show (csv and json
@@ -49,7 +54,6 @@ METRICS = {
 OPTIONAL = ("macs", "receptive_field", "val_accuracy_%")
 NUMBERS = [column for column, digits in METRICS.items() if digits is not None]  # averaged
 INTEGERS = ["params", "macs", "conv_layers"]
-UNSET = "-"  # table, md and plots: a config key a run lacks (an MLP's model.norm) or sets null
 FORMATS = ("table", "csv", "md", "json")
 SORT_ALIASES = {"accuracy": "accuracy_%", "val_accuracy": "val_accuracy_%"}
 JOB_NAME = re.compile(r"(\d+)_(.+)")  # Hydra's sweep subdir: job number, overrides
@@ -59,35 +63,43 @@ JOB_NAME = re.compile(r"(\d+)_(.+)")  # Hydra's sweep subdir: job number, overri
 
 
 def compare_table(
-    runs: Iterable, sort: str | None = None, baseline: str | None = None
+    runs: Iterable,
+    sort: str | None = None,
+    baseline: str | None = None,
+    metric: str = DEFAULT_METRIC,
 ) -> pd.DataFrame:
     """One row per experiment: the seeds of runs that differ only in REPEAT_KEYS (and of a
     multi-seed run) give each metric x as its mean, x_std where they differ, and n. With
     `baseline` (KEY=VALUE[,KEY=VALUE], the row it names) each other row gains its verdict
-    columns (verdicts.py). `runs`: run folders, or what load_run returned for them."""
-    return _tables(runs, sort, baseline)[1].drop(columns="group")
+    columns (verdicts.py) on `metric` (a dotted path into each seed's figures).
+    `runs`: run folders, or what load_run returned for them."""
+    return _tables(runs, sort, baseline, metric)[1].drop(columns="group")
 
 
 def _tables(
-    runs: Iterable, sort: str | None, baseline: str | None = None
+    runs: Iterable, sort: str | None, baseline: str | None = None, metric: str = DEFAULT_METRIC
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """The per-seed frame, the grouped table and the config keys that differ."""
     runs = [run if isinstance(run, dict) else load_run(run) for run in runs]
     names = _short_names([run["path"] for run in runs])
     keys = _differing_keys(runs)
-    seeds = _seed_rows(runs, names, keys)
+    seeds = findings.one_per_seed(_seed_rows(runs, names, keys, metric), names)
     seeds.insert(1, "config", seeds["folder"].map(dict(enumerate(config_names(runs, names)))))
     table = _group(seeds, keys)
-    if baseline:
-        table = findings.with_verdicts(table, seeds, runs, baseline)
+    if metric != DEFAULT_METRIC and seeds["metric"].isna().all():
+        raise CompareError(unknown_metric(runs, metric))
+    if baseline is not None:
+        table = findings.with_verdicts(table, seeds, runs, baseline, metric)
     # the group (json of model and settings) stays as a column for findings.md, not shown
     return seeds, _sorted(table, sort).rename_axis("group").reset_index(), keys
 
 
-def _seed_rows(runs: list[dict], names: list[str], keys: list[str]) -> pd.DataFrame:
+def _seed_rows(runs: list[dict], names: list[str], keys: list[str], metric: str) -> pd.DataFrame:
     """One row per trained seed: a run, or each seed of a multi-seed run. A copy of a
-    multi-seed run that diverged keeps a row, marked, without figures of its own."""
+    multi-seed run that diverged keeps a row, marked, without figures of its own.
+    `metric`: the figure judged, x 100 for an accuracy (points)."""
     records = []
+    scale = 100 if in_points(metric) else 1
     for index, (run, name) in enumerate(zip(runs, names, strict=True)):
         metrics, config = run["metrics"], run["config"]
         model = metrics.get("model") or config.get("model.name")
@@ -106,20 +118,23 @@ def _seed_rows(runs: list[dict], names: list[str], keys: list[str]) -> pd.DataFr
             **{column: metrics.get(column) for column in RUN_NUMBERS},
             "receptive_field": receptive_field(metrics.get("receptive_field")),
             **{"status": run["status"], "reason": run["reason"]},
+            "stack": len(metrics.get("per_seed") or [metrics]),  # seeds trained together
         }
         # a multi-seed run: accuracy and F1 of each seed, the other metrics of the run
-        for copy in metrics.get("per_seed") or [{key: metrics.get(key) for key in SEED_NUMBERS}]:
-            diverged = copy.get("status") == "diverged"
+        for copy in metrics.get("per_seed") or [metrics]:
+            diverged = copy is not metrics and copy.get("status") == "diverged"
             seed = {key: None if diverged else copy.get(key) for key in SEED_NUMBERS}
+            judged = None if diverged else seed_metric(copy, metric)
             records.append(
                 {**row, "accuracy_%": seed["accuracy"], "f1_macro": seed["f1_macro"]}
                 | {"val_accuracy_%": seed["val_accuracy"], "diverged": diverged}
                 | {"seed": copy.get("seed", metrics.get("seed", config.get("seed")))}
+                | {"metric": None if judged is None else judged * scale}
             )
     columns = ["folder", "group", "run", "model", *keys, *METRICS, "status", "reason", "diverged"]
-    columns += ["seed"]
+    columns += ["seed", "metric", "stack"]
     frame = pd.DataFrame(records, columns=columns, dtype=object)  # config values keep types
-    frame[NUMBERS] = frame[NUMBERS].apply(pd.to_numeric, errors="coerce")
+    frame[[*NUMBERS, "metric"]] = frame[[*NUMBERS, "metric"]].apply(pd.to_numeric, errors="coerce")
     frame[["accuracy_%", "val_accuracy_%"]] *= 100
     frame["diverged"] = frame["diverged"].astype(bool)
     return frame
@@ -135,6 +150,9 @@ def _group(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     table = groups[["config", "run", "model", *keys, "receptive_field", "status", "reason"]].first()
     others = groups["folder"].nunique() - 1
     table["run"] += (" (+" + others.astype(str) + ")").where(others > 0, "")
+    repeats = groups["repeats"].first()
+    plural = repeats.map(lambda k: "s" * (k != 1))
+    table["run"] += (" (+" + repeats.astype(str) + " repeat" + plural + ")").where(repeats > 0, "")
     # diverged copies are counted apart and left out of every mean, std and n
     finished = seeds[~seeds["diverged"]].groupby("group", sort=False)
     table["n"] = finished.size().reindex(table.index, fill_value=0)
@@ -311,7 +329,7 @@ def format_table(table: pd.DataFrame, fmt: str = "table", wide: bool = False) ->
     if fmt == "md":
         shown = shown.apply(lambda texts: texts.str.replace("|", "\\|"))
     # numbers to the right, the verdict columns' signed figures too (texts by then)
-    figures = ("diff", "ci95", "p")
+    figures = ("diff", findings.INTERVAL, "p")
     align = {col: "right" if col in figures or _is_numeric(table[col]) else "left" for col in shown}
 
     def text(columns: list[str]) -> str:
@@ -412,22 +430,34 @@ def _texts(table: pd.DataFrame, col: str) -> pd.Series:
 
 
 def write_summary(
-    runs: Iterable, out_dir: str | os.PathLike, sort: str | None = None, baseline=None
+    runs: Iterable,
+    out_dir: str | os.PathLike,
+    sort: str | None = None,
+    baseline=None,
+    metric: str = DEFAULT_METRIC,
 ):
     """comparison.csv, comparison.md, findings.md and two plots in out_dir; returns the
     table. `baseline`: the row the others are compared with (else the one the runs' config
-    declares, a preset's `baseline`, or none)."""
+    declares, a preset's `baseline`, or none: a declared one that fits none of the
+    folders compared is a note in findings.md, not an error)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = [run if isinstance(run, dict) else load_run(run) for run in runs]
-    baseline = baseline or declared_baseline(runs)
-    seeds, grouped, keys = _tables(runs, sort, baseline)
+    note, declared = None, declared_baseline(runs)
+    try:
+        seeds, grouped, keys = _tables(runs, sort, baseline or declared, metric)
+        baseline = baseline or declared
+    except CompareError as error:
+        if baseline is not None or declared is None:
+            raise
+        note = f"No verdicts: the baseline the runs' presets declare does not fit them: {error}."
+        seeds, grouped, keys = _tables(runs, sort, None, metric)
     table, setting = grouped.drop(columns="group"), findings.about(runs)
     # The tables first: if a plot fails, the numbers are already on disk.
     files.write_atomic(out / "comparison.csv", format_table(table, "csv"))
     images = "![accuracy vs parameters](accuracy_vs_params.png)\n\n![loss](loss_curves.png)"
     files.write_atomic(out / "comparison.md", format_table(table, "md") + "\n\n" + images + "\n")
-    text = findings.findings(grouped, seeds, keys, baseline, setting)
+    text = findings.findings(grouped, seeds, keys, baseline, setting, metric, note)
     files.write_atomic(out / "findings.md", text)
     # The plots show completed runs (the table has the others), named by their config
     seeds = seeds[seeds["status"] == "completed"]
@@ -464,14 +494,20 @@ def declared_baseline(runs: list[dict]) -> str | None:
 
 
 def compare_command(
-    paths, sort=None, fmt: str = "table", out=None, baseline: str | None = None, wide=False
+    paths,
+    sort: str | None = None,
+    fmt: str = "table",
+    out=None,
+    baseline: str | None = None,
+    metric: str = DEFAULT_METRIC,
+    wide: bool = False,
 ) -> int:
     """`cnnlab compare`: 0 once the table is printed (failed runs are rows, not errors),
     2 for a bad argument (--out included: checked before the table is printed), 1 if the
     files for --out could not be written. `wide`: every column of the text table."""
     try:
         runs = runs_in(paths)
-        text = format_table(compare_table(runs, sort, baseline), fmt, wide)
+        text = format_table(compare_table(runs, sort, baseline, metric), fmt, wide)
         if out is not None:
             _make_folder(out)
     except CompareError as error:
@@ -480,7 +516,7 @@ def compare_command(
     print(text)
     if out is not None:
         try:
-            write_summary(runs, out, sort, baseline)
+            write_summary(runs, out, sort, baseline, metric)
         except (OSError, files.WriteError) as error:  # a folder in the way, a full disk
             print(f"error: cannot write the summary into {out}: {error}", file=sys.stderr)
             return 1

@@ -416,7 +416,16 @@ def compose_error_line(e: BaseException) -> str:
             out[-1] += ", " + line
         else:
             out.append(line.rstrip("."))
-    return "; ".join(out + ([allowed] if allowed else []))
+    return "; ".join(out + ([allowed] if allowed else []) + _quoting_hint(override))
+
+
+def _quoting_hint(override) -> list[str]:
+    """baseline=model.width=1: Hydra reads the second `=` as a syntax error; quoted, the
+    value is one string."""
+    key, _, value = str(override or "").partition("=")
+    if "=" not in value or value[:1] in "'\"":
+        return []
+    return [f"quote a value that holds '=': '{key}=\"{value}\"'"]
 
 
 def reproduce_command(overrides: list[str]) -> str:

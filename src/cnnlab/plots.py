@@ -65,10 +65,16 @@ def sns_palette(n: int) -> list:
     return sns.color_palette("tab10" if n <= 10 else "husl", n)
 
 
-def ci95(values) -> tuple[float, float]:
-    """seaborn's error bar: the t interval of the mean (one seed: the value itself)."""
-    interval = interval_of_mean(pd.Series(values))
+def ci95(values, bounds=None) -> tuple[float, float]:
+    """seaborn's error bar: the t interval of the mean (one seed: the value itself), cut to
+    `bounds`."""
+    interval = interval_of_mean(pd.Series(values), bounds)
     return interval if interval else (float(np.mean(values)), float(np.mean(values)))
+
+
+def accuracy_ci95(values) -> tuple[float, float]:
+    """An accuracy's bar: within [0, 100], as findings.md gives it."""
+    return ci95(values, (0, 100))
 
 
 # What both plots share: lines over seeds as mean and 95% confidence interval.
@@ -102,7 +108,7 @@ def plot_accuracy(seeds: pd.DataFrame, file: Path, about: str, baseline: Baselin
         err_style="bars",
         facet_kws={"sharex": "row"},
         alpha=0.85,
-        **PLOT,
+        **(PLOT | {"errorbar": accuracy_ci95}),
         **roles,
     )
     grid.set_axis_labels("", "test accuracy (%)")

@@ -79,14 +79,17 @@ def key_values(key: str, text: str) -> dict:
     import yaml
 
     pairs = {}
-    # a value may hold commas itself (model.channels=[6,16]): split only before `key=`
-    for item in re.split(r",(?=[\w.+~/-]+=)", str(text)):
+    # a value may hold commas itself (model.channels=[6,16]): split only before `key=`;
+    # a space after the comma is the form compare's findings show (a, b)
+    for item in re.split(r",\s*(?=[\w.+~/-]+=)", str(text).strip()):
         name, sep, value = item.strip().partition("=")
         if not (sep and name and value):
             raise ConfigError(
                 f"{key}={text} is not allowed: give KEY=VALUE pairs separated by commas, "
                 f"e.g. model.activation=relu or variant=baseline"
             )
+        if name in pairs:
+            raise ConfigError(f"{key}={text} is not allowed: {name} is given twice")
         try:
             pairs[name] = yaml.safe_load(value)
         except yaml.YAMLError:

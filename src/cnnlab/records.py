@@ -26,6 +26,9 @@ RUN_NUMBERS = ("params", "macs", "conv_layers", "train_seconds", "images_per_sec
 SEED_NUMBERS = ("accuracy", "f1_macro", "val_accuracy")
 MAX_NUMBER = 2**53  # no figure of a run is larger; beyond, a float skips integers
 YAML_KINDS = {dict: "mapping", list: "list"}
+UNSET = (
+    "-"  # table, md, plots, findings: a config key a run lacks (an MLP's model.norm) or sets null
+)
 
 
 class CompareError(ValueError):
@@ -215,6 +218,57 @@ def _read_yaml(file: Path, kind: type) -> tuple:
     if not isinstance(data, kind):
         return kind(), f"{name} is {_shown(data)}, not a {YAML_KINDS[kind]}"
     return data, None
+
+
+# ---- the measurement a comparison judges (compare --metric) ----------------------------
+
+DEFAULT_METRIC = "accuracy"
+# a run's own figures and records, not measurements of a seed
+NOT_MEASUREMENTS = (*RUN_NUMBERS, "seed", "numerics", "per_class", "receptive_field")
+
+
+def seed_metric(copy: dict, name: str):
+    """The number at dotted path `name` in one seed's figures (a per_seed entry, or a
+    one-seed run's metrics.json): `accuracy`, `shift_accuracy.2` (a key or list index one
+    level down); None where there is none."""
+    value = copy
+    for part in name.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return value if is_number else None
+
+
+def metric_names(copy: dict, prefix: str = "") -> list[str]:
+    """Every dotted path to a number in one seed's figures, less the run's own figures."""
+    names = []
+    items = copy.items() if isinstance(copy, dict) else enumerate(copy)
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if not prefix and (key in NOT_MEASUREMENTS or str(key).endswith("_std")):
+            continue
+        if isinstance(value, dict | list):
+            names += metric_names(value, name + ".")
+        elif seed_metric({"v": value}, "v") is not None:
+            names.append(name)
+    return names
+
+
+def unknown_metric(runs: list[dict], metric: str) -> str:
+    """Why `metric` names nothing: the measurements the runs do have."""
+    copies = [c for run in runs for c in run["metrics"].get("per_seed") or [run["metrics"]]]
+    known = dict.fromkeys(name for copy in copies for name in metric_names(copy))
+    return f"--metric {metric}: no run has it; available: {', '.join(known) or 'none'}"
+
+
+def in_points(name: str) -> bool:
+    """An accuracy-like measurement (accuracy, val_accuracy, shift_accuracy.2, f1_macro): a
+    fraction that compare shows in points (x 100), its intervals within [0, 100]."""
+    return any(part.endswith("accuracy") or part.startswith("f1") for part in name.split("."))
 
 
 def receptive_field(value) -> int | list | None:
