@@ -91,7 +91,7 @@ def test_a_clear_difference_holds_or_does_not():
 def test_no_detectable_difference_is_inconclusive_with_the_seeds_needed():
     runs = [run("relu", [0.90, 0.93, 0.91]), run("gelu", [0.915, 0.925, 0.92])]
     (item,) = judge_tests(runs, [gelu_vs_relu()])
-    assert item["verdict"].startswith("inconclusive (no detectable difference with 3 seeds")
+    assert item["verdict"].startswith("inconclusive (3 seeds detect about")
     needed = int(re.search(r"about (\d+) seeds", item["verdict"])[1])
     assert needed > 3
     assert claim_verdict([item]) == item["verdict"]

@@ -200,26 +200,24 @@ def per_seed(runs: list[dict], selector: str, metric: str):
     return pd.Series(values, dtype=float)
 
 
-def seeds_needed(c) -> int | None:
-    """Seeds that would detect the difference seen, where the ones run could not: the
-    detectable difference shrinks as one over the square root of the seeds."""
-    if not c.detectable or not c.diff:
-        return None
-    return math.ceil(c.n * (c.detectable / abs(c.diff)) ** 2)
-
-
 def judge_tests(runs: list[dict], tests: list[dict]) -> list[dict]:
+    """Each test's arm against its baseline, Bonferroni-corrected over the claim's judged
+    tests (verdicts.family), so a verdict reads better or worse iff its interval excludes 0."""
     from cnnlab import verdicts
 
-    judged, contrasts = [], []
+    judged = []
     for item in tests:
         arm, against = (per_seed(runs, item[k], item["metric"]) for k in ("arm", "against"))
-        c = verdicts.contrast(against, arm) if len(arm) and len(against) else None
-        judged.append({**item, "arm_values": arm, "against_values": against, "contrast": c})
-        if c is not None and item["direction"] != "report":
-            contrasts.append(c)
-    verdicts.holm(contrasts)  # over the claim's judged tests
+        judged.append({**item, "arm_values": arm, "against_values": against})
+    m = sum(
+        len(item["arm_values"]) > 0 and len(item["against_values"]) > 0
+        for item in judged
+        if item["direction"] != "report"
+    )
     for item in judged:
+        arm, against = item["arm_values"], item["against_values"]
+        ok = len(arm) and len(against)
+        item["contrast"] = verdicts.family(against, [arm], m=max(1, m))[0] if ok else None
         item["verdict"] = test_verdict(item)
     return judged
 
@@ -233,11 +231,20 @@ def test_verdict(item: dict) -> str:
     if c.verdict in ("better", "worse"):
         confirms = (c.diff > 0) == (item["direction"] == "higher")
         return "holds" if confirms else "does not hold"
+    if c.verdict == "identical":  # exactly no difference: the claimed one is not there
+        return "does not hold"
     if c.verdict == "n too small":
         return "inconclusive (n too small: at least 3 seeds a side)"
-    needed = seeds_needed(c)
-    more = f"; about {needed} seeds would detect {c.diff:+.3g}" if needed else ""
-    return f"inconclusive (no detectable difference with {c.n} seeds{more})"
+    return f"inconclusive ({c.n} seeds detect about {c.detectable_diff:.3g} here{more(c)})"
+
+
+def more(c) -> str:
+    """The seeds that would detect the difference seen: the detectable difference shrinks as
+    one over the square root of the seeds."""
+    if not c.detectable_diff or not c.diff:
+        return ""
+    needed = math.ceil(c.n * (c.detectable_diff / abs(c.diff)) ** 2)
+    return f"; about {needed} seeds would detect the {c.diff:+.3g} seen"
 
 
 def claim_verdict(judged: list[dict]) -> str:

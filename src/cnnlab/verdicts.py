@@ -55,13 +55,14 @@ class Contrast:
     seeds_for_1: int | None = None
 
 
-def family(base: pd.Series, others: list[pd.Series]) -> list[Contrast]:
+def family(base: pd.Series, others: list[pd.Series], m: int | None = None) -> list[Contrast]:
     """Each of `others` against `base`: values indexed by seed (NaN: a seed without one).
-    One family: the correction and the pooled spread cover every row tested."""
+    One family: the correction and the pooled spread cover every row tested. `m`: the
+    tests the correction covers, where the family is part of a larger one (a claim's)."""
     base = base.dropna().astype(float)
     others = [other.dropna().astype(float) for other in others]
     tested = [min(len(base), len(other)) >= MIN_SEEDS for other in others]
-    m = max(1, sum(tested))
+    m = m or max(1, sum(tested))
     contrasts = [
         _contrast(base, other, m) if ok else _too_few(base, other)
         for other, ok in zip(others, tested, strict=True)
