@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 import cnnlab.run
 from cnnlab import cli, hydra_app
@@ -167,3 +168,17 @@ def patch_steps(monkeypatch, before_step) -> None:
         return state, dataclasses.replace(engine, step=counted)
 
     monkeypatch.setattr(cnnlab.run, "start_run", start)
+
+
+@pytest.fixture
+def saved(monkeypatch) -> dict[str, Figure]:
+    """Every figure saved during the test, by file name."""
+    figures: dict[str, Figure] = {}
+    savefig = Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):
+        figures[Path(path).name] = fig
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures

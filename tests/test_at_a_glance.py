@@ -14,20 +14,6 @@ from cnnlab import cli, compare, plots
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def saved(monkeypatch) -> dict[str, Figure]:
-    """Every figure saved during the test, by file name."""
-    figures: dict[str, Figure] = {}
-    savefig = Figure.savefig
-
-    def keep(fig, path, *args, **kwargs):
-        figures[Path(path).name] = fig
-        return savefig(fig, path, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
-    return figures
-
-
 def compare_cli(capsys, *args) -> tuple[int, str]:
     code = cli.main(["compare", *map(str, args)])
     out, err = capsys.readouterr()

@@ -4,8 +4,6 @@ text lies inside its figure and no two column titles overlap; a 1-epoch loss cur
 whole epochs; mistakes.png is as wide as its images. The figures are read back as saved:
 matplotlib's Figure.savefig is wrapped to keep each figure it writes."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from conftest import SMALL, cnnlab_train
@@ -23,20 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 MNIST = (1, 28, 28)
 SERIES = (1, 96)
-
-
-@pytest.fixture
-def saved(monkeypatch) -> dict[str, Figure]:
-    """Every figure saved during the test, by file name."""
-    figures: dict[str, Figure] = {}
-    savefig = Figure.savefig
-
-    def keep(fig, path, *args, **kwargs):
-        figures[Path(path).name] = fig
-        return savefig(fig, path, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
-    return figures
 
 
 def one_line(text: str) -> str:
