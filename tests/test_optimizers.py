@@ -112,6 +112,9 @@ def test_a_state_of_another_kind_is_refused_in_one_line():
     adamw_opt = make_optimizer(model(), TrainerConfig(optimizer="adamw"), CPU, graph=False)
     with pytest.raises(ValueError, match="decoupled_weight_decay=False"):
         adamw_opt.load_state_dict(adam_opt.state_dict())
+    small = make_optimizer(nn.Linear(2, 2), TrainerConfig(), CPU, graph=False)
+    with pytest.raises(ValueError, match=r"2 parameters in one group: it has groups of \[6\]"):
+        small.load_state_dict(adam_opt.state_dict())
 
 
 @pytest.mark.parametrize("optimizer", list(Optimizer))

@@ -46,9 +46,8 @@ SGD = {
     "differentiable": False,
     "fused": None,
 }
-# what the update computes with: a saved group must agree on these to be resumed
-MATH = {"betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"}
-MATH_SGD = {"momentum", "dampening", "weight_decay", "nesterov", "maximize"}
+ADAM_MATH = ("amsgrad", "betas", "decoupled_weight_decay", "eps", "maximize", "weight_decay")
+SGD_MATH = ("dampening", "maximize", "momentum", "nesterov", "weight_decay")
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,7 @@ class OptimizerKind:
     name: str
     settings: dict
     states: int
+    math: tuple[str, ...]  # the settings the update computes with: a resume must keep them
 
     @property
     def torch_class(self) -> type[torch.optim.Optimizer]:
@@ -67,9 +67,9 @@ class OptimizerKind:
 
 
 OPTIMIZERS: dict[Optimizer, OptimizerKind] = {
-    Optimizer.adam: OptimizerKind("Adam", ADAM, states=2),  # two moments
-    Optimizer.adamw: OptimizerKind("AdamW", ADAMW, states=2),
-    Optimizer.sgd: OptimizerKind("SGD", SGD, states=1),  # the momentum buffer
+    Optimizer.adam: OptimizerKind("Adam", ADAM, 2, ADAM_MATH),  # two moments
+    Optimizer.adamw: OptimizerKind("AdamW", ADAMW, 2, ADAM_MATH),
+    Optimizer.sgd: OptimizerKind("SGD", SGD, 1, SGD_MATH),  # the momentum buffer
 }
 
 
@@ -159,17 +159,18 @@ class CpuOptimizer:
         the update must agree); the tensors go to each parameter's device and dtype."""
         group = self.param_groups[0]
         groups = saved.get("param_groups", [])
-        math = MATH_SGD if self.kind.name == "SGD" else MATH
         differ = [
-            f"{k}={groups[0].get(k)!r} (this optimiser: {group[k]!r})"
-            for k in sorted(math)
-            if len(groups) == 1 and groups[0].get(k) != group[k]
+            f"{k}={g.get(k)!r} (this optimiser: {group[k]!r})"
+            for g in groups[:1]
+            for k in self.kind.math
+            if g.get(k) != group[k]
         ]
-        if len(groups) != 1 or len(groups[0]["params"]) != len(group["params"]) or differ:
+        sizes = [len(g["params"]) for g in groups]
+        if sizes != [len(group["params"])] or differ:
             raise ValueError(
                 f"the checkpoint's optimiser state does not fit {self.kind.name} with "
                 f"{len(group['params'])} parameters in one group: "
-                + (", ".join(differ) or f"{[len(g['params']) for g in groups]} parameters")
+                + (", ".join(differ) or f"it has groups of {sizes} parameters")
             )
         params = group["params"]
         self.state = {  # copies: a state_dict's tensors are the optimiser's own
