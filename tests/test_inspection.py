@@ -5,6 +5,7 @@ dataset file; the filters and feature-map pictures."""
 import csv
 import io
 import json
+import sys
 import time
 
 import numpy as np
@@ -59,6 +60,88 @@ def test_known_models(cfg, params, macs, rf):
     assert (info["params"], info["macs"], info["receptive_field"]) == (params, macs, rf)
     assert sum(layer["params"] for layer in info["layers"]) == params
     assert sum(layer["macs"] for layer in info["layers"]) == macs
+
+
+# every way the models put convs and dense layers together; 2-D on MNIST's shape and 1-D
+CONFIGS = [
+    LeNetConfig(),
+    MLPConfig(),
+    MLPConfig(hidden=[64, 32], dropout=0.5),
+    LeNetConfig(factorize=True),
+    LeNetConfig(bottleneck=4, padding="same"),
+    LeNetConfig(branches=[1, 3, 5], branch_pool=True, padding="same"),
+    LeNetConfig(branches=[3, 5], padding="same", norm="batch", depth=2),
+    LeNetConfig(residual=True, depth=2, padding="same"),  # 1x1 projection shortcuts
+    LeNetConfig(
+        channels=[16, 32, 64],
+        fc=[],
+        depth=2,
+        kernel_size=3,
+        padding="same",
+        norm="batch",
+        residual=True,
+    ),  # resnet_small
+    LeNetConfig(dilation=2, padding="same", stride=2, pool="avg"),
+    LeNetConfig(kernel_size=(5, 3), stride=2, pool="none", norm="group", width=2.0),
+    LeNetConfig(depth=3, norm="layer", activation="gelu"),
+]
+
+
+def reference_macs(model: nn.Module, shape) -> tuple[int, dict[str, int]]:
+    """torch's FlopCounterMode (what the MACs were counted with before, FLOPs / 2): the
+    total and per dotted module name."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(torch.zeros(1, *shape))
+    root = type(model).__name__
+    per_name = {
+        name: sum(counter.get_flop_counts().get(f"{root}.{name}", {}).values()) // 2
+        for name, _ in model.named_modules()
+    }
+    return counter.get_total_flops() // 2, per_name
+
+
+@pytest.mark.parametrize(
+    ("cfg", "shape"), [*((cfg, MNIST) for cfg in CONFIGS), (LeNetConfig(), (2, 96))]
+)
+def test_macs_are_torch_flop_counters(cfg, shape):
+    model = build_model(cfg, shape, 10)
+    total, per_name = reference_macs(model, shape)
+    info = inspect_model(model, shape)
+    assert info["macs"] == total > 0
+    assert {layer["name"]: layer["macs"] for layer in info["layers"]} == {
+        layer["name"]: per_name[layer["name"]] for layer in info["layers"]
+    }
+
+
+def test_macs_of_a_hand_made_one_dimensional_model_are_torch_flop_counters():
+    model = nn.Sequential(
+        nn.Conv1d(3, 8, 7, padding=3, groups=1),
+        nn.Conv1d(8, 8, 3, stride=2, dilation=3, groups=4),
+        nn.AdaptiveAvgPool1d(4),
+        nn.Flatten(),
+        nn.Linear(32, 5),
+    )
+    assert inspect_model(model, (3, 50))["macs"] == reference_macs(model, (3, 50))[0]
+
+
+def test_counting_macs_imports_no_compiler(tmp_path, run_cli):
+    """torch's FlopCounterMode imports torch._dynamo (1.7 s of every run's start)."""
+    script = (
+        "import sys\n"
+        "from cnnlab.config import LeNetConfig\n"
+        "from cnnlab.inspection import inspect_model\n"
+        "from cnnlab.models import build_model\n"
+        "info = inspect_model(build_model(LeNetConfig(), (1, 28, 28), 10), (1, 28, 28))\n"
+        "assert info['macs'] == 281_640, info['macs']\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', "
+        "'torch._inductor'))))\n"
+    )
+    proc = run_cli(tmp_path, "-c", script, prog=[sys.executable])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
 
 
 def test_lenet5_rows():

@@ -20,33 +20,183 @@ from torch import nn
 
 from cnnlab.config import ConfigError, Optimizer, TrainerConfig
 
+# Each optimiser's settings as torch.optim keeps them in a parameter group (lr aside), so that
+# a state_dict of either kind loads into the other: checkpoints written before the CPU's own
+# optimisers, and those written on CUDA, resume on the CPU and back.
+ADAM = {
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0,
+    "amsgrad": False,
+    "maximize": False,
+    "foreach": None,
+    "capturable": False,
+    "differentiable": False,
+    "fused": True,
+    "decoupled_weight_decay": False,
+}
+ADAMW = {**ADAM, "weight_decay": 1e-2, "decoupled_weight_decay": True}
+SGD = {
+    "momentum": 0.9,
+    "dampening": 0,
+    "weight_decay": 0,
+    "nesterov": False,
+    "maximize": False,
+    "foreach": None,
+    "differentiable": False,
+    "fused": None,
+}
+ADAM_MATH = ("amsgrad", "betas", "decoupled_weight_decay", "eps", "maximize", "weight_decay")
+SGD_MATH = ("dampening", "maximize", "momentum", "nesterov", "weight_decay")
+
 
 @dataclass(frozen=True)
 class OptimizerKind:
-    """How to make an optimiser, and how many parameter-sized float32 tensors of state it
-    keeps per parameter (what a memory estimate counts)."""
+    """How to make an optimiser: torch.optim's class and its settings, and how many
+    parameter-sized float32 tensors of state it keeps per parameter (what a memory estimate
+    counts)."""
 
-    cls: type[torch.optim.Optimizer]
+    name: str
+    settings: dict
     states: int
+    math: tuple[str, ...]  # the settings the update computes with: a resume must keep them
+
+    @property
+    def torch_class(self) -> type[torch.optim.Optimizer]:
+        return getattr(torch.optim, self.name)
 
 
 OPTIMIZERS: dict[Optimizer, OptimizerKind] = {
-    Optimizer.adam: OptimizerKind(torch.optim.Adam, states=2),  # two moments
-    Optimizer.adamw: OptimizerKind(torch.optim.AdamW, states=2),
-    Optimizer.sgd: OptimizerKind(torch.optim.SGD, states=1),  # the momentum buffer
+    Optimizer.adam: OptimizerKind("Adam", ADAM, 2, ADAM_MATH),  # two moments
+    Optimizer.adamw: OptimizerKind("AdamW", ADAMW, 2, ADAM_MATH),
+    Optimizer.sgd: OptimizerKind("SGD", SGD, 1, SGD_MATH),  # the momentum buffer
 }
 
 
+class CpuOptimizer:
+    """Adam and AdamW (torch's fused CPU kernels) or SGD with momentum, the very update
+    torch.optim's makes (bitwise, tests/test_optimizers.py), its state_dict in torch.optim's
+    format. Why not torch.optim itself: its constructor and every step() import torch._dynamo
+    (1.7 s of CPU, more than the rest of a run's start-up beyond `import torch`), which an
+    eager run never uses."""
+
+    def __init__(self, params, kind: OptimizerKind, lr: float):
+        self.kind = kind
+        self.param_groups = [{"params": list(params), "lr": lr, **kind.settings}]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        params = [p for p in group["params"] if p.grad is not None]
+        if self.kind.name == "SGD":
+            self._sgd(group, params)
+        else:
+            self._adam(group, params)
+
+    def _adam(self, group: dict, params: list[torch.Tensor]) -> None:
+        for p in params:
+            if p not in self.state:  # as torch.optim.Adam(fused=True) starts a parameter
+                self.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+        by_kind: dict[tuple, list[torch.Tensor]] = {}  # one fused call per device and dtype
+        for p in params:
+            by_kind.setdefault((p.device, p.dtype), []).append(p)
+        update = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+        for same in by_kind.values():
+            states = [self.state[p] for p in same]
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, 1)
+            update(
+                same,
+                [p.grad for p in same],
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [],
+                steps,
+                amsgrad=False,
+                lr=group["lr"],
+                beta1=group["betas"][0],
+                beta2=group["betas"][1],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
+
+    def _sgd(self, group: dict, params: list[torch.Tensor]) -> None:
+        momentum, dampening = group["momentum"], group["dampening"]
+        for p in params:  # as torch.optim.SGD updates one CPU tensor at a time
+            buf = self.state.setdefault(p, {}).get("momentum_buffer")
+            if buf is None:
+                buf = self.state[p]["momentum_buffer"] = p.grad.detach().clone()
+            else:
+                buf.mul_(momentum).add_(p.grad, alpha=1 - dampening)
+            p.add_(buf, alpha=-group["lr"])
+
+    def state_dict(self) -> dict:
+        """As torch.optim writes it: state by parameter index, the group with indices."""
+        group = self.param_groups[0]
+        index = {p: i for i, p in enumerate(group["params"])}
+        return {
+            "state": {index[p]: dict(s) for p, s in self.state.items()},
+            "param_groups": [{**group, "params": list(range(len(group["params"])))}],
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        """A state_dict of this optimiser or of torch.optim's same kind (settings that enter
+        the update must agree); the tensors go to each parameter's device and dtype."""
+        group = self.param_groups[0]
+        groups = saved.get("param_groups", [])
+        differ = [
+            f"{k}={g.get(k)!r} (this optimiser: {group[k]!r})"
+            for g in groups[:1]
+            for k in self.kind.math
+            if g.get(k) != group[k]
+        ]
+        sizes = [len(g["params"]) for g in groups]
+        if sizes != [len(group["params"])] or differ:
+            raise ValueError(
+                f"the checkpoint's optimiser state does not fit {self.kind.name} with "
+                f"{len(group['params'])} parameters in one group: "
+                + (", ".join(differ) or f"it has groups of {sizes} parameters")
+            )
+        params = group["params"]
+        self.state = {  # copies: a state_dict's tensors are the optimiser's own
+            params[int(i)]: {k: cast(v, params[int(i)], k) for k, v in s.items()}
+            for i, s in saved["state"].items()
+        }
+        group["lr"] = groups[0]["lr"]
+
+
+def cast(value: torch.Tensor, param: torch.Tensor, key: str) -> torch.Tensor:
+    """A saved state tensor as the update uses it: on the parameter's device, the step
+    count in float32 (as fused Adam keeps it), the rest in the parameter's dtype."""
+    dtype = torch.float32 if key == "step" else param.dtype
+    return value.to(dtype=dtype, device=param.device, copy=True)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainerConfig, device: torch.device, graph: bool):
-    cls = OPTIMIZERS[cfg.optimizer].cls
-    if cls is torch.optim.SGD:
-        return cls(model.parameters(), lr=cfg.lr, momentum=0.9)
-    # fused: one kernel for the whole update, on CUDA and on the CPU (one op for all
-    # parameters instead of about ten per parameter; the same update to float rounding;
-    # 2-core CPU, batch 64: MLP 1.23x, LeNet-5 1.03-1.17x faster). capturable: the step
-    # count stays on the GPU, which graph capture needs.
-    fused = device.type in ("cuda", "cpu")
-    return cls(model.parameters(), lr=cfg.lr, fused=fused, capturable=graph)
+    kind = OPTIMIZERS[cfg.optimizer]
+    if device.type == "cpu":
+        return CpuOptimizer(model.parameters(), kind, cfg.lr)
+    # fused: one kernel for the whole update instead of about ten per parameter (on the
+    # 2-core CPU, batch 64: MLP 1.23x, LeNet-5 1.03-1.17x faster; the same update to float
+    # rounding). capturable: the step count stays on the GPU, which graph capture needs.
+    if kind.name == "SGD":
+        return kind.torch_class(model.parameters(), lr=cfg.lr, momentum=SGD["momentum"])
+    return kind.torch_class(model.parameters(), lr=cfg.lr, fused=True, capturable=graph)
 
 
 def channels_last_pays(model: nn.Module, device: torch.device) -> bool:

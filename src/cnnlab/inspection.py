@@ -19,6 +19,7 @@ import csv
 import functools
 import io
 import json
+import math
 
 import torch
 from torch import nn
@@ -43,8 +44,7 @@ COLUMNS = ["name", "type", "kernel", "output_shape", "params", "macs", "receptiv
 FOOTER = [
     "RF (receptive field) and jump in input pixels; 'all': the whole input. The model's RF",
     "is that of its last layer before flatten or global pooling. MACs: multiply-accumulates",
-    "per input of conv and linear layers (torch.utils.flop_counter); pooling, activations",
-    "and norms count 0.",
+    "per input of conv and linear layers; pooling, activations and norms count 0.",
 ]
 
 # a field: (rf, jump), one int per spatial axis; jump None once units see the whole input
@@ -135,8 +135,7 @@ def inspect_model(model: nn.Module, input_shape: tuple) -> dict:
     Nothing here reads a weight, so a model built on the meta device (as the pre-flight
     check builds it) gives the same answer as one with real weights, for no memory.
     """
-    shapes, counter = traced_forward(model, input_shape)
-    flops = counter.get_flop_counts()  # keyed by the root's class name, then dotted names
+    shapes, macs = traced_forward(model, input_shape)
     spatial = tuple(input_shape[1:])
     fields: dict[str, Field] = {}
     leaf_fields(model, "", ((1,) * len(spatial), (1,) * len(spatial)), spatial, fields)
@@ -145,7 +144,6 @@ def inspect_model(model: nn.Module, input_shape: tuple) -> dict:
     before_flatten = True
     for name, (rf, jump) in fields.items():
         layer = model.get_submodule(name)
-        key = f"{root}.{name}" if name else root
         if jump is None:
             before_flatten = False
         elif before_flatten:
@@ -157,7 +155,7 @@ def inspect_model(model: nn.Module, input_shape: tuple) -> dict:
                 "kernel": kernel_text(layer, len(spatial)),
                 "output_shape": shapes.get(layer),
                 "params": count_params(layer),
-                "macs": sum(flops.get(key, {}).values()) // 2,
+                "macs": macs.get(layer, 0),
                 "receptive_field": collapse(rf),
                 "jump": collapse(jump),
             }
@@ -165,23 +163,29 @@ def inspect_model(model: nn.Module, input_shape: tuple) -> dict:
     return {
         "input_shape": list(input_shape),
         "params": count_params(model),
-        "macs": counter.get_total_flops() // 2,
+        "macs": sum(macs.values()),
         "receptive_field": receptive_field,
         "layers": layers,
     }
 
 
+def layer_macs(layer: nn.Module, output: torch.Tensor) -> int:
+    """The multiply-accumulates of one call of a conv or linear layer that gave `output`:
+    each output value sums in_channels / groups x kernel elements products (a conv) or
+    in_features (a linear layer); bias additions are not counted. The numbers are
+    torch.utils.flop_counter's halved (tests/test_inspection.py), counted here from the
+    shapes because its FlopCounterMode imports torch._dynamo (1.7 s of a run's start)."""
+    if isinstance(layer, CONVS):
+        return output.numel() * layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+    if isinstance(layer, nn.Linear):
+        return output.numel() * layer.in_features
+    return 0
+
+
 def traced_forward(model: nn.Module, input_shape: tuple):
-    """The output shape (without the batch axis) of every module, and the flop counter,
-    after one forward pass of a zero batch of one on the model's device and dtype.
-
-    In eval mode (batch norm's running statistics stay untouched), under no_grad:
-    inference_mode was reported to make FlopCounterMode count nothing (torch 2.14 counts
-    the same under both).
-    """
-    # imported here: it costs every cnnlab command 0.3 s of start-up, and only this needs it
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """The output shape (without the batch axis) of every module, and the MACs of each
+    conv and linear layer, after one forward pass of a zero batch of one on the model's
+    device and dtype, in eval mode (batch norm's running statistics stay untouched)."""
     first = next(model.parameters(), None)
     x = torch.zeros(
         1,
@@ -190,23 +194,24 @@ def traced_forward(model: nn.Module, input_shape: tuple):
         dtype=first.dtype if first is not None else None,
     )
     shapes: dict[nn.Module, list[int]] = {}
+    macs: dict[nn.Module, int] = {}
 
-    def record_shape(layer, inputs, output):
+    def record(layer, inputs, output):
         if isinstance(output, torch.Tensor):
             shapes[layer] = list(output.shape[1:])
+            macs[layer] = macs.get(layer, 0) + layer_macs(layer, output)
 
-    hooks = [m.register_forward_hook(record_shape) for m in model.modules()]
+    hooks = [m.register_forward_hook(record) for m in model.modules()]
     was_training = model.training
-    counter = FlopCounterMode(display=False)
     try:
         model.eval()
-        with torch.no_grad(), counter:
+        with torch.no_grad():
             model(x)
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    return shapes, counter
+    return shapes, macs
 
 
 # ---- output ------------------------------------------------------------------------------

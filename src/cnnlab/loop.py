@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from cnnlab.config import Keep, TrainerConfig
 from cnnlab.engine import (
+    CpuOptimizer,
     GraphedStep,
     TrainData,
     autocast,
@@ -61,7 +62,7 @@ class RunState:
     it."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: CpuOptimizer | torch.optim.Optimizer
     seeds: list[int]
     data_rngs: list[torch.Generator]  # one per copy: draws each epoch's permutation
     epoch: int = 0  # epochs completed
