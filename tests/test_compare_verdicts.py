@@ -60,7 +60,11 @@ def test_a_rerun_of_the_same_seeds_counts_once(tmp_path, capsys):
         for key in ("n", "p_value", "verdict", "paired", "ci95_low", "ci95_high"):
             assert both[width][key] == alone[width][key]
     assert both[1.0]["n"] == 5 and both[2.0]["paired"] is True
-    assert both[1.0]["run"].endswith(" (+5 repeats)")
+    assert both[1.0]["repeats"] == 5 and both[2.0]["repeats"] == 0
+    # the default text table (no run column) says so beside n
+    assert compare.compare_command([str(tmp_path / "sweep"), str(tmp_path / "rerun")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("width=1" in line and " 5 (+5 repeats) " in line for line in lines), lines
 
 
 def test_repeats_trained_alike_that_disagree_are_refused_naming_both_folders(tmp_path, capsys):
@@ -74,7 +78,7 @@ def test_a_seed_trained_alone_and_in_a_stack_counts_once_as_their_mean(tmp_path,
     make_run(tmp_path / "0_stack", width=1.0, seeds=ACCURACIES)
     make_run(tmp_path / "1_alone", width=1.0, seed=2, accuracy=0.9125)  # a test image apart
     (row,) = json_rows(capsys, tmp_path, key=None).values()
-    assert row["n"] == 5 and row["run"].endswith(" (+1 repeat)")
+    assert row["n"] == 5 and row["repeats"] == 1
     seeds = [0.90, 0.93, (0.91 + 0.9125) / 2, 0.94, 0.92]
     assert row["accuracy_%"] == pytest.approx(100 * sum(seeds) / 5)
 

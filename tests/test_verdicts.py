@@ -233,7 +233,7 @@ def test_a_rerun_of_seeds_the_sweep_holds_changes_no_verdict(activations, tmp_pa
     for name in ("relu", "leaky_relu", "gelu"):
         for key in ("n", "p_value", "verdict", "ci95_low", "ci95_high", "paired"):
             assert both[name][key] == alone[name][key], (name, key)
-    assert both["relu"]["run"].endswith(" (+8 repeats)")
+    assert both["relu"]["repeats"] == 8
 
 
 def test_a_non_significant_row_says_inconclusive_and_how_many_seeds_would_tell(tmp_path, capsys):

@@ -150,9 +150,7 @@ def _group(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     table = groups[["config", "run", "model", *keys, "receptive_field", "status", "reason"]].first()
     others = groups["folder"].nunique() - 1
     table["run"] += (" (+" + others.astype(str) + ")").where(others > 0, "")
-    repeats = groups["repeats"].first()
-    plural = repeats.map(lambda k: "s" * (k != 1))
-    table["run"] += (" (+" + repeats.astype(str) + " repeat" + plural + ")").where(repeats > 0, "")
+    table["repeats"] = groups["repeats"].first()  # copies of a (config, seed) counted once
     # diverged copies are counted apart and left out of every mean, std and n
     finished = seeds[~seeds["diverged"]].groupby("group", sort=False)
     table["n"] = finished.size().reindex(table.index, fill_value=0)
@@ -169,7 +167,9 @@ def _group(seeds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     columns = ["config", "run", "model", *keys]
     columns += [c for col in shown for c in (col, col + "_std") if c in table]
     diverged = bool(table["diverged"].any())
-    columns += ["n"] * (diverged or bool((table["n"] > 1).any())) + ["diverged"] * diverged
+    repeated = bool(table["repeats"].any())
+    columns += ["n"] * (diverged or repeated or bool((table["n"] > 1).any()))
+    columns += ["diverged"] * diverged + ["repeats"] * repeated
     columns += ["status"] + ["reason"] * bool(table["reason"].notna().any())
     return table[columns]  # indexed by group (_tables resets it)
 
@@ -301,11 +301,12 @@ def _is_numeric(column: pd.Series) -> bool:
 
 def format_table(table: pd.DataFrame, fmt: str = "table", wide: bool = False) -> str:
     """The table as aligned text, csv, GitHub markdown or json. csv and json keep every
-    column (x and x_std, full precision; n and diverged); table and md show "mean ± std" and
-    "n, k diverged". json keeps numbers numbers (a receptive field: 16, or [5, 9]). The
-    text table fits WIDTH columns unless `wide`: rows named by their config (config_names),
-    without the key columns it names, less the columns of DROPPED first that do not fit,
-    named on a line below; md: every column but the key columns."""
+    column (x and x_std, full precision; n, diverged and repeats); table and md show
+    "mean ± std" and "n, k diverged (+k repeats)". json keeps numbers numbers (a receptive
+    field: 16, or [5, 9]). The text table fits WIDTH columns unless `wide`: rows named by
+    their config (config_names), without the key columns it names, less the columns of
+    DROPPED first that do not fit, named on a line below; md: every column but the key
+    columns."""
     if fmt not in FORMATS:
         raise CompareError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fmt == "json":  # json has no NaN: a missing or diverged value is null
@@ -322,7 +323,7 @@ def format_table(table: pd.DataFrame, fmt: str = "table", wide: bool = False) ->
     if table.empty:
         return "(no runs)"
     table = findings.verdict_texts(table)
-    hidden = [col for col in table if col.endswith("_std") or col == "diverged"]
+    hidden = [col for col in table if col.endswith("_std") or col in ("diverged", "repeats")]
     shown = pd.DataFrame({col: _texts(table, col) for col in table.columns.drop(hidden)})
     # a newline or escape code in a folder name or a reason would break the lines
     shown = shown.apply(lambda texts: texts.str.replace(CONTROL, _escape, regex=True))
@@ -422,6 +423,8 @@ def _texts(table: pd.DataFrame, col: str) -> pd.Series:
         texts += std.fillna("")
     if col == "n" and "diverged" in table:
         texts += table["diverged"].map(lambda k: f", {k} diverged" if k else "")
+    if col == "n" and "repeats" in table:  # a rerun of a seed: the same run, counted once
+        texts += table["repeats"].map(lambda k: f" (+{k} repeat{'s' * (k != 1)})" if k else "")
     # a blank metric has no value; a blank config key is one the run does not have
     return texts.astype(object).fillna("" if col in METRICS or col == "reason" else UNSET)
 
