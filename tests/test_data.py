@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from cnnlab import data
-from cnnlab.config import ConfigError, DataConfig, SyntheticDataConfig
+from cnnlab.config import DataConfig, SyntheticDataConfig
 from cnnlab.data import DataError
+from cnnlab.outcome import ConfigError
 
 CPU = torch.device("cpu")
 

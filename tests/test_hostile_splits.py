@@ -15,14 +15,9 @@ from conftest import SMALL, cnnlab_train, history_of, metrics_of, patch_steps
 from test_image_folder import make_folder
 
 from cnnlab import cli, data
-from cnnlab.config import (
-    ConfigError,
-    DataConfig,
-    ImageFolderDataConfig,
-    LeNetConfig,
-    SyntheticDataConfig,
-)
+from cnnlab.config import DataConfig, ImageFolderDataConfig, LeNetConfig, SyntheticDataConfig
 from cnnlab.models import build_model
+from cnnlab.outcome import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from cnnlab import data
-from cnnlab.config import ConfigError, DataConfig, ImageFolderDataConfig
+from cnnlab.config import DataConfig, ImageFolderDataConfig
 from cnnlab.data import DataError, image_folder
+from cnnlab.outcome import ConfigError
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "image_folder_load.py"
 _spec = importlib.util.spec_from_file_location("image_folder_load", BENCH)

@@ -22,8 +22,9 @@ from omegaconf import OmegaConf
 
 import cnnlab.hydra_app
 from cnnlab import data
-from cnnlab.config import ConfigError, UcrDataConfig
+from cnnlab.config import UcrDataConfig
 from cnnlab.data import DataError, tensors
+from cnnlab.outcome import ConfigError
 
 CACHE = Path(os.environ.get("CNNLAB_TEST_CACHE", Path.home() / ".cache" / "cnnlab-tests"))
 WHEEL = CACHE / data.UCR_WHEEL

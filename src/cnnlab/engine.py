@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.config import ConfigError, Optimizer, TrainerConfig
+from cnnlab.config import Optimizer, TrainerConfig
+from cnnlab.outcome import ConfigError
 
 # Each optimiser's settings as torch.optim keeps them in a parameter group (lr aside), so that
 # a state_dict of either kind loads into the other: checkpoints written before the CPU's own

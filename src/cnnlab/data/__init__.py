@@ -19,13 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cnnlab.config import (
-    ConfigError,
-    DataConfig,
-    ImageFolderDataConfig,
-    SyntheticDataConfig,
-    UcrDataConfig,
-)
+from cnnlab.config import DataConfig, ImageFolderDataConfig, SyntheticDataConfig, UcrDataConfig
 from cnnlab.data.base import OFFLINE_HINT, DataError, Dataset, data_folder
 from cnnlab.data.builtin import (
     CIFAR10_CLASSES,
@@ -77,13 +71,14 @@ from cnnlab.data.ucr import (
     ucr_counts,
     ucr_spec,
 )
+from cnnlab.outcome import ConfigError
 
 # what the rest of cnnlab, the tests and benchmarks/ use, as they did when this was one file
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR_FILES", "CIFAR_FOLDER", "DEBIAN_FASHION_MNIST", "DIGITS",
     "DOWNLOAD_DEADLINE", "FASHION_CLASSES", "IDX_FILES", "IMAGE_BACKGROUND",
     "IMAGE_CACHE_VERSION", "IMAGE_SUFFIXES", "OFFLINE_HINT", "SAMPLE_SEED", "SOURCES",
-    "UCR_FOLDER", "UCR_NAMES", "UCR_WHEEL", "UCR_WHEEL_SETS", "ConfigError", "DataConfig",
+    "UCR_FOLDER", "UCR_NAMES", "UCR_WHEEL", "UCR_WHEEL_SETS", "DataConfig",
     "DataError", "Dataset", "ImageFolderDataConfig", "Source", "SyntheticDataConfig",
     "UcrDataConfig", "as_float", "channel_stats", "check", "data_folder", "decode_image",
     "decode_images", "fetch", "file_digest", "find_idx_files", "fixed", "free_memory",
