@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from cnnlab import files
-from cnnlab.ranges import key_values
+from cnnlab.config import key_values
 
 VERDICTS = ("holds", "does not hold", "inconclusive")
 DIRECTIONS = ("higher", "lower", "report")

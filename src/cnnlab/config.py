@@ -23,7 +23,6 @@ from cnnlab.outcome import ConfigError
 from cnnlab.ranges import (
     dropout_rate,
     int_or_pair,
-    key_values,
     layers,
     positive,
     refuse_non_finite,
@@ -451,3 +450,27 @@ def override_text(value) -> str:
     if isinstance(value, str):  # an enum's value too
         return str(value)
     return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def key_values(key: str, text: str) -> dict:
+    """KEY=VALUE[,KEY=VALUE] (a baseline row's settings) as {KEY: VALUE}, each value read as
+    YAML reads it (1, 1.0, true, null, relu): the form of the command line's overrides."""
+    import yaml
+
+    pairs = {}
+    # a value may hold commas itself (model.channels=[6,16]): split only before `key=`;
+    # a space after the comma is the form compare's findings show (a, b)
+    for item in re.split(r",\s*(?=[\w.+~/-]+=)", str(text).strip()):
+        name, sep, value = item.strip().partition("=")
+        if not (sep and name and value):
+            raise ConfigError(
+                f"{key}={text} is not allowed: give KEY=VALUE pairs separated by commas, "
+                f"e.g. model.activation=relu or variant=baseline"
+            )
+        if name in pairs:
+            raise ConfigError(f"{key}={text} is not allowed: {name} is given twice")
+        try:
+            pairs[name] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pairs[name] = value
+    return pairs
