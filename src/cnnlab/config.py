@@ -7,7 +7,7 @@ fails before any data loads. Choices are StrEnums so an unknown value is refused
 the allowed ones listed. Range checks (lr > 0, ...) live in __post_init__ and run when
 checks.py turns the config into these objects, still before any data loads.
 
-Nothing here imports Hydra: models, data and train take these plain
+Nothing here imports Hydra: models, data and run.py take these plain
 dataclasses, so they work from a notebook too.
 """
 
@@ -203,8 +203,8 @@ class LeNetConfig:
 
 @dataclass
 class DataConfig:
-    # The data.py source that reads this schema; None: data.name names the source (mnist,
-    # ...). Schemas whose data.name names something else (a UCR set) set their own.
+    # The source (cnnlab.data.SOURCES) that reads this schema; None: data.name names the
+    # source (mnist, ...). Schemas whose data.name names something else (a UCR set) set their own.
     source: ClassVar[str | None] = None
 
     name: str = "mnist"
@@ -289,7 +289,7 @@ class ImageFolderDataConfig(DataConfig):
     source: ClassVar[str] = "image_folder"
 
     name: str = "image_folder"
-    path: str | None = None  # the folder (data.py refuses a run without it)
+    path: str | None = None  # the folder (data/image_folder.py refuses a run without it)
     image_size: Any = 28  # int or [h, w]: every image is resized to this
     channels: int = 1  # 1 (grey) or 3 (RGB)
     test_fraction: float = 0.2  # held out per class when there is no test/ folder
@@ -368,7 +368,8 @@ class MLflowLoggerConfig:
     experiment: str | None = None  # default: the sweep folder for a sweep's jobs, else "cnnlab"
 
 
-# what `device` may name (design.md); whether that device is there is devices.resolve_device's
+# what `device` may name (README: top-level keys); whether that device is there is
+# devices.resolve_device's
 DEVICE_NAMES = r"auto|cpu|mps|cuda(:[0-9]+)?"
 
 

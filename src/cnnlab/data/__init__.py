@@ -1,7 +1,7 @@
 """Datasets as tensors: source files -> uint8 tensors -> normalised tensors on the device.
 
 A dataset the size of MNIST is 47 MB as uint8, so it is loaded once, normalised once and
-kept on the training device; batches are slices of a permutation (train.py). There are no
+kept on the training device; batches are slices of a permutation (loop.py). There are no
 per-sample transforms and no DataLoader workers: for data this small they cost more than
 the model does (see benchmarks/). Images are uint8 (N x C x H x W); time series are
 float32 (N x C x length), since their values are not bytes.
