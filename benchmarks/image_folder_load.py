@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a source
 
 from cnnlab import data  # noqa: E402
 from cnnlab.config import DataConfig, ImageFolderDataConfig  # noqa: E402
+from cnnlab.data.idx import DEBIAN_FASHION_MNIST, find_idx_files
+from cnnlab.data.image_folder import decode_images, listed_images, scan_image_folder
 
 
 def folder_name(label: str) -> str:
@@ -59,8 +61,8 @@ def main(args: list[str]) -> int:
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--channels", type=int, default=1)
     a = p.parse_args(args)
-    if not data.find_idx_files(data.DEBIAN_FASHION_MNIST):
-        print(f"error: {data.DEBIAN_FASHION_MNIST} is missing (dataset-fashion-mnist)")
+    if not find_idx_files(DEBIAN_FASHION_MNIST):
+        print(f"error: {DEBIAN_FASHION_MNIST} is missing (dataset-fashion-mnist)")
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_fashion_folder(Path(tmp) / "images", a.train, a.test)
@@ -72,9 +74,9 @@ def main(args: list[str]) -> int:
             started = time.perf_counter()
             data.load(cfg)
             seconds.append(time.perf_counter() - started)
-        files, _ = data.listed_images(data.scan_image_folder(cfg))
+        files, _ = listed_images(scan_image_folder(cfg))
         started = time.perf_counter()
-        data.decode_images(files, a.channels, (a.size, a.size), workers=1)
+        decode_images(files, a.channels, (a.size, a.size), workers=1)
         one_thread = time.perf_counter() - started
     n = len(files)
     threads = min(16, os.cpu_count() or 1)

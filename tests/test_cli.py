@@ -24,7 +24,7 @@ import cnnlab.cli
 import cnnlab.hydra_app
 from cnnlab import data
 from cnnlab.config import DataConfig, LeNetConfig, MLPConfig
-from cnnlab.data import IDX_FILES
+from cnnlab.data.idx import IDX_FILES
 from cnnlab.models import build_model, count_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -379,7 +379,7 @@ def test_two_runs_started_together_get_two_folders(tmp_path, run_cli):
     for name, _ in jobs:
         raw = tmp_path / name / "data" / "MNIST" / "raw"
         raw.mkdir(parents=True, exist_ok=True)
-        for file in data.IDX_FILES:
+        for file in IDX_FILES:
             (raw / file).write_bytes(b"")
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(

@@ -12,13 +12,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 import cnnlab.hydra_app  # conftest calls its setup(): the schemas in Hydra's ConfigStore
 from cnnlab import data
-from cnnlab.config import (
-    ConfigError,
-    LeNetConfig,
-    MLPConfig,
-    TrainConfig,
-    TrainerConfig,
-)
+from cnnlab.config import LeNetConfig, MLPConfig, TrainConfig, TrainerConfig
+from cnnlab.outcome import ConfigError
 
 CONFIGS = cnnlab.hydra_app.config_dir()
 

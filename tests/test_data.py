@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from cnnlab import data
-from cnnlab.config import ConfigError, DataConfig, SyntheticDataConfig
+from cnnlab.config import DataConfig, SyntheticDataConfig
 from cnnlab.data import DataError
+from cnnlab.data.idx import DEBIAN_FASHION_MNIST, DIGITS, IDX_FILES, find_idx_files, read_idx
+from cnnlab.outcome import ConfigError
 
 CPU = torch.device("cpu")
 
@@ -102,7 +104,7 @@ def test_a_runs_check_has_the_mnist_family_at_hand(tmp_path):
     be had fails there, before a run folder exists (issue 28)."""
     cfg = DataConfig(name="mnist", root=str(tmp_path), mirror="http://127.0.0.1:9/")
     with pytest.raises(DataError, match="the download failed"):
-        data.check(cfg, data.DIGITS)
+        data.check(cfg, DIGITS)
     assert not list((tmp_path / "MNIST" / "raw").iterdir())
 
 
@@ -129,7 +131,7 @@ def test_read_idx_reads_a_valid_file(tmp_path, gz):
     path = tmp_path / ("images-idx3-ubyte" + (".gz" if gz else ""))
     raw = idx_bytes(IMAGES)
     path.write_bytes(gzip.compress(raw) if gz else raw)
-    x = data.read_idx(path)
+    x = read_idx(path)
     assert x.dtype == torch.uint8 and x.shape == (2, 3, 4)
     assert np.array_equal(x.numpy(), IMAGES)
 
@@ -149,7 +151,7 @@ def test_read_idx_refuses_a_bad_file_naming_it(tmp_path, content):
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(content)
     with pytest.raises(DataError) as e:
-        data.read_idx(path)
+        read_idx(path)
     assert str(path) in str(e.value)
 
 
@@ -157,7 +159,7 @@ def test_read_idx_refuses_a_broken_gzip_naming_it(tmp_path):
     path = tmp_path / "train-labels-idx1-ubyte.gz"
     path.write_bytes(gzip.compress(idx_bytes(IMAGES))[:20])
     with pytest.raises(DataError) as e:
-        data.read_idx(path)
+        read_idx(path)
     assert str(path) in str(e.value)
 
 
@@ -193,7 +195,7 @@ def test_missing_mnist_without_download_fails_naming_folder_files_and_alternativ
     assert time.monotonic() - started < 5
     message = str(e.value)
     assert str(tmp_path / "MNIST" / "raw") in message
-    for name in data.IDX_FILES:
+    for name in IDX_FILES:
         assert name in message
     assert "data=digits" in message and "dataset-fashion-mnist" in message
 
@@ -202,7 +204,7 @@ def test_missing_mnist_without_download_fails_naming_folder_files_and_alternativ
 
 
 @pytest.mark.skipif(
-    not data.find_idx_files(data.DEBIAN_FASHION_MNIST),
+    not find_idx_files(DEBIAN_FASHION_MNIST),
     reason="Debian's dataset-fashion-mnist is not installed",
 )
 def test_fashion_mnist_loads_from_the_debian_folder(tmp_path):

@@ -19,6 +19,7 @@ from PIL import Image
 from cnnlab import data
 from cnnlab.config import ImageFolderDataConfig, UcrDataConfig
 from cnnlab.data import base
+from cnnlab.data.ucr import UCR_FOLDER
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,7 +76,7 @@ def listings(seen: Counter, path: Path) -> int:
 
 def write_ucr(root: Path, name: str = "Chinatown") -> Path:
     """A tiny set of the archive's name under root; returns its training file."""
-    folder = root / data.UCR_FOLDER / name
+    folder = root / UCR_FOLDER / name
     folder.mkdir(parents=True)
     rows = {
         "TRAIN": [[1, 1, 2, 3, 4], [2, 4, 3, 2, 1]] * 4,

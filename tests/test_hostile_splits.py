@@ -15,14 +15,10 @@ from conftest import SMALL, cnnlab_train, history_of, metrics_of, patch_steps
 from test_image_folder import make_folder
 
 from cnnlab import cli, data
-from cnnlab.config import (
-    ConfigError,
-    DataConfig,
-    ImageFolderDataConfig,
-    LeNetConfig,
-    SyntheticDataConfig,
-)
+from cnnlab.config import DataConfig, ImageFolderDataConfig, LeNetConfig, SyntheticDataConfig
+from cnnlab.data.ucr import UCR_FOLDER
 from cnnlab.models import build_model
+from cnnlab.outcome import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,7 +40,7 @@ def refused(tmp_path: Path, capfd, *overrides: str, code: int = 2) -> str:
 
 
 def ucr_set(root: Path, train: str, test: str) -> list[str]:
-    folder = root / data.UCR_FOLDER / "Chinatown"
+    folder = root / UCR_FOLDER / "Chinatown"
     folder.mkdir(parents=True)
     (folder / "Chinatown_TRAIN.tsv").write_text(train)
     (folder / "Chinatown_TEST.tsv").write_text(test)

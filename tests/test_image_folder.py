@@ -14,15 +14,18 @@ import torch
 from PIL import Image
 
 from cnnlab import data
-from cnnlab.config import ConfigError, DataConfig, ImageFolderDataConfig
+from cnnlab.config import DataConfig, ImageFolderDataConfig
 from cnnlab.data import DataError, image_folder
+from cnnlab.data.idx import DEBIAN_FASHION_MNIST, find_idx_files
+from cnnlab.data.image_folder import decode_images, image_files
+from cnnlab.outcome import ConfigError
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "image_folder_load.py"
 _spec = importlib.util.spec_from_file_location("image_folder_load", BENCH)
 image_folder_load = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(image_folder_load)
 
-HAS_FASHION = bool(data.find_idx_files(data.DEBIAN_FASHION_MNIST))
+HAS_FASHION = bool(find_idx_files(DEBIAN_FASHION_MNIST))
 
 
 def write_image(path: Path, value: int, size=(8, 8), mode="L") -> None:
@@ -150,15 +153,15 @@ def test_any_size_and_mode_becomes_the_target_shape(tmp_path):
     write_image(folder / "rgb.png", 100, (40, 40), "RGB")
     Image.new("RGB", (50, 30), (100, 100, 100)).save(folder / "photo.jpg", quality=95)
     Image.new("RGBA", (10, 10), (100, 100, 100, 255)).save(folder / "alpha.bmp")
-    files = data.image_files(folder)
-    x = data.decode_images(files, 1, (28, 28))
+    files = image_files(folder)
+    x = decode_images(files, 1, (28, 28))
     assert x.shape == (4, 1, 28, 28) and x.dtype == torch.uint8
     grey = files.index(str(folder / "grey.png"))
     assert (x[grey] == 100).all()  # PNG at the target size: the pixels exactly
     for name in ("rgb.png", "photo.jpg", "alpha.bmp"):  # resized, converted: near 100
         i = files.index(str(folder / name))
         assert (x[i].float() - 100).abs().max() <= 2, name
-    rgb = data.decode_images(files, 3, (16, 12))
+    rgb = decode_images(files, 3, (16, 12))
     assert rgb.shape == (4, 3, 16, 12)
 
 
@@ -189,7 +192,7 @@ def test_second_load_reads_the_cache_and_a_changed_file_is_decoded_again(tmp_pat
     cfg = folder_cfg(tmp_path / "imgs", tmp_path)
     first = data.load(cfg)
     assert len(list((tmp_path / "data" / "image_folder_cache").glob("*.pt"))) == 1
-    real = data.decode_images
+    real = decode_images
     monkeypatch.setattr(image_folder, "decode_images", None)  # a second decode would fail
     again = data.load(cfg)
     assert torch.equal(again.x_train, first.x_train) and torch.equal(again.x_test, first.x_test)

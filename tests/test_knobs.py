@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.config import ConfigError, LeNetConfig, MLPConfig
+from cnnlab.config import LeNetConfig, MLPConfig
 from cnnlab.layers import ACTIVATIONS
 from cnnlab.models import build_model, count_params, summary
+from cnnlab.outcome import ConfigError
 from tests.conftest import QUICK, cnnlab_train, metrics_of
 
 MNIST = (1, 28, 28)

@@ -11,11 +11,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnlab.config import ConfigError, LeNetConfig, MLPConfig
+from cnnlab.config import LeNetConfig, MLPConfig
 from cnnlab.hydra_app import setup
 from cnnlab.inspection import inspect_model
 from cnnlab.layers import Branches
 from cnnlab.models import Plan, build_model, count_params, plan
+from cnnlab.outcome import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,9 +11,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 import cnnlab.hydra_app
-from cnnlab.config import ConfigError, LeNetConfig, MLPConfig
+from cnnlab.config import LeNetConfig, MLPConfig
 from cnnlab.layers import ACTIVATIONS, NORMS
 from cnnlab.models import build_model, count_conv_layers, count_params, summary
+from cnnlab.outcome import ConfigError
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)

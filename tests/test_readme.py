@@ -11,7 +11,7 @@ import pytest
 from conftest import QUICK, TIMING_KEYS, cnnlab_train, metrics_of
 
 from cnnlab import checks, cli, hydra_app
-from cnnlab.config import ConfigError
+from cnnlab.outcome import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

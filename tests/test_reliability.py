@@ -42,6 +42,7 @@ from hydra.errors import HydraException
 from cnnlab import data, devices, run
 from cnnlab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from cnnlab.config import DataConfig
+from cnnlab.data.idx import IDX_FILES
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -619,7 +620,7 @@ def tiny_mnist(n_train=20, n_test=10) -> dict[str, np.ndarray]:
 def write_mnist(raw: Path, arrays: dict, gz: bool = False, empty: bool = False) -> None:
     """The IDX files of `arrays` in raw; with empty=True the four files, empty (damaged)."""
     raw.mkdir(parents=True, exist_ok=True)
-    for name in data.IDX_FILES if empty else ():
+    for name in IDX_FILES if empty else ():
         (raw / name).write_bytes(b"")
     for name, array in arrays.items():
         if gz:
@@ -637,7 +638,7 @@ def test_missing_dataset_names_folder_files_and_remedies(tmp_path):
         data.load(mnist_cfg(tmp_path, download=False))
     message = str(e.value)
     assert str(tmp_path / "MNIST" / "raw") in message
-    for name in data.IDX_FILES:
+    for name in IDX_FILES:
         assert name in message
     assert "data=digits" in message and "data.root" in message
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnlab import data
+from cnnlab.data.idx import IDX_FILES
 
 FAST = [
     "data=synthetic",
@@ -106,7 +106,7 @@ def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
     not_synthetic = [o for o in FAST if o != "data=synthetic"]
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for file in data.IDX_FILES:
+    for file in IDX_FILES:
         n = {"train-labels-idx1-ubyte": 300, "t10k-labels-idx1-ubyte": 100}.get(file)
         labels = bytes(i % 10 for i in range(n or 0))
         header = b"\x00\x00\x08\x01" + n.to_bytes(4, "big") if n else b""

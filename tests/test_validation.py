@@ -54,7 +54,7 @@ def test_split_works_on_a_sample_and_refuses_an_empty_side():
         with pytest.raises(ValueError, match=r"data.val_fraction="):
             DataConfig(name="digits", val_fraction=bad)
     with pytest.raises(ValueError, match=r"holds out 0 of the 4 training images"):
-        data.check(DataConfig(name="digits", train_size=4, val_fraction=0.1), data.DIGITS)
+        data.check(DataConfig(name="digits", train_size=4, val_fraction=0.1), data.idx.DIGITS)
 
 
 def held_out_everywhere(ds, full, fraction: float) -> None:

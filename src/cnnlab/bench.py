@@ -33,16 +33,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from cnnlab import data, models
-from cnnlab.config import (
-    ConfigError,
-    DataConfig,
-    SyntheticDataConfig,
-    TrainerConfig,
-)
+from cnnlab.config import DataConfig, SyntheticDataConfig, TrainerConfig
 from cnnlab.devices import device_name, resolve_device, seed_everything
 from cnnlab.engine import TrainData
 from cnnlab.loop import StopRequest, start_run, train_epoch
 from cnnlab.models import build_model
+from cnnlab.outcome import ConfigError
 
 # the default config of each model schema: "mlp" and "lenet5", the chapter's two models
 MODELS = {schema().name: schema for schema in models.MODELS}

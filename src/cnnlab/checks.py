@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, flatten, is_run_setting
-from cnnlab.outcome import RunError
+from cnnlab.config import RESUMABLE_CHANGES, TrainConfig, flatten, is_run_setting
+from cnnlab.outcome import ConfigError, RunError
 
 # torch is imported by the checks that need it, after the keys and ranges: a typo is
 # refused without it (issue 30)

@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from cnnlab import files
-from cnnlab.ranges import key_values
+from cnnlab.config import key_values
 
 VERDICTS = ("holds", "does not hold", "inconclusive")
 DIRECTIONS = ("higher", "lower", "report")
@@ -134,9 +134,9 @@ def figure(selector: str, name: str):
     """One exact figure of the model `selector` builds on INPUT."""
     from dataclasses import replace
 
-    from cnnlab.config import ConfigError
     from cnnlab.inspection import inspect_model
     from cnnlab.models import build_model, plan
+    from cnnlab.outcome import ConfigError
 
     cfg = model_config(selector)
     if name == "stages":  # the most conv stages this setting can stack on INPUT

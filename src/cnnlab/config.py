@@ -7,7 +7,7 @@ fails before any data loads. Choices are StrEnums so an unknown value is refused
 the allowed ones listed. Range checks (lr > 0, ...) live in __post_init__ and run when
 checks.py turns the config into these objects, still before any data loads.
 
-Nothing here imports Hydra: models, data and train take these plain
+Nothing here imports Hydra: models, data and run.py take these plain
 dataclasses, so they work from a notebook too.
 """
 
@@ -23,7 +23,6 @@ from cnnlab.outcome import ConfigError
 from cnnlab.ranges import (
     dropout_rate,
     int_or_pair,
-    key_values,
     layers,
     positive,
     refuse_non_finite,
@@ -204,8 +203,8 @@ class LeNetConfig:
 
 @dataclass
 class DataConfig:
-    # The data.py source that reads this schema; None: data.name names the source (mnist,
-    # ...). Schemas whose data.name names something else (a UCR set) set their own.
+    # The source (cnnlab.data.SOURCES) that reads this schema; None: data.name names the
+    # source (mnist, ...). Schemas whose data.name names something else (a UCR set) set their own.
     source: ClassVar[str | None] = None
 
     name: str = "mnist"
@@ -290,7 +289,7 @@ class ImageFolderDataConfig(DataConfig):
     source: ClassVar[str] = "image_folder"
 
     name: str = "image_folder"
-    path: str | None = None  # the folder (data.py refuses a run without it)
+    path: str | None = None  # the folder (data/image_folder.py refuses a run without it)
     image_size: Any = 28  # int or [h, w]: every image is resized to this
     channels: int = 1  # 1 (grey) or 3 (RGB)
     test_fraction: float = 0.2  # held out per class when there is no test/ folder
@@ -369,7 +368,8 @@ class MLflowLoggerConfig:
     experiment: str | None = None  # default: the sweep folder for a sweep's jobs, else "cnnlab"
 
 
-# what `device` may name (design.md); whether that device is there is devices.resolve_device's
+# what `device` may name (README: top-level keys); whether that device is there is
+# devices.resolve_device's
 DEVICE_NAMES = r"auto|cpu|mps|cuda(:[0-9]+)?"
 
 
@@ -451,3 +451,27 @@ def override_text(value) -> str:
     if isinstance(value, str):  # an enum's value too
         return str(value)
     return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def key_values(key: str, text: str) -> dict:
+    """KEY=VALUE[,KEY=VALUE] (a baseline row's settings) as {KEY: VALUE}, each value read as
+    YAML reads it (1, 1.0, true, null, relu): the form of the command line's overrides."""
+    import yaml
+
+    pairs = {}
+    # a value may hold commas itself (model.channels=[6,16]): split only before `key=`;
+    # a space after the comma is the form compare's findings show (a, b)
+    for item in re.split(r",\s*(?=[\w.+~/-]+=)", str(text).strip()):
+        name, sep, value = item.strip().partition("=")
+        if not (sep and name and value):
+            raise ConfigError(
+                f"{key}={text} is not allowed: give KEY=VALUE pairs separated by commas, "
+                f"e.g. model.activation=relu or variant=baseline"
+            )
+        if name in pairs:
+            raise ConfigError(f"{key}={text} is not allowed: {name} is given twice")
+        try:
+            pairs[name] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pairs[name] = value
+    return pairs

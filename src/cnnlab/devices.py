@@ -11,7 +11,8 @@ import random
 import numpy as np
 import torch
 
-from cnnlab.config import ConfigError, TrainerConfig
+from cnnlab.config import TrainerConfig
+from cnnlab.outcome import ConfigError
 
 
 def available_devices() -> list[str]:

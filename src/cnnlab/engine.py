@@ -3,7 +3,7 @@
 step; the one evaluation loop; where the tensors live and which path a step takes.
 
 Where the speed comes from (figures in the README): the data already sit on the device
-(data.py) and an epoch is a seeded on-device permutation cut into slices (loop.py); on CUDA
+(cnnlab.data) and an epoch is a seeded on-device permutation cut into slices (loop.py); on CUDA
 the whole step (batch gather, forward, backward, Adam) is captured once and replayed as a
 CUDA graph, which removes the per-kernel launch cost that dominates a model as small as
 LeNet-5.
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.config import ConfigError, Optimizer, TrainerConfig
+from cnnlab.config import Optimizer, TrainerConfig
+from cnnlab.outcome import ConfigError
 
 # Each optimiser's settings as torch.optim keeps them in a parameter group (lr aside), so that
 # a state_dict of either kind loads into the other: checkpoints written before the CPU's own

@@ -11,8 +11,7 @@ import math
 import pandas as pd
 
 from cnnlab import verdicts
-from cnnlab.config import is_run_setting
-from cnnlab.ranges import key_values
+from cnnlab.config import is_run_setting, key_values
 from cnnlab.records import UNSET, CompareError, canon, in_points
 
 # ---- the verdict columns of a comparison (compare.py) ------------------------------

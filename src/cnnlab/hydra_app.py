@@ -36,8 +36,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from cnnlab import files
 from cnnlab.checks import Checked, check_config, schema_keys
-from cnnlab.config import RUN_SETTINGS, SCHEMAS, ConfigError, TrainConfig
-from cnnlab.outcome import EXIT_CODES, CnnlabError, RunError, Status
+from cnnlab.config import RUN_SETTINGS, SCHEMAS, TrainConfig
+from cnnlab.outcome import EXIT_CODES, CnnlabError, ConfigError, RunError, Status
 
 log = logging.getLogger("cnnlab")
 

@@ -20,7 +20,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from cnnlab.config import ConfigError, LeNetConfig, MLPConfig
+from cnnlab.config import LeNetConfig, MLPConfig
 from cnnlab.layers import (
     ACTIVATIONS,
     NORMS,
@@ -33,6 +33,7 @@ from cnnlab.layers import (
     resolve_padding,
     same_padding,
 )
+from cnnlab.outcome import ConfigError
 
 POOL_LAYERS = tuple(layer for kinds in POOLS.values() if kinds for layer in kinds.values())
 

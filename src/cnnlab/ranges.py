@@ -4,7 +4,6 @@ the key, the value and what is allowed."""
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import fields, is_dataclass
 
 from cnnlab.outcome import ConfigError
@@ -71,27 +70,3 @@ def refuse_non_finite(node, key: str = "") -> None:
             raise ConfigError(f"{key}={list(node)} is not allowed: every number must be finite")
     elif isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(f"{key}={node} is not allowed: it must be a finite number")
-
-
-def key_values(key: str, text: str) -> dict:
-    """KEY=VALUE[,KEY=VALUE] (a baseline row's settings) as {KEY: VALUE}, each value read as
-    YAML reads it (1, 1.0, true, null, relu): the form of the command line's overrides."""
-    import yaml
-
-    pairs = {}
-    # a value may hold commas itself (model.channels=[6,16]): split only before `key=`;
-    # a space after the comma is the form compare's findings show (a, b)
-    for item in re.split(r",\s*(?=[\w.+~/-]+=)", str(text).strip()):
-        name, sep, value = item.strip().partition("=")
-        if not (sep and name and value):
-            raise ConfigError(
-                f"{key}={text} is not allowed: give KEY=VALUE pairs separated by commas, "
-                f"e.g. model.activation=relu or variant=baseline"
-            )
-        if name in pairs:
-            raise ConfigError(f"{key}={text} is not allowed: {name} is given twice")
-        try:
-            pairs[name] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            pairs[name] = value
-    return pairs

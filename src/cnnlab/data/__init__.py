@@ -1,7 +1,7 @@
 """Datasets as tensors: source files -> uint8 tensors -> normalised tensors on the device.
 
 A dataset the size of MNIST is 47 MB as uint8, so it is loaded once, normalised once and
-kept on the training device; batches are slices of a permutation (train.py). There are no
+kept on the training device; batches are slices of a permutation (loop.py). There are no
 per-sample transforms and no DataLoader workers: for data this small they cost more than
 the model does (see benchmarks/). Images are uint8 (N x C x H x W); time series are
 float32 (N x C x length), since their values are not bytes.
@@ -19,20 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from cnnlab.config import (
-    ConfigError,
-    DataConfig,
-    ImageFolderDataConfig,
-    SyntheticDataConfig,
-    UcrDataConfig,
-)
-from cnnlab.data.base import OFFLINE_HINT, DataError, Dataset, data_folder
+from cnnlab.config import DataConfig, ImageFolderDataConfig, SyntheticDataConfig, UcrDataConfig
+from cnnlab.data.base import DataError, Dataset
 from cnnlab.data.builtin import (
-    CIFAR10_CLASSES,
     CIFAR10_COUNTS,
     CIFAR10_TEST_COUNTS,
-    CIFAR_FILES,
-    CIFAR_FOLDER,
     cifar_files,
     cifar_spec,
     load_cifar10,
@@ -40,55 +31,17 @@ from cnnlab.data.builtin import (
     synthetic,
     synthetic_spec,
 )
-from cnnlab.data.download import DOWNLOAD_DEADLINE, fetch, file_digest
-from cnnlab.data.idx import (
-    DEBIAN_FASHION_MNIST,
-    DIGITS,
-    FASHION_CLASSES,
-    IDX_FILES,
-    find_idx_files,
-    idx_counts,
-    idx_spec,
-    load_idx_dataset,
-    present_files,
-    read_idx,
-)
-from cnnlab.data.image_folder import (
-    IMAGE_BACKGROUND,
-    IMAGE_CACHE_VERSION,
-    IMAGE_SUFFIXES,
-    decode_image,
-    decode_images,
-    image_files,
-    image_folder_counts,
-    image_folder_spec,
-    listed_images,
-    load_image_folder,
-    scan_image_folder,
-)
-from cnnlab.data.tensors import as_float, channel_stats, free_memory, to_device
-from cnnlab.data.ucr import (
-    UCR_FOLDER,
-    UCR_NAMES,
-    UCR_WHEEL,
-    UCR_WHEEL_SETS,
-    load_ucr,
-    read_ucr_set,
-    ucr_counts,
-    ucr_spec,
-)
+from cnnlab.data.idx import DIGITS, idx_counts, idx_spec, load_idx_dataset, present_files
+from cnnlab.data.image_folder import image_folder_counts, image_folder_spec, load_image_folder
+from cnnlab.data.tensors import channel_stats, free_memory, to_device
+from cnnlab.data.ucr import load_ucr, ucr_counts, ucr_spec
+from cnnlab.outcome import ConfigError
 
-# what the rest of cnnlab, the tests and benchmarks/ use, as they did when this was one file
+# this module's own names, and the four of its submodules' that the rest of cnnlab reaches
+# through it; anything else is imported from the module that defines it
 __all__ = [
-    "CIFAR10_CLASSES", "CIFAR_FILES", "CIFAR_FOLDER", "DEBIAN_FASHION_MNIST", "DIGITS",
-    "DOWNLOAD_DEADLINE", "FASHION_CLASSES", "IDX_FILES", "IMAGE_BACKGROUND",
-    "IMAGE_CACHE_VERSION", "IMAGE_SUFFIXES", "OFFLINE_HINT", "SAMPLE_SEED", "SOURCES",
-    "UCR_FOLDER", "UCR_NAMES", "UCR_WHEEL", "UCR_WHEEL_SETS", "ConfigError", "DataConfig",
-    "DataError", "Dataset", "ImageFolderDataConfig", "Source", "SyntheticDataConfig",
-    "UcrDataConfig", "as_float", "channel_stats", "check", "data_folder", "decode_image",
-    "decode_images", "fetch", "file_digest", "find_idx_files", "fixed", "free_memory",
-    "image_files", "listed_images", "load", "read_idx", "read_ucr_set", "sample",
-    "scan_image_folder", "source", "spec", "split", "to_device", "validation_split",
+    "SAMPLE_SEED", "SOURCES", "DataError", "Dataset", "Source", "check", "fixed", "free_memory",
+    "load", "sample", "source", "spec", "split", "to_device", "validation_split",
 ]  # fmt: skip
 
 

@@ -18,8 +18,8 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cnnlab.config import ConfigError, DataConfig
-from cnnlab.outcome import RunError
+from cnnlab.config import DataConfig
+from cnnlab.outcome import ConfigError, RunError
 
 log = logging.getLogger("cnnlab.data")
 

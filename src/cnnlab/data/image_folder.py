@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.config import ConfigError, ImageFolderDataConfig
+from cnnlab.config import ImageFolderDataConfig
 from cnnlab.data.base import DataError, Dataset, data_root, log, read_once, stamp
 from cnnlab.files import atomic_file
+from cnnlab.outcome import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # bumped when what the cache holds changes, so an old cache is never read as a new one

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.config import ConfigError, UcrDataConfig
+from cnnlab.config import UcrDataConfig
 from cnnlab.data.base import DataError, Dataset, data_folder, read_once, stamp
 from cnnlab.data.download import fetch, file_digest
 from cnnlab.files import atomic_file
-from cnnlab.outcome import Status
+from cnnlab.outcome import ConfigError, Status
 
 UCR_FOLDER = "UCRArchive_2018"
 UCR_PAGE = "https://www.cs.ucr.edu/~eamonn/time_series_data_2018/"
