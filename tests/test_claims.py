@@ -16,6 +16,7 @@ from cnnlab.claims import (
     judge_tests,
     load_claims,
     relation_holds,
+    sweep_about,
 )
 
 EXPERIMENTS = cnnlab.hydra_app.config_dir() / "experiment"
@@ -30,6 +31,23 @@ def test_a_preset_per_claim_each_composing():
             cfg = compose("train", overrides=[f"experiment={claim.preset}"])
             assert cfg.claim.words == claim.words
             assert cfg.baseline  # each sweep declares the row its findings compare with
+
+
+def test_the_ledgers_sweeps_stack_seeds_and_say_where_they_cut_epochs():
+    """The ledger's cost (issue 31): each configuration trains its 5 seeds together in one
+    job, and a preset that trains fewer than the chapter's 5 epochs says so in its words."""
+    epochs = {}
+    with initialize_config_dir(config_dir=str(EXPERIMENTS.parent), version_base="1.3"):
+        for claim in load_claims(EXPERIMENTS):
+            overrides = [f"experiment={claim.preset}"]
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+            assert cfg.seeds == 5 and "seed" not in cfg.hydra.sweeper.params
+            epochs[claim.number] = cfg.trainer.epochs
+            if epochs[claim.number] < 5:
+                assert f"({epochs[claim.number]} epoch" in claim.experiment
+    # claims.md's hand measurements separate 7 and 19 in one epoch; a generalisation gap
+    # and the chapter's headline comparison need the chapter's five
+    assert epochs[7] == epochs[19] == 1 and epochs[1] == epochs[8] == 5
 
 
 def test_exact_figures_by_hand():
@@ -106,6 +124,14 @@ def test_too_few_seeds_missing_runs_and_reports():
     assert claim_verdict([missing]) == "inconclusive (not run)"
     (shown,) = judge_tests(runs, [gelu_vs_relu(direction="report")])
     assert shown["verdict"] == "report"
+
+
+def test_a_sweeps_line_gives_its_cost():
+    metrics = {"data": "mnist", "epochs_completed": 1, "train_seconds": 30.4}
+    runs = [{"status": "completed", "metrics": {**metrics, "measure_seconds": 20.2}}] * 2
+    assert sweep_about(runs) == (
+        "2 runs on mnist, 1 epochs, 61 s of training and 40 s of measurements"
+    )
 
 
 def test_derived_metrics():

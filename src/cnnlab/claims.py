@@ -312,9 +312,10 @@ def sweep_about(runs: list[dict]) -> str:
     data = sorted({str(m.get("data")) for m in done})
     epochs = sorted({m.get("epochs_completed") for m in done})
     seconds = sum(m.get("train_seconds") or 0 for m in done)
+    measuring = sum(m.get("measure_seconds") or 0 for m in done)  # the ledger's cost too
     return (
         f"{len(runs)} runs on {', '.join(data)}, {'/'.join(map(str, epochs))} epochs, "
-        f"{seconds:.0f} s of training"
+        f"{seconds:.0f} s of training and {measuring:.0f} s of measurements"
     )
 
 
