@@ -10,12 +10,14 @@ from hydra import compose, initialize_config_dir
 import cnnlab.hydra_app
 from cnnlab.claims import (
     METRICS,
+    Claim,
     claim_verdict,
     figure,
     judge_exact,
     judge_tests,
     load_claims,
     relation_holds,
+    section,
     sweep_about,
 )
 
@@ -104,6 +106,17 @@ def test_a_clear_difference_holds_or_does_not():
     assert higher["contrast"].diff == pytest.approx(100 * (0.95675 - 0.9075))  # points
     (lower,) = judge_tests(runs, [gelu_vs_relu(direction="lower")])
     assert lower["verdict"] == "does not hold"
+
+
+def test_claims_md_names_the_correction_its_intervals_carry(tmp_path):
+    """Two judged tests: Bonferroni over 2, so the differences' intervals are at 97.5%
+    (verdicts.family), and claims.md says so rather than 95% or Holm."""
+    runs = [run("relu", [0.90, 0.91, 0.92, 0.90]), run("gelu", [0.95, 0.955, 0.97, 0.952])]
+    tests = [gelu_vs_relu(), {**gelu_vs_relu(), "arm": "model.activation=relu"}]
+    claim = Claim(6, "GELU", "ReLU vs GELU", "claim_06", "claim_06", tests)
+    text, _ = section(claim, tmp_path, runs)
+    assert "each difference's interval at 97.5%, Bonferroni over 2 rows" in text
+    assert "Holm" not in text and "diff [95% CI]" not in text
 
 
 def test_no_detectable_difference_is_inconclusive_with_the_seeds_needed():

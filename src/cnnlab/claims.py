@@ -261,6 +261,17 @@ def claim_verdict(judged: list[dict]) -> str:
 # ---- claims.md -------------------------------------------------------------------------------
 
 
+def correction(judged: list[dict]) -> str:
+    """How the differences' intervals were made: verdicts.family's level and adjustment."""
+    c = next(
+        (item["contrast"] for item in judged if item["contrast"] and item["contrast"].ci_level),
+        None,
+    )
+    if c is None:
+        return ""
+    return f"; each difference's interval at {100 * c.ci_level:.3g}%, {c.ci_adjustment}"
+
+
 def interval_text(values) -> str:
     from cnnlab.verdicts import interval_of_mean
 
@@ -273,7 +284,7 @@ def interval_text(values) -> str:
 
 def test_rows(judged: list[dict]) -> list[str]:
     lines = [
-        "| metric | arm | against | arm: mean [95% CI] | against | diff [95% CI] | verdict |",
+        "| metric | arm | against | arm: mean [95% CI] | against | diff [interval] | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
     for item in judged:
@@ -336,7 +347,7 @@ def section(claim: Claim, sweep_dir: Path, runs: list[dict] | None) -> tuple[str
     if exact:
         lines += ["By arithmetic (`cnnlab inspect`, 1x28x28 input):", "", *exact_rows(exact), ""]
     if tests:
-        lines += ["Trained (per seed, paired by seed, Holm over the claim's tests):", ""]
+        lines += [f"Trained (per seed, paired by seed{correction(tests)}):", ""]
         lines += [*test_rows(tests), ""]
     return "\n".join(lines), verdict
 
