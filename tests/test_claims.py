@@ -147,6 +147,19 @@ def test_a_sweeps_line_gives_its_cost():
     )
 
 
+def test_a_gradient_ratio_is_judged_on_its_log():
+    """ReLU's ratios (0.05-0.5) against sigmoid's (~1e-7): on a linear scale ReLU's spread
+    hides a millionfold difference; on the log the claim is judged as it stands."""
+    relu = [0.05, 0.5, 0.3, 0.2, 0.4]
+    sigmoid = [1e-7, 2e-7, 3e-7, 1.5e-7, 2.5e-7]
+    runs = [run("relu", relu, "grad_ratio"), run("gelu", sigmoid, "grad_ratio")]
+    test = {**gelu_vs_relu("grad_ratio"), "arm": "model.activation=relu"}
+    test["against"] = "model.activation=gelu"
+    (item,) = judge_tests(runs, [test])
+    assert item["verdict"] == "holds"
+    assert item["contrast"].diff > 5  # orders of magnitude
+
+
 def test_derived_metrics():
     row = {
         "shift_accuracy": {"0": 0.9, "1": 0.8, "2": 0.7, "3": 0.6, "4": 0.5},

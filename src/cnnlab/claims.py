@@ -63,9 +63,11 @@ METRICS = {
     "generalization_gap": ("train - test accuracy (points)", points("generalization_gap")),
     "shift_drop": ("accuracy lost at 2-4 pixel shifts (points)", shift_drop),
     "dead_share": ("units never positive (%, mean over layers)", dead_share),
+    # a ratio spanning orders of magnitude (ReLU ~0.3, sigmoid ~1e-7): compared as its log,
+    # where a seed's spread does not swamp a millionfold difference
     "grad_ratio": (
-        "first / last layer gradient norm, first 50 steps",
-        lambda r: r.get("grad_ratio"),
+        "log10 of the first / last layer gradient norm, first 50 steps",
+        lambda r: math.log10(r["grad_ratio"]) if r.get("grad_ratio") else None,
     ),
 }
 
