@@ -20,6 +20,7 @@ from cnnlab.claims import (
     section,
     sweep_about,
 )
+from cnnlab.claims import test_rows as table_rows  # not a test: claims.md's rows
 
 EXPERIMENTS = cnnlab.hydra_app.config_dir() / "experiment"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,6 +159,8 @@ def test_a_gradient_ratio_is_judged_on_its_log():
     (item,) = judge_tests(runs, [test])
     assert item["verdict"] == "holds"
     assert item["contrast"].diff > 5  # orders of magnitude
+    low, high = map(float, re.search(r"\[(\S+), (\S+)\]", table_rows([item])[2]).groups())
+    assert low < high < 0  # log10 of ratios below 1: not cut at 0 as a share would be
 
 
 def test_derived_metrics():

@@ -274,12 +274,19 @@ def correction(judged: list[dict]) -> str:
     return f"; each difference's interval at {100 * c.ci_level:.3g}%, {c.ci_adjustment}"
 
 
-def interval_text(values) -> str:
+BOUNDED = (
+    "accuracy",
+    "epoch1_accuracy",
+    "dead_share",
+)  # shares in [0, 100]; the rest can go below 0
+
+
+def interval_text(values, metric: str = "accuracy") -> str:
     from cnnlab.verdicts import interval_of_mean
 
     if not len(values):
         return "-"
-    interval = interval_of_mean(values)
+    interval = interval_of_mean(values, (0, 100) if metric in BOUNDED else None)
     low_high = f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else ""
     return f"{values.mean():.4g}{low_high} (n={len(values)})"
 
@@ -298,8 +305,9 @@ def test_rows(judged: list[dict]) -> list[str]:
                 diff += f" [{c.ci95_low:+.3g}, {c.ci95_high:+.3g}]"
         lines.append(
             f"| {METRICS[item['metric']][0]}, {item['direction']} | `{item['arm']}` | "
-            f"`{item['against']}` | {interval_text(item['arm_values'])} | "
-            f"{interval_text(item['against_values'])} | {diff} | {item['verdict']} |"
+            f"`{item['against']}` | {interval_text(item['arm_values'], item['metric'])} | "
+            f"{interval_text(item['against_values'], item['metric'])} | {diff} | "
+            f"{item['verdict']} |"
         )
     return lines
 
