@@ -10,13 +10,17 @@ from hydra import compose, initialize_config_dir
 import cnnlab.hydra_app
 from cnnlab.claims import (
     METRICS,
+    Claim,
     claim_verdict,
     figure,
     judge_exact,
     judge_tests,
     load_claims,
     relation_holds,
+    section,
+    sweep_about,
 )
+from cnnlab.claims import test_rows as table_rows  # not a test: claims.md's rows
 
 EXPERIMENTS = cnnlab.hydra_app.config_dir() / "experiment"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,6 +34,23 @@ def test_a_preset_per_claim_each_composing():
             cfg = compose("train", overrides=[f"experiment={claim.preset}"])
             assert cfg.claim.words == claim.words
             assert cfg.baseline  # each sweep declares the row its findings compare with
+
+
+def test_the_ledgers_sweeps_stack_seeds_and_say_where_they_cut_epochs():
+    """The ledger's cost (issue 31): each configuration trains its 5 seeds together in one
+    job, and a preset that trains fewer than the chapter's 5 epochs says so in its words."""
+    epochs = {}
+    with initialize_config_dir(config_dir=str(EXPERIMENTS.parent), version_base="1.3"):
+        for claim in load_claims(EXPERIMENTS):
+            overrides = [f"experiment={claim.preset}"]
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+            assert cfg.seeds == 5 and "seed" not in cfg.hydra.sweeper.params
+            epochs[claim.number] = cfg.trainer.epochs
+            if epochs[claim.number] < 5:
+                assert f"({epochs[claim.number]} epoch" in claim.experiment
+    # claims.md's hand measurements separate 7 and 19 in one epoch; a generalisation gap
+    # and the chapter's headline comparison need the chapter's five
+    assert epochs[7] == epochs[19] == 1 and epochs[1] == epochs[8] == 5
 
 
 def test_exact_figures_by_hand():
@@ -88,6 +109,17 @@ def test_a_clear_difference_holds_or_does_not():
     assert lower["verdict"] == "does not hold"
 
 
+def test_claims_md_names_the_correction_its_intervals_carry(tmp_path):
+    """Two judged tests: Bonferroni over 2, so the differences' intervals are at 97.5%
+    (verdicts.family), and claims.md says so rather than 95% or Holm."""
+    runs = [run("relu", [0.90, 0.91, 0.92, 0.90]), run("gelu", [0.95, 0.955, 0.97, 0.952])]
+    tests = [gelu_vs_relu(), {**gelu_vs_relu(), "arm": "model.activation=relu"}]
+    claim = Claim(6, "GELU", "ReLU vs GELU", "claim_06", "claim_06", tests)
+    text, _ = section(claim, tmp_path, runs)
+    assert "each difference's interval at 97.5%, Bonferroni over 2 rows" in text
+    assert "Holm" not in text and "diff [95% CI]" not in text
+
+
 def test_no_detectable_difference_is_inconclusive_with_the_seeds_needed():
     runs = [run("relu", [0.90, 0.93, 0.91]), run("gelu", [0.915, 0.925, 0.92])]
     (item,) = judge_tests(runs, [gelu_vs_relu()])
@@ -106,6 +138,29 @@ def test_too_few_seeds_missing_runs_and_reports():
     assert claim_verdict([missing]) == "inconclusive (not run)"
     (shown,) = judge_tests(runs, [gelu_vs_relu(direction="report")])
     assert shown["verdict"] == "report"
+
+
+def test_a_sweeps_line_gives_its_cost():
+    metrics = {"data": "mnist", "epochs_completed": 1, "train_seconds": 30.4}
+    runs = [{"status": "completed", "metrics": {**metrics, "measure_seconds": 20.2}}] * 2
+    assert sweep_about(runs) == (
+        "2 runs on mnist, 1 epochs, 61 s of training and 40 s of measurements"
+    )
+
+
+def test_a_gradient_ratio_is_judged_on_its_log():
+    """ReLU's ratios (0.05-0.5) against sigmoid's (~1e-7): on a linear scale ReLU's spread
+    hides a millionfold difference; on the log the claim is judged as it stands."""
+    relu = [0.05, 0.5, 0.3, 0.2, 0.4]
+    sigmoid = [1e-7, 2e-7, 3e-7, 1.5e-7, 2.5e-7]
+    runs = [run("relu", relu, "grad_ratio"), run("gelu", sigmoid, "grad_ratio")]
+    test = {**gelu_vs_relu("grad_ratio"), "arm": "model.activation=relu"}
+    test["against"] = "model.activation=gelu"
+    (item,) = judge_tests(runs, [test])
+    assert item["verdict"] == "holds"
+    assert item["contrast"].diff > 5  # orders of magnitude
+    low, high = map(float, re.search(r"\[(\S+), (\S+)\]", table_rows([item])[2]).groups())
+    assert low < high < 0  # log10 of ratios below 1: not cut at 0 as a share would be
 
 
 def test_derived_metrics():

@@ -63,9 +63,11 @@ METRICS = {
     "generalization_gap": ("train - test accuracy (points)", points("generalization_gap")),
     "shift_drop": ("accuracy lost at 2-4 pixel shifts (points)", shift_drop),
     "dead_share": ("units never positive (%, mean over layers)", dead_share),
+    # a ratio spanning orders of magnitude (ReLU ~0.3, sigmoid ~1e-7): compared as its log,
+    # where a seed's spread does not swamp a millionfold difference
     "grad_ratio": (
-        "first / last layer gradient norm, first 50 steps",
-        lambda r: r.get("grad_ratio"),
+        "log10 of the first / last layer gradient norm, first 50 steps",
+        lambda r: math.log10(r["grad_ratio"]) if r.get("grad_ratio") else None,
     ),
 }
 
@@ -261,19 +263,37 @@ def claim_verdict(judged: list[dict]) -> str:
 # ---- claims.md -------------------------------------------------------------------------------
 
 
-def interval_text(values) -> str:
+def correction(judged: list[dict]) -> str:
+    """How the differences' intervals were made: verdicts.family's level and adjustment."""
+    c = next(
+        (item["contrast"] for item in judged if item["contrast"] and item["contrast"].ci_level),
+        None,
+    )
+    if c is None:
+        return ""
+    return f"; each difference's interval at {100 * c.ci_level:.3g}%, {c.ci_adjustment}"
+
+
+BOUNDED = (
+    "accuracy",
+    "epoch1_accuracy",
+    "dead_share",
+)  # shares in [0, 100]; the rest can go below 0
+
+
+def interval_text(values, metric: str = "accuracy") -> str:
     from cnnlab.verdicts import interval_of_mean
 
     if not len(values):
         return "-"
-    interval = interval_of_mean(values)
+    interval = interval_of_mean(values, (0, 100) if metric in BOUNDED else None)
     low_high = f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else ""
     return f"{values.mean():.4g}{low_high} (n={len(values)})"
 
 
 def test_rows(judged: list[dict]) -> list[str]:
     lines = [
-        "| metric | arm | against | arm: mean [95% CI] | against | diff [95% CI] | verdict |",
+        "| metric | arm | against | arm: mean [95% CI] | against | diff [interval] | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
     for item in judged:
@@ -285,8 +305,9 @@ def test_rows(judged: list[dict]) -> list[str]:
                 diff += f" [{c.ci95_low:+.3g}, {c.ci95_high:+.3g}]"
         lines.append(
             f"| {METRICS[item['metric']][0]}, {item['direction']} | `{item['arm']}` | "
-            f"`{item['against']}` | {interval_text(item['arm_values'])} | "
-            f"{interval_text(item['against_values'])} | {diff} | {item['verdict']} |"
+            f"`{item['against']}` | {interval_text(item['arm_values'], item['metric'])} | "
+            f"{interval_text(item['against_values'], item['metric'])} | {diff} | "
+            f"{item['verdict']} |"
         )
     return lines
 
@@ -312,9 +333,10 @@ def sweep_about(runs: list[dict]) -> str:
     data = sorted({str(m.get("data")) for m in done})
     epochs = sorted({m.get("epochs_completed") for m in done})
     seconds = sum(m.get("train_seconds") or 0 for m in done)
+    measuring = sum(m.get("measure_seconds") or 0 for m in done)  # the ledger's cost too
     return (
         f"{len(runs)} runs on {', '.join(data)}, {'/'.join(map(str, epochs))} epochs, "
-        f"{seconds:.0f} s of training"
+        f"{seconds:.0f} s of training and {measuring:.0f} s of measurements"
     )
 
 
@@ -335,7 +357,7 @@ def section(claim: Claim, sweep_dir: Path, runs: list[dict] | None) -> tuple[str
     if exact:
         lines += ["By arithmetic (`cnnlab inspect`, 1x28x28 input):", "", *exact_rows(exact), ""]
     if tests:
-        lines += ["Trained (per seed, paired by seed, Holm over the claim's tests):", ""]
+        lines += [f"Trained (per seed, paired by seed{correction(tests)}):", ""]
         lines += [*test_rows(tests), ""]
     return "\n".join(lines), verdict
 

@@ -1,0 +1,164 @@
+"""What the claims ledger (`cnnlab claims --run`) costs: each claim's sweep estimated from a
+few timed steps of each of its configurations, and, with --measured DIR, what a ledger run
+into DIR actually took.
+
+    CNNLAB_DATA=/path/to/root python benchmarks/claims_cost.py data.download=false \
+        trainer.threads=1 --measured outputs/claims
+
+Each configuration is composed as `cnnlab train experiment=claim_NN OVERRIDES` composes its
+jobs, built with its `seeds` stacked (cnnlab.loop.start_run, as a run builds it) and trained
+--steps steps on random images of its data's shape, after two steps to warm up. Its
+estimate is
+    train  = seconds per step x ceil(train images / batch size) x epochs
+    evals  = seconds per test image x (test images x (epochs + 5) + train images)
+             (a test pass per epoch; after training the test set once more, shifted 1-4
+             pixels, the dead-unit pass, and the training set: measures.py)
+    start  = --start seconds per configuration (data loading, start-up, the run folder)
+A sweep's estimate is the sum over its configurations; a claim that reads another claim's
+sweep (claim 2 reads claim 1's) costs nothing more. --measured reads each sweep's
+metrics.json: train_seconds + measure_seconds summed over its runs (the folder's own wall
+time is in the ledger's log: `cnnlab claims --run` prints each sweep's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a source checkout
+
+import torch  # noqa: E402
+
+from cnnlab import data  # noqa: E402
+from cnnlab.checks import check_config  # noqa: E402
+from cnnlab.claims import load_claims  # noqa: E402
+from cnnlab.devices import resolve_device, seed_everything  # noqa: E402
+from cnnlab.engine import TrainData  # noqa: E402
+from cnnlab.hydra_app import composed_jobs, config_dir  # noqa: E402
+from cnnlab.loop import StopRequest, start_run, train_epoch  # noqa: E402
+from cnnlab.models import build_model  # noqa: E402
+from cnnlab.outcome import RunError  # noqa: E402
+from cnnlab.threads import run_threads  # noqa: E402
+
+EVAL_IMAGES = 2000  # the test images timed for the per-image evaluation cost
+
+
+def counts(cfg, cache: dict) -> tuple[int, int]:
+    """Train and test images of a data config (loaded once per data set)."""
+    key = (cfg.name, getattr(cfg, "root", None), getattr(cfg, "ucr_set", None))
+    if key not in cache:
+        ds = data.load(cfg)
+        cache[key] = len(ds.y_train), len(ds.y_test)
+    return cache[key]
+
+
+def time_config(job, steps: int, cache: dict) -> dict:
+    checked = check_config(job)
+    cfg = checked.config
+    device = resolve_device(cfg.device)
+    n_train, n_test = counts(cfg.data, cache)
+    shape, classes = checked.input_shape, len(checked.classes)
+    bs = cfg.trainer.batch_size
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+
+    def build(s):
+        seed_everything(s)
+        return build_model(cfg.model, shape, classes)
+
+    x = torch.randn(bs * (steps + 2), *shape, device=device)
+    y = torch.randint(classes, (len(x),), device=device)
+    xt = torch.randn(EVAL_IMAGES, *shape, device=device)
+    yt = torch.randint(classes, (EVAL_IMAGES,), device=device)
+    trainer = replace(cfg.trainer, progress=False, epochs=1)
+    warm = TrainData(x[: 2 * bs], y[: 2 * bs], xt, yt)
+    state, engine = start_run(build, seeds, warm, trainer, device)
+    train_epoch(state, engine.step, 2 * bs, trainer, StopRequest())  # warm-up
+    state2, engine2 = start_run(build, seeds, TrainData(x, y, xt, yt), trainer, device)
+    started = time.perf_counter()
+    train_epoch(state2, engine2.step, len(x), trainer, StopRequest())
+    step_s = (time.perf_counter() - started) / (steps + 2)
+    started = time.perf_counter()
+    engine2.evaluate(xt, yt)
+    image_s = (time.perf_counter() - started) / EVAL_IMAGES
+    epochs = cfg.trainer.epochs
+    return {
+        "seeds": cfg.seeds,
+        "epochs": epochs,
+        "batch": bs,
+        "data": cfg.data.name,
+        "train_s": step_s * math.ceil(n_train / bs) * epochs,
+        "eval_s": image_s * (n_test * (epochs + 5) + n_train),
+    }
+
+
+def measured(sweep_dir: Path) -> dict | None:
+    runs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
+    if not runs:
+        return None
+    done = [m for m in runs if m.get("status") == "completed"]
+    return {
+        "runs": len(runs),
+        "completed": len(done),
+        "seconds": sum(
+            (m.get("train_seconds") or 0) + (m.get("measure_seconds") or 0) for m in runs
+        ),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="overrides for every sweep, as claims --run")
+    p.add_argument("--only", metavar="N[,N]", help="these claims only")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    p.add_argument("--start", type=float, default=8.0, help="seconds per configuration")
+    p.add_argument("--measured", metavar="DIR", help="a ledger folder: what its sweeps took")
+    a = p.parse_args()
+    claims = load_claims(config_dir() / "experiment")
+    if a.only:
+        claims = [c for c in claims if c.number in {int(n) for n in a.only.split(",")}]
+    cache, total, total_measured = {}, 0.0, 0.0
+    print(f"{'claim':>5} {'sweep':9} {'configs':>7} {'epochs':>6} {'data':13} "
+          f"{'estimate':>9} {'measured':>9}")  # fmt: skip
+    for claim in claims:
+        if not claim.tests:
+            print(f"{claim.number:>5} {'-':9} {0:>7} {'-':>6} {'-':13} {'0 s':>9}  (arithmetic)")
+            continue
+        if claim.sweep != claim.preset:
+            print(f"{claim.number:>5} {claim.sweep:9} {0:>7} {'-':>6} {'-':13} {'0 s':>9}  "
+                  f"(reads {claim.sweep}'s sweep)")  # fmt: skip
+            continue
+        jobs = composed_jobs([f"experiment={claim.sweep}", *a.overrides], writes=False)
+        try:
+            rows = []
+            for job in jobs:
+                with run_threads(job.trainer.threads):
+                    rows.append(time_config(job, a.steps, cache))
+        except RunError as e:  # its data not at hand (a UCR set offline): say so, go on
+            print(f"{claim.number:>5} {claim.sweep:9} {len(jobs):>7}  not estimated: {e}")
+            continue
+        seconds = sum(r["train_s"] + r["eval_s"] + a.start for r in rows)
+        total += seconds
+        epochs = "/".join(sorted({str(r["epochs"]) for r in rows}))
+        data_names = ",".join(sorted({r["data"] for r in rows}))
+        seen = measured(Path(a.measured) / claim.sweep) if a.measured else None
+        if seen:
+            total_measured += seen["seconds"]
+        shown = f"{seen['seconds']:.0f} s" if seen else "-"
+        print(
+            f"{claim.number:>5} {claim.sweep:9} {len(rows):>7} {epochs:>6} {data_names:13} "
+            f"{seconds:>7.0f} s {shown:>9}",
+            flush=True,
+        )
+    print(f"total: estimated {total / 60:.1f} min" + (
+        f", measured so far {total_measured / 60:.1f} min (train + measure)" if a.measured else ""
+    ))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
