@@ -150,7 +150,9 @@ def test_inspect_reads_a_ucr_file_and_an_image_folder_as_the_readme_says(tmp_pat
 
 
 def test_every_figure_in_docs_is_in_the_readme():
+    docs = ROOT / "docs"
     referenced = set(re.findall(r"\]\(docs/([^)\s]+)\)", README))
-    present = {p.name for p in (ROOT / "docs").glob("*.png")}
-    assert not present - referenced, f"docs/ files the README never shows: {present - referenced}"
-    assert not referenced - present, f"README shows missing docs/ files: {referenced - present}"
+    figures = {p.relative_to(docs).as_posix() for p in docs.rglob("*.png")}
+    assert not figures - referenced, f"docs/ figures the README never shows: {figures - referenced}"
+    missing = {name for name in referenced if not (docs / name).is_file()}
+    assert not missing, f"README links missing docs/ files: {missing}"
