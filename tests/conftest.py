@@ -2,6 +2,7 @@
 test's own, with CNNLAB_DATA pointing at an empty folder inside it: no test reads or
 fills a real data folder, and none reaches the network."""
 
+import ast
 import csv
 import dataclasses
 import itertools
@@ -182,3 +183,16 @@ def saved(monkeypatch) -> dict[str, Figure]:
 
     monkeypatch.setattr(Figure, "savefig", keep)
     return figures
+
+
+def compiler_modules_after(run_cli, cwd: Path, script: str) -> list[str]:
+    """The modules of torch's compiler stack (torch._dynamo, torch._inductor: 1.7 s of a
+    start) that a fresh interpreter holds after running `script`."""
+    probe = (
+        f"{script}\nimport sys\n"
+        "print([m for m in sorted(sys.modules) if m.startswith(('torch._dynamo', "
+        "'torch._inductor'))])\n"
+    )
+    proc = run_cli(cwd, "-c", probe, prog=[sys.executable])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return ast.literal_eval(proc.stdout.strip().splitlines()[-1])

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import compiler_modules_after
 
 from cnnlab import devices, hydra_app
 from cnnlab.checks import check_config
@@ -81,12 +82,8 @@ def test_the_preflight_and_a_default_runs_numerics_import_no_compiler(tmp_path, 
         "checked = check_config(job)\n"
         "with devices.numerics(checked.config.trainer) as flags:\n"
         "    pass\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', "
-        "'torch._inductor'))))\n"
     )
-    proc = run_cli(tmp_path, "-c", script, prog=[sys.executable])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]"
+    assert compiler_modules_after(run_cli, tmp_path, script) == []
 
 
 def test_a_default_run_imports_no_compiler(tmp_path, run_cli):
