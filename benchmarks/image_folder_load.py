@@ -5,7 +5,8 @@ against the second (read the cache), and decoding on one thread against all of t
 
 The folder is built from Debian's Fashion-MNIST files (dataset-fashion-mnist) in a temporary
 folder: train/CLASS/N.png and test/CLASS/N.png, a third each 28x28 grey PNGs, 40x40 RGB
-PNGs and 28x28 JPEGs. tests/test_image_folder.py builds its folders with the same function.
+PNGs and 28x28 JPEGs. tests/test_data_image_folder.py builds its folders with the same
+function.
 """
 
 from __future__ import annotations

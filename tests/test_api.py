@@ -21,8 +21,6 @@ from cnnlab import Run, cli, compare_runs, train
 from cnnlab import run as run_module
 from cnnlab.outcome import CnnlabError, RunError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 # what cnnlab_train adds for the shell
 RUN = ["device=cpu", "trainer.progress=false", *QUICK]
 

@@ -23,7 +23,6 @@ from cnnlab.claims import (
 from cnnlab.claims import test_rows as table_rows  # not a test: claims.md's rows
 
 EXPERIMENTS = cnnlab.hydra_app.config_dir() / "experiment"
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_preset_per_claim_each_composing():

@@ -1,6 +1,15 @@
 """The `cnnlab` command as a user runs it: subcommands, Hydra's flags, errors that stop a run
 before any data loads, one real training run end to end (every file of
-conftest.RUN_FILES, checked against numbers computed here), run-folder naming, and the wheel."""
+conftest.RUN_FILES, checked against numbers computed here), run-folder naming, and the wheel.
+
+The command line does what it says (issue 18): a preset that is a sweep runs as one, a
+sweep value where one run is meant is one error line, a closed stdout ends quietly, the
+help lists only real config groups, MLflow names a sweep's experiment as the user does.
+
+Start-up (issue 30): help, argparse's refusals and the refusals of Hydra and the range
+checks answer without importing torch; a run sets torch's numeric flags only where they
+differ from what it wants (torch.use_deterministic_algorithms imports torch's compiler
+stack) and puts back those it set. The timings: benchmarks/startup.py."""
 
 import csv
 import json
@@ -18,16 +27,33 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import RUN_FILES
+from conftest import (
+    CNNLAB,
+    IMPORTTIME,
+    PROCESS_RUN,
+    RUN_FILES,
+    SMALL,
+    cli_env,
+    imported,
+    one_error_line,
+    output,
+)
 
 import cnnlab.cli
 import cnnlab.hydra_app
-from cnnlab import data
-from cnnlab.config import DataConfig, LeNetConfig, MLPConfig
+from cnnlab import cli, data, loggers
+from cnnlab.config import (
+    DataConfig,
+    LeNetConfig,
+    MLflowLoggerConfig,
+    MLPConfig,
+)
 from cnnlab.data.idx import IDX_FILES
 from cnnlab.models import build_model, count_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
 METRICS_KEYS = [
     "images_seen",
     "numerics",
@@ -47,14 +73,16 @@ METRICS_KEYS = [
     "seed",
     "torch_version",
 ]
+
+
 HISTORY_HEADER = ["epoch", "seed", "train_loss", "test_loss", "test_accuracy", "seconds"]
+
+
 DIGITS_TEST_SIZE = 450
+
+
 # a process that fails before loading data still imports torch and Hydra: seconds, not more
 FAST_FAIL_SECONDS = 30
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
 
 
 def run_folders(cwd: Path) -> list[Path]:
@@ -71,7 +99,57 @@ def assert_no_data_loaded(cwd: Path) -> None:
         assert json.loads(path.read_text())["status"] == "failed"
 
 
-# ---- the command itself --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory, run_cli):
+    cwd = tmp_path_factory.mktemp("lenet_run")
+    day = date.today()
+    result = run_cli(cwd, "train", "model=lenet5", "data=digits", "trainer.epochs=2", timeout=600)
+    assert result.returncode == 0, output(result)
+    (folder,) = run_folders(cwd)
+    return {"cwd": cwd, "folder": folder, "result": result, "days": (day, date.today())}
+
+
+@pytest.fixture(scope="module")
+def lenet_metrics(lenet_run):
+    return json.loads((lenet_run["folder"] / "metrics.json").read_text())
+
+
+def read_confusion_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    rows = list(csv.reader(path.open()))
+    classes = rows[0][1:]
+    assert [r[0] for r in rows[1:]] == classes
+    return classes, np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+TINY = [*SMALL, "seeds=1", "trainer.epochs=1", "pictures=false", "device=cpu"]
+
+
+def main(monkeypatch, cwd: Path, *args) -> int:
+    monkeypatch.chdir(cwd)
+    try:
+        return cli.main(list(args))
+    except SystemExit as e:
+        return e.code
+
+
+def heavy(modules: set[str]) -> set[str]:
+    return {m for m in modules if m.split(".")[0] in ("torch", "hydra", "pandas", "matplotlib")}
+
+
+EXIT_NOW = """
+import atexit, sys, threading, time
+from pathlib import Path
+from cnnlab.cli import exit_now
+out = Path(sys.argv[1])
+atexit.register(lambda: print("atexit ran"))
+print("x" * 100_000)  # more than a pipe's buffer, unflushed: stdout is a pipe here
+if sys.argv[2] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.5), out.write_text("joined"))).start()
+exit_now(eval(sys.argv[3]))
+"""
 
 
 def test_help_lists_the_subcommands(tmp_path, run_cli):
@@ -115,14 +193,11 @@ def test_train_cfg_job_prints_the_config_and_creates_nothing(tmp_path, run_cli):
     assert_no_data_loaded(tmp_path)
 
 
-# ---- errors that stop a run before any data loads ----------------------------------------
-
-
 def test_bad_input_through_the_console_script_is_one_line_and_exit_2_before_any_data(
     tmp_path, run_cli
 ):
     """The console script's path (entry, its fast exit) for bad input. Every kind of bad
-    input runs in-process: test_reliability's BAD_INPUT (one line, exit 2, no data, no run
+    input runs in-process: test_cmd_train's BAD_INPUT (one line, exit 2, no data, no run
     folder) and test_config (compose and range errors)."""
     started = time.monotonic()
     # the default data is MNIST, absent from the empty data folder: had the run gone as far
@@ -168,31 +243,6 @@ def test_mnist_missing_and_offline_fails_fast_naming_folder_files_and_alternativ
     assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
     assert result.returncode == 1 and result.stderr.startswith("error: mnist files not found")
     assert run_folders(tmp_path) == [] and not (tmp_path / "outputs").exists()
-
-
-# ---- one real run, end to end ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def lenet_run(tmp_path_factory, run_cli):
-    cwd = tmp_path_factory.mktemp("lenet_run")
-    day = date.today()
-    result = run_cli(cwd, "train", "model=lenet5", "data=digits", "trainer.epochs=2", timeout=600)
-    assert result.returncode == 0, output(result)
-    (folder,) = run_folders(cwd)
-    return {"cwd": cwd, "folder": folder, "result": result, "days": (day, date.today())}
-
-
-@pytest.fixture(scope="module")
-def lenet_metrics(lenet_run):
-    return json.loads((lenet_run["folder"] / "metrics.json").read_text())
-
-
-def read_confusion_csv(path: Path) -> tuple[list[str], np.ndarray]:
-    rows = list(csv.reader(path.open()))
-    classes = rows[0][1:]
-    assert [r[0] for r in rows[1:]] == classes
-    return classes, np.array([[int(v) for v in r[1:]] for r in rows[1:]])
 
 
 def test_run_folder_is_outputs_date_time_model(lenet_run):
@@ -360,9 +410,6 @@ def test_mlp_end_to_end(tmp_path, run_cli):
     build_model(MLPConfig(), (1, 28, 28), 10).load_state_dict(state["model"])
 
 
-# ---- run folders never shared ------------------------------------------------------------
-
-
 def test_unique_dir_appends_a_number_when_the_folder_exists(tmp_path):
     base = str(tmp_path / "outputs" / "2026-01-01" / "12-00-00_lenet5")
     first, second, third = (cnnlab.hydra_app.unique_dir(base) for _ in range(3))
@@ -396,11 +443,6 @@ def test_two_runs_started_together_get_two_folders(tmp_path, run_cli):
         p.relative_to(tmp_path / "fixed").as_posix() for p in run_folders(tmp_path / "fixed")
     ]
     assert fixed_folders == ["outputs/same", "outputs/same-2"]
-
-
-# ---- the wheel ships the configs ---------------------------------------------------------
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_ships_the_configs_and_finds_them_from_any_folder(tmp_path):
@@ -458,3 +500,227 @@ def test_an_added_key_no_schema_reads_is_refused(tmp_path, run_cli):
     assert r.returncode == 2
     assert "model.foo is not a key" in r.stdout + r.stderr
     assert "allowed are name, channels, fc, width" in r.stdout + r.stderr
+
+
+def test_a_preset_that_sweeps_runs_every_job_without_m(tmp_path, monkeypatch, capfd):
+    sweep = tmp_path / "sweep"
+    code = main(
+        monkeypatch,
+        tmp_path,
+        "train",
+        "experiment=activations",
+        *TINY,
+        "trainer.progress=false",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert code == 0, capfd.readouterr().err
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").is_file())
+    assert len(jobs) == 3, jobs  # relu, leaky_relu, gelu
+    activations = {json.loads((sweep / j / "metrics.json").read_text())["status"] for j in jobs}
+    assert activations == {"completed"}
+
+
+def test_a_preset_sweep_is_checked_job_by_job_before_anything_runs(tmp_path, monkeypatch, capfd):
+    """Only the group-norm job of experiment=normalization is bad (5 groups cannot divide
+    6 channels): the whole sweep is refused before a folder exists, without -m too."""
+    sweep = tmp_path / "sweep"
+    code = main(
+        monkeypatch,
+        tmp_path,
+        "train",
+        "experiment=normalization",
+        *TINY,
+        "model.groups=5",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert code == 2
+    assert "model.groups=5" in one_error_line(capfd)
+    assert not sweep.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "inspect"])
+def test_a_sweep_value_where_one_run_is_meant(command, tmp_path, monkeypatch, capfd):
+    code = main(monkeypatch, tmp_path, command, "model.width=1,2", "device=cpu")
+    assert code == 2
+    line = one_error_line(capfd)
+    assert "model.width=1,2" in line and "-m" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_of_a_preset_that_sweeps_names_its_values(tmp_path, monkeypatch, capfd):
+    assert main(monkeypatch, tmp_path, "inspect", "experiment=width_depth") == 2
+    line = one_error_line(capfd)
+    assert "model.width=1,2" in line and "model.depth=1,2" in line
+    # with every swept key set, it is one model again
+    assert (
+        main(
+            monkeypatch,
+            tmp_path,
+            "inspect",
+            "experiment=width_depth",
+            "model.width=2",
+            "model.depth=2",
+        )
+        == 0
+    )
+
+
+def test_rerun_with_a_sweep_value_is_refused(tmp_path, monkeypatch, capfd):
+    run = tmp_path / "old"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- data=synthetic\n")
+    code = main(monkeypatch, tmp_path, "rerun", str(run), "model.width=1,2")
+    capfd_out = capfd.readouterr()
+    assert code == 2
+    errors = capfd_out.err.splitlines()
+    assert len(errors) == 1 and "model.width=1,2" in errors[0] and "-m" in errors[0]
+
+
+def test_rerun_of_a_preset_job_is_one_run(tmp_path, monkeypatch, capfd):
+    """A job of experiment=activations fixes the swept key: its rerun is a run, not a sweep."""
+    run = tmp_path / "old"
+    (run / ".hydra").mkdir(parents=True)
+    overrides = ["experiment=activations", "model.activation=gelu", *TINY]
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    new = tmp_path / "new"
+    code = main(
+        monkeypatch,
+        tmp_path,
+        "rerun",
+        str(run),
+        "trainer.progress=false",
+        f"hydra.run.dir={new}",
+    )
+    assert code == 0, capfd.readouterr().err
+    assert json.loads((new / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_device_names_apart_from_devices_that_are_absent(tmp_path, monkeypatch, capfd):
+    assert main(monkeypatch, tmp_path, "inspect", "device=gpu") == 2
+    line = one_error_line(capfd)
+    assert "auto, cpu, cuda, cuda:N" in line and "mps" in line
+    assert main(monkeypatch, tmp_path, "inspect", "device=cuda:99") == 2
+    assert "not available on this machine" in one_error_line(capfd)
+
+
+def test_mlflow_names_a_sweep_experiment_from_the_working_folder(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = tmp_path / "outputs" / "sweeps" / "day" / "time"
+    (sweep / "0_job").mkdir(parents=True)
+    tracker = loggers.MLflowLogger(MLflowLoggerConfig(tracking_uri=uri), sweep / "0_job", {}, sweep)
+    tracker.close()
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_experiment_by_name("outputs/sweeps/day/time") is not None
+    assert client.get_experiment_by_name(str(sweep)) is None
+
+
+@pytest.mark.parametrize(
+    "args", [["inspect", "--format", "json"], ["--help"]], ids=["inspect", "help"]
+)
+def test_a_closed_stdout_ends_quietly(args, tmp_path):
+    """`cnnlab inspect | head -0`: the reader is gone before cnnlab writes."""
+    proc = subprocess.Popen(
+        [str(CNNLAB), *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    proc.stdout.close()  # the reader goes away at once
+    try:
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert code == 141  # 128 + SIGPIPE, as a shell reports a tool that SIGPIPE ended
+
+
+def test_train_help_lists_no_schema_group(tmp_path, run_cli):
+    result = run_cli(tmp_path, "train", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr
+    groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "model: lenet5" in groups
+    assert "schema" not in groups, groups
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--help"], 0),
+        (["compare", "--help"], 0),
+        (["inspect", "--help"], 0),
+        (["rerun", "--help"], 0),
+        (["nosuch"], 2),  # a mistyped command
+        (["compare"], 2),  # argparse: PATH missing
+        (["compare", "runs", "--format", "xml"], 2),
+        (["inspect", "--format", "xml"], 2),
+        (["inspect", "--nosuch"], 2),
+    ],
+)
+def test_help_and_argparse_errors_import_neither_torch_nor_hydra(tmp_path, run_cli, args, code):
+    proc = run_cli(tmp_path, *args, prog=IMPORTTIME)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert not heavy(imported(proc.stderr))
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["train", "--help"], 0, ""),
+        (["train", "seed=-1"], 2, "seed=-1 is not allowed"),  # a range check
+        (["train", "trainer.lr=abc"], 2, "trainer.lr"),  # a bad value, found by Hydra
+        (["train", "model=nosuch"], 2, "model/nosuch"),  # a missing preset
+        (["train", "model.nosuch=1"], 2, "nosuch"),  # an unknown key, found by Hydra
+        (["train", "+model.nosuch=1"], 2, "model.nosuch is not a key"),  # found by the check
+        (["inspect", "seed=-1"], 2, "seed=-1 is not allowed"),
+        (["train", "-sc", "install=bash"], 0, ""),  # the completion script
+    ],
+)
+def test_train_help_and_config_refusals_import_no_torch(tmp_path, run_cli, args, code, message):
+    proc = run_cli(tmp_path, *args, prog=IMPORTTIME)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert not {m for m in imported(proc.stderr) if m.split(".")[0] == "torch"}
+    assert not list(tmp_path.glob("outputs"))  # and nothing written
+
+
+@pytest.mark.parametrize(
+    "thread, code, returncode, stderr",
+    [("none", "3", 3, ""), ("none", "None", 0, ""), ("none", "'why'", 1, "why\n"),
+     ("thread", "0", 0, "")],
+)  # fmt: skip
+def test_exit_now_writes_everything_and_keeps_the_code(tmp_path, thread, code, returncode, stderr):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    out = tmp_path / "thread.txt"
+    r = subprocess.run(
+        [sys.executable, "-c", EXIT_NOW, str(out), thread, code],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert (r.returncode, r.stderr) == (returncode, stderr)
+    assert r.stdout == "x" * 100_000 + "\natexit ran\n"  # flushed, handlers run, in order
+    assert out.exists() == (thread == "thread")  # a running thread is waited for
+
+
+def test_the_console_script_flushes_a_piped_stdout_and_the_log(tmp_path):
+    env = {k: v for k, v in cli_env(tmp_path).items() if k != "PYTHONUNBUFFERED"}
+    r = subprocess.run(
+        [str(CNNLAB), "inspect", "model=lenet5", "--format", "json"],
+        cwd=tmp_path, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["params"] == 44_426
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [str(CNNLAB), "train", *PROCESS_RUN, f"hydra.run.dir={run}"],
+        cwd=tmp_path, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "accuracy" in (run / "train.log").read_text().splitlines()[-1]

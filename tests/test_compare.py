@@ -8,94 +8,11 @@ import subprocess
 import sys
 
 import pytest
-import yaml
+from conftest import make_run
 
 from cnnlab import compare, plots, records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def make_run(
-    folder,
-    width=1.0,
-    depth=1,
-    seed=0,
-    params=44426,
-    accuracy=0.9,
-    status="completed",
-    error=None,
-    epochs=2,
-    seeds=None,
-    **extra,
-):
-    """A run folder as `cnnlab train` leaves it: metrics.json, history.csv, .hydra/.
-    seeds=[accuracy, ...]: a multi-seed run (seeds 0, 1, ...) with these accuracies;
-    extra: more metrics (macs, receptive_field)."""
-    (folder / ".hydra").mkdir(parents=True)
-    config = {
-        "device": "cpu",
-        "seed": seed,
-        "resume": None,
-        "logger": "none",
-        # data.root differs per run, like two machines would: noise, never a column
-        "data": {"name": "synthetic", "root": str(folder / "data"), "download": True},
-        "model": {
-            "name": "lenet5",
-            "channels": [6, 16],
-            "fc": [120, 84],
-            "width": width,
-            "depth": depth,
-            "kernel_size": 5,
-            "activation": "relu",
-        },
-        "trainer": {"epochs": epochs, "batch_size": 64, "lr": 0.001, "progress": True},
-    }
-    if seeds:
-        config["seeds"] = list(range(len(seeds)))
-    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    overrides = [f"model.width={width}", f"model.depth={depth}", f"seed={seed}"]
-    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    metrics = {
-        "status": status,
-        "model": "lenet5",
-        "data": "synthetic",
-        "params": params,
-        "conv_layers": 2 * depth,
-        "accuracy": accuracy,
-        "f1_macro": accuracy - 0.01,
-        "per_class": {},
-        "epochs_completed": epochs,
-        "train_seconds": 1.5 + seed,
-        "images_per_second": 1000.0 * (seed + 1),
-        "device": "cpu",
-        "seed": seed,
-        "torch_version": "2.6.0",
-    }
-    if error:
-        metrics["error"] = error
-    if seeds:
-        per_seed = [
-            {"seed": s, "accuracy": a, "f1_macro": a - 0.01, "status": "completed"}
-            for s, a in enumerate(seeds)
-        ]
-        std = statistics.stdev(seeds)
-        metrics.update(seeds=list(range(len(seeds))), per_seed=per_seed, accuracy_std=std)
-        metrics.update(accuracy=statistics.mean(seeds), f1_macro=statistics.mean(seeds) - 0.01)
-        metrics.update(f1_macro_std=std)
-    metrics.update(extra)
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    if seeds:  # one row per epoch and seed
-        lines = ["epoch,seed,train_loss,test_loss,test_accuracy,seconds"]
-        lines += [
-            f"{e},{s},{1 / e:.3f},{(1.2 + s / 10) / e:.3f},{a:.3f},0.5"
-            for e in range(1, epochs + 1)
-            for s, a in enumerate(seeds)
-        ]
-    else:
-        lines = ["epoch,train_loss,test_loss,test_accuracy,seconds"]
-        lines += [f"{e},{1 / e:.3f},{1.2 / e:.3f},{accuracy:.3f},0.5" for e in range(1, epochs + 1)]
-    (folder / "history.csv").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 def table_rows(*folders, sort=None):

@@ -12,7 +12,6 @@ from cnnlab.models import build_model
 from tests.conftest import QUICK, cnnlab_train, metrics_of
 
 MNIST = (1, 28, 28)
-pytestmark = pytest.mark.usefixtures("one_thread")
 KEYS = ("shift_accuracy", "dead_units", "grad_ratio", "epoch1_accuracy", "generalization_gap")
 
 

@@ -17,8 +17,6 @@ from cnnlab.config import LeNetConfig, MLPConfig
 from cnnlab.layers import branch_shares
 from cnnlab.models import build_model, plan
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 MNIST = (1, 28, 28)
 SERIES = (1, 96)
 

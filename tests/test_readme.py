@@ -17,8 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 PRESETS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def flat(text: str) -> str:
     """The text with every run of whitespace (line breaks too) as one space."""

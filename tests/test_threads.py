@@ -1,5 +1,13 @@
 """trainer.threads: how many CPU threads a run uses, recorded in metrics.json and train.log,
-and the process's own thread count back after the run."""
+and the process's own thread count back after the run.
+
+Issue 28: the validation split, early stopping, multi-scale checks and trainer.threads
+attacked as a hostile user would. A split that holds out nothing or everything, or leaves
+a class the test set holds out of training, is bad input found by the pre-flight check
+from the real training count of every source: one `error:` line on stderr, exit 2, no run
+folder. A run stopped early stays stopped when resumed."""
+
+from __future__ import annotations
 
 import subprocess
 import sys
@@ -7,14 +15,13 @@ import time
 
 import pytest
 import torch
-from conftest import QUICK, cnnlab_train, metrics_of, patch_steps
+from conftest import QUICK, RUN, cnnlab_train, metrics_of, patch_steps
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from cnnlab import hydra_app, threads
+from cnnlab.outcome import ConfigError
 from cnnlab.threads import busy_cores, choose_threads
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def not_measured():
@@ -137,3 +144,13 @@ def test_a_joblib_sweep_tells_each_job_its_n_jobs():
         assert hydra_app.parallel_jobs() is None
     finally:
         hydra_config.cfg = saved
+
+
+def test_threads_as_a_quoted_number_is_that_number(tmp_path):
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *RUN, "data=digits", "data.train_size=100", "trainer.threads='1'") == 0
+    assert metrics_of(run)["threads"] == 1
+    with pytest.raises(ConfigError, match="trainer.threads='two' is not allowed"):
+        from cnnlab.config import TrainerConfig
+
+        TrainerConfig(threads="two")

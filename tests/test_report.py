@@ -16,8 +16,6 @@ from cnnlab import loggers, pictures, report, run
 from cnnlab.config import LeNetConfig
 from cnnlab.models import build_model, count_conv_layers
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 MLP = ["model=mlp", *QUICK]
 
 

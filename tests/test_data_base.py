@@ -13,17 +13,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import cnnlab_train, metrics_of
+from conftest import RUN, cnnlab_train, metrics_of
 from PIL import Image
 
 from cnnlab import data
 from cnnlab.config import ImageFolderDataConfig, UcrDataConfig
 from cnnlab.data import base
 from cnnlab.data.ucr import UCR_FOLDER
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-RUN = ["model=mlp", "pictures=false", "trainer.epochs=1", "trainer.checkpoint=false"]
 
 # the audit hook, added once per process (a hook cannot be removed): it counts while a
 # test's Counter is set here

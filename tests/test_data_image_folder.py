@@ -1,9 +1,19 @@
 """data=image_folder: the user's own images. Small folders written here with Pillow for the
 layout rules, errors, decoding, split and cache; the issue's Fashion-MNIST folder (built
-from Debian's files, skipped without them) through the CLI."""
+from Debian's files, skipped without them) through the CLI.
+
+Broken and hostile data for every source: each is one `error:` line (or one warning)
+naming the file, the line where there is one, the right exit code and no traceback; what
+the pre-flight check can see is refused before a run folder exists; nothing hangs.
+
+Exit codes follow the status: data that cannot be had or read (missing offline, a damaged
+or malformed file, an undecodable image) is `failed`, 1; data that read fine but cannot
+make a classification run (one class, NaN or inf values, test labels the training file
+lacks, an empty training or test set, a data.root that is a file) is `bad_input`, 2."""
 
 import importlib.util
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -11,72 +21,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    RUN,
+    failed_in_run,
+    folder_cfg,
+    folder_run,
+    images,
+    make_folder,
+    output,
+    refused,
+    train,
+    write_image,
+)
 from PIL import Image
 
 from cnnlab import data
 from cnnlab.config import DataConfig, ImageFolderDataConfig
 from cnnlab.data import DataError, image_folder
 from cnnlab.data.idx import DEBIAN_FASHION_MNIST, find_idx_files
-from cnnlab.data.image_folder import decode_images, image_files
+from cnnlab.data.image_folder import IMAGE_BACKGROUND, decode_image, decode_images, image_files
 from cnnlab.outcome import ConfigError
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "image_folder_load.py"
+
+
 _spec = importlib.util.spec_from_file_location("image_folder_load", BENCH)
+
+
 image_folder_load = importlib.util.module_from_spec(_spec)
+
+
 _spec.loader.exec_module(image_folder_load)
 
+
 HAS_FASHION = bool(find_idx_files(DEBIAN_FASHION_MNIST))
-
-
-def write_image(path: Path, value: int, size=(8, 8), mode="L") -> None:
-    """A flat image of `value` (grey, or RGB with that value in every channel)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    colour = value if mode == "L" else (value,) * 3
-    Image.new(mode, size, colour).save(path)
-
-
-def make_folder(root: Path, counts: dict[str, int], prefix: str = "") -> Path:
-    """root/prefix/CLASS/i.png with `count` images of class c's value (c * 40 + i)."""
-    for c, (name, count) in enumerate(counts.items()):
-        for i in range(count):
-            write_image(root / prefix / name / f"{i}.png", c * 40 + i)
-    return root
-
-
-def folder_cfg(path, tmp_path, **kw) -> ImageFolderDataConfig:
-    return ImageFolderDataConfig(path=str(path), root=str(tmp_path / "data"), **kw)
-
-
-# ---- layout and spec ---------------------------------------------------------------------
-
-
-def test_spec_reads_folder_names_and_decodes_nothing(tmp_path, monkeypatch):
-    make_folder(tmp_path / "imgs", {"cat": 2, "Ankle boot": 3})
-    monkeypatch.setattr(image_folder, "decode_image", None)  # any decode would fail
-    cfg = folder_cfg(tmp_path / "imgs", tmp_path, image_size=[20, 12], channels=3)
-    assert data.spec(cfg) == ((3, 20, 12), ["Ankle boot", "cat"])
-
-
-def test_split_given_by_train_and_test_folders(tmp_path):
-    make_folder(tmp_path / "imgs", {"a": 3, "b": 2}, "train")
-    make_folder(tmp_path / "imgs", {"a": 1}, "test")  # a test set may lack a class
-    ds = data.load(folder_cfg(tmp_path / "imgs", tmp_path, image_size=8))
-    assert ds.classes == ["a", "b"]
-    assert ds.y_train.tolist() == [0, 0, 0, 1, 1] and ds.y_test.tolist() == [0]
-    assert ds.x_train[:, 0, 0, 0].tolist() == [0, 1, 2, 40, 41]  # each file's own pixels
-    assert ds.x_test.shape == (1, 1, 8, 8) and ds.x_train.dtype == torch.uint8
-
-
-def test_without_a_split_a_fixed_stratified_one(tmp_path):
-    make_folder(tmp_path / "imgs", {"a": 10, "b": 5, "c": 1})
-    cfg = folder_cfg(tmp_path / "imgs", tmp_path, image_size=8, test_fraction=0.2)
-    ds = data.load(cfg)
-    assert torch.bincount(ds.y_test, minlength=3).tolist() == [2, 1, 0]  # a lone image trains
-    assert torch.bincount(ds.y_train, minlength=3).tolist() == [8, 4, 1]
-    train_values = set(ds.x_train[:, 0, 0, 0].tolist())
-    assert not train_values & set(ds.x_test[:, 0, 0, 0].tolist())  # disjoint
-    again = data.load(cfg)
-    assert torch.equal(again.x_test, ds.x_test)  # the same split every run
 
 
 def missing(root: Path) -> Path:
@@ -117,6 +95,61 @@ LAYOUT_ERRORS = {
 }
 
 
+def odd_entries(folder: Path) -> list[Path]:
+    """Entries named as images that are not regular files, in class a."""
+    names = ("zero.png", "gone.png", "dir-link.png", "loop.png")
+    odd = [folder / "a" / name for name in names]
+    os.symlink("/dev/zero", odd[0])
+    os.symlink(folder / "a" / "missing.png", odd[1])
+    os.symlink(folder / "b", odd[2])
+    os.symlink(odd[3], odd[3])  # a link to itself: stat fails with ELOOP
+    (folder / "a" / "folder.png").mkdir()  # a folder is walked into, not opened
+    images(folder / "a" / "folder.png", {"inner": 1})
+    return odd
+
+
+UNREADABLE = {
+    "zero bytes": b"",
+    "truncated png": None,  # the first 60 bytes of a real PNG
+    "text named .jpg": b"just some text, not a JPEG\n",
+}
+
+
+def decoded(path: Path, channels=1) -> np.ndarray:
+    out = decode_image(str(path), channels, (8, 8))
+    assert not isinstance(out, str), out
+    return out
+
+
+def test_spec_reads_folder_names_and_decodes_nothing(tmp_path, monkeypatch):
+    make_folder(tmp_path / "imgs", {"cat": 2, "Ankle boot": 3})
+    monkeypatch.setattr(image_folder, "decode_image", None)  # any decode would fail
+    cfg = folder_cfg(tmp_path / "imgs", tmp_path, image_size=[20, 12], channels=3)
+    assert data.spec(cfg) == ((3, 20, 12), ["Ankle boot", "cat"])
+
+
+def test_split_given_by_train_and_test_folders(tmp_path):
+    make_folder(tmp_path / "imgs", {"a": 3, "b": 2}, "train")
+    make_folder(tmp_path / "imgs", {"a": 1}, "test")  # a test set may lack a class
+    ds = data.load(folder_cfg(tmp_path / "imgs", tmp_path, image_size=8))
+    assert ds.classes == ["a", "b"]
+    assert ds.y_train.tolist() == [0, 0, 0, 1, 1] and ds.y_test.tolist() == [0]
+    assert ds.x_train[:, 0, 0, 0].tolist() == [0, 1, 2, 40, 41]  # each file's own pixels
+    assert ds.x_test.shape == (1, 1, 8, 8) and ds.x_train.dtype == torch.uint8
+
+
+def test_without_a_split_a_fixed_stratified_one(tmp_path):
+    make_folder(tmp_path / "imgs", {"a": 10, "b": 5, "c": 1})
+    cfg = folder_cfg(tmp_path / "imgs", tmp_path, image_size=8, test_fraction=0.2)
+    ds = data.load(cfg)
+    assert torch.bincount(ds.y_test, minlength=3).tolist() == [2, 1, 0]  # a lone image trains
+    assert torch.bincount(ds.y_train, minlength=3).tolist() == [8, 4, 1]
+    train_values = set(ds.x_train[:, 0, 0, 0].tolist())
+    assert not train_values & set(ds.x_test[:, 0, 0, 0].tolist())  # disjoint
+    again = data.load(cfg)
+    assert torch.equal(again.x_test, ds.x_test)  # the same split every run
+
+
 @pytest.mark.parametrize("make, expected", LAYOUT_ERRORS.values(), ids=list(LAYOUT_ERRORS))
 def test_bad_layouts_are_one_line_naming_them(tmp_path, make, expected):
     path = make(tmp_path)
@@ -142,9 +175,6 @@ def test_other_files_and_hidden_ones_are_skipped(tmp_path):
     write_image(tmp_path / "imgs" / "a" / "sub" / "deeper.PNG", 9)  # sub-folders count
     ds = data.load(folder_cfg(tmp_path / "imgs", tmp_path, test_fraction=0.5))
     assert len(ds.y_train) + len(ds.y_test) == 5
-
-
-# ---- decoding ----------------------------------------------------------------------------
 
 
 def test_any_size_and_mode_becomes_the_target_shape(tmp_path):
@@ -184,9 +214,6 @@ def test_normalize_auto_is_per_channel_from_the_training_images(tmp_path):
     )
 
 
-# ---- the cache ---------------------------------------------------------------------------
-
-
 def test_second_load_reads_the_cache_and_a_changed_file_is_decoded_again(tmp_path, monkeypatch):
     make_folder(tmp_path / "imgs", {"a": 3, "b": 3})
     cfg = folder_cfg(tmp_path / "imgs", tmp_path)
@@ -215,9 +242,6 @@ def test_a_damaged_cache_is_only_decoded_again(tmp_path):
     assert torch.equal(data.load(cfg).x_train, first.x_train)
 
 
-# ---- config ------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     "kw, key",
     [
@@ -240,13 +264,6 @@ def test_normalize_auto_and_explicit_values_are_both_accepted():
     assert ImageFolderDataConfig(path="x", normalize=[0.5, 0.25]).normalize == [0.5, 0.25]
     assert DataConfig(normalize="auto").normalize == "auto"  # any source: from the training set
     assert ImageFolderDataConfig(path="x", image_size=[32, 24]).image_size == (32, 24)
-
-
-# ---- the issue's Fashion-MNIST folder through the CLI --------------------------------------
-
-
-def output(r) -> str:
-    return r.stdout + r.stderr
 
 
 @pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
@@ -295,3 +312,108 @@ def test_a_sweep_over_folders_keeps_each_job_in_one_folder(tmp_path, run_cli):
     assert [job.parent for job in jobs] == [sweep, sweep]  # no folders inside folders
     for job, folder in zip(jobs, folders, strict=True):  # the path, its slashes as _
         assert f",data.path={str(folder).replace('/', '_')}," in job.name
+
+
+def test_one_class_folder_is_refused_naming_it(tmp_path, capfd):
+    folder = images(tmp_path / "imgs", {"cat": 10})
+    line = refused(tmp_path, capfd, 2, *folder_run(tmp_path, folder))
+    assert "one class folder (cat)" in line and str(folder) in line
+
+
+def test_an_empty_test_folder_is_refused(tmp_path, capfd):
+    images(tmp_path / "imgs" / "train", {"a": 3, "b": 3})
+    (tmp_path / "imgs" / "test").mkdir()
+    line = refused(tmp_path, capfd, 2, *folder_run(tmp_path, tmp_path / "imgs"))
+    assert "test/ has no class folders" in line
+
+
+def test_one_image_a_class_holds_out_nothing_and_is_refused(tmp_path, capfd):
+    folder = images(tmp_path / "imgs", {"a": 1, "b": 1})
+    line = refused(tmp_path, capfd, 2, *folder_run(tmp_path, folder))
+    assert "data.test_fraction=0.2 holds out no image" in line and "1, 1" in line
+
+
+def test_a_data_path_that_is_a_file_is_refused(tmp_path, capfd):
+    (tmp_path / "photo.png").write_bytes(b"x")
+    line = refused(tmp_path, capfd, 2, *folder_run(tmp_path, tmp_path / "photo.png"))
+    assert "is not a folder" in line
+
+
+def test_entries_that_are_not_regular_files_are_skipped_and_named(tmp_path, caplog):
+    folder = images(tmp_path / "imgs", {"a": 5, "b": 5})
+    odd = odd_entries(folder)
+    cfg = ImageFolderDataConfig(path=str(folder), root=str(tmp_path / "data"), image_size=8)
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data"):
+        ds = data.load(cfg)
+    assert len(ds.y_train) + len(ds.y_test) == 11  # 5 + 5 + the one inside folder.png/
+    (warning,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert warning.startswith("warning: 4 image name(s) skipped")
+    assert all(str(p) in warning for p in odd), warning
+
+
+def test_a_fifo_named_as_an_image_never_hangs_the_run(tmp_path, run_cli):
+    folder = images(tmp_path / "imgs", {"a": 5, "b": 5})
+    os.mkfifo(folder / "a" / "x.png")  # opening it for reading waits for a writer
+    r = run_cli(tmp_path, "train", *RUN, *folder_run(tmp_path, folder), "device=cpu",
+                "trainer.progress=false", timeout=120)  # fmt: skip
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, text[-2000:]
+    assert "1 image name(s) skipped, not regular files" in text
+    assert str(folder / "a" / "x.png") in text
+
+
+@pytest.mark.parametrize("case", UNREADABLE)
+def test_an_undecodable_image_fails_the_run_naming_it(tmp_path, capfd, case):
+    folder = images(tmp_path / "imgs", {"a": 5, "b": 5})
+    bad = folder / "b" / ("bad.jpg" if case.endswith(".jpg") else "bad.png")
+    if UNREADABLE[case] is None:
+        Image.new("L", (64, 64), 7).save(bad)
+        bad.write_bytes(bad.read_bytes()[:60])
+    else:
+        bad.write_bytes(UNREADABLE[case])
+    line = failed_in_run(tmp_path, capfd, *folder_run(tmp_path, folder))
+    assert str(bad) in line and "cannot be read" in line
+
+
+def test_class_folder_names_with_odd_characters_train(tmp_path, capfd):
+    folder = images(tmp_path / "imgs", {"a b, c": 5, "ü'\"x": 5})
+    code, errors, text = train(tmp_path, capfd, *folder_run(tmp_path, folder))
+    assert code == 0 and not errors, text[-2000:]
+    header = (tmp_path / "run" / "confusion_matrix.csv").read_text().splitlines()[0]
+    assert "a b, c" in header and "ü'" in header
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "x.png")
+    assert Image.open(tmp_path / "x.png").mode.startswith("I")
+    assert abs(int(decoded(tmp_path / "x.png").mean()) - 128) <= 1  # convert("L"): 255
+
+
+def test_transparent_palette_pixels_become_the_background(tmp_path):
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([255, 0, 0] + [0, 0, 0] * 255)  # index 0: red, and transparent
+    img.save(tmp_path / "x.png", transparency=0)
+    assert (decoded(tmp_path / "x.png") == IMAGE_BACKGROUND).all()  # convert: red, 76
+    assert (decoded(tmp_path / "x.png", 3) == IMAGE_BACKGROUND).all()
+
+
+@pytest.mark.parametrize(
+    "mode, colour, grey",
+    [
+        ("LA", (0, 0), 255),  # transparent black: the white background
+        ("RGBA", (0, 0, 0, 128), 127),  # half-transparent black over white
+        ("RGBA", (10, 10, 10, 255), 10),  # opaque: unchanged
+    ],
+)
+def test_alpha_is_laid_over_the_background(tmp_path, mode, colour, grey):
+    Image.new(mode, (8, 8), colour).save(tmp_path / "x.png")
+    assert abs(int(decoded(tmp_path / "x.png").mean()) - grey) <= 1
+
+
+@pytest.mark.parametrize(
+    "mode, colour, suffix, grey",
+    [("CMYK", (0, 0, 0, 0), "tif", 255), ("CMYK", (0, 0, 0, 255), "tif", 0), ("1", 1, "png", 255)],
+)
+def test_cmyk_and_1_bit_images_convert_as_they_look(tmp_path, mode, colour, suffix, grey):
+    Image.new(mode, (8, 8), colour).save(tmp_path / f"x.{suffix}")
+    assert abs(int(decoded(tmp_path / f"x.{suffix}").mean()) - grey) <= 1

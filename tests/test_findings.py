@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from test_compare import make_run
+from conftest import make_run
 
 from cnnlab import compare, records
 

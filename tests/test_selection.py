@@ -1,6 +1,12 @@
 """Issue 20: choose on validation, report on test. A seeded, stratified split held out of
 the training images; per-epoch validation figures; trainer.keep=best and trainer.patience;
-the checkpoint carries the selection through a resume."""
+the checkpoint carries the selection through a resume.
+
+Issue 28: the validation split, early stopping, multi-scale checks and trainer.threads
+attacked as a hostile user would. A split that holds out nothing or everything, or leaves
+a class the test set holds out of training, is bad input found by the pre-flight check
+from the real training count of every source: one `error:` line on stderr, exit 2, no run
+folder. A run stopped early stays stopped when resumed."""
 
 from __future__ import annotations
 
@@ -8,13 +14,25 @@ import json
 
 import pytest
 import torch
-from conftest import QUICK, cnnlab_train, history_of, metrics_of
-from test_timeseries import WHEEL, wheel_root
+from conftest import (
+    QUICK,
+    SMALL,
+    WHEEL,
+    cnnlab_train,
+    folder_cfg,
+    history_of,
+    make_folder,
+    metrics_of,
+    patch_steps,
+    wheel_root,
+)
 
 from cnnlab import compare, data
-from cnnlab.config import DataConfig, SyntheticDataConfig, UcrDataConfig
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+from cnnlab.config import (
+    DataConfig,
+    SyntheticDataConfig,
+    UcrDataConfig,
+)
 
 DIGITS = ["data=digits", "pictures=false"]
 
@@ -25,7 +43,15 @@ def first_best(rows: list[dict], key: str = "val_accuracy") -> int:
     return next(int(row["epoch"]) for row in rows if float(row[key]) == best)
 
 
-# ---- the split ---------------------------------------------------------------------------
+def held_out_everywhere(ds, full, fraction: float) -> None:
+    """The split of any source: round(fraction * N) images, each class its share give or
+    take one, and exactly the source's training images, split in two."""
+    n = len(full.y_train)
+    assert len(ds.y_val) == round(fraction * n) and len(ds.y_train) == n - len(ds.y_val)
+    for c, count in enumerate(torch.bincount(full.y_train).tolist()):
+        assert abs(int((ds.y_val == c).sum()) - fraction * count) < 1
+    assert torch.equal(full.x_train[ds.val_index], ds.x_val)
+    assert torch.equal(ds.x_test, full.x_test)  # the test set is not touched
 
 
 def test_split_is_a_stratified_fifth_of_digits_fixed_by_val_seed_alone():
@@ -57,19 +83,7 @@ def test_split_works_on_a_sample_and_refuses_an_empty_side():
         data.check(DataConfig(name="digits", train_size=4, val_fraction=0.1), data.idx.DIGITS)
 
 
-def held_out_everywhere(ds, full, fraction: float) -> None:
-    """The split of any source: round(fraction * N) images, each class its share give or
-    take one, and exactly the source's training images, split in two."""
-    n = len(full.y_train)
-    assert len(ds.y_val) == round(fraction * n) and len(ds.y_train) == n - len(ds.y_val)
-    for c, count in enumerate(torch.bincount(full.y_train).tolist()):
-        assert abs(int((ds.y_val == c).sum()) - fraction * count) < 1
-    assert torch.equal(full.x_train[ds.val_index], ds.x_val)
-    assert torch.equal(ds.x_test, full.x_test)  # the test set is not touched
-
-
 def test_every_source_holds_validation_out(tmp_path):
-    from test_image_folder import folder_cfg, make_folder
 
     make_folder(tmp_path / "imgs", {"a": 10, "b": 6, "c": 4})
     configs = [
@@ -92,9 +106,6 @@ def test_runs_with_other_seeds_validate_on_the_same_images(tmp_path):
         )
     first, second = (metrics_of(run)["validation"] for run in runs)
     assert first["images"] == 269 and first == second  # the digest of the index set too
-
-
-# ---- keep=best, per epoch ----------------------------------------------------------------
 
 
 def test_keep_best_reports_the_test_figures_of_the_best_epoch(tmp_path):
@@ -156,9 +167,6 @@ def test_choosing_without_a_validation_split_is_refused(tmp_path, run_cli, overr
     assert "data.val_fraction=0" in lines[0] and not run.exists()
 
 
-# ---- resume ------------------------------------------------------------------------------
-
-
 def test_resume_carries_the_best_weights_their_epoch_and_the_patience(tmp_path):
     whole, part = tmp_path / "whole", tmp_path / "part"
     chosen = [*DIGITS, "data.val_fraction=0.2", "trainer.lr=0.01", "trainer.keep=best"]
@@ -174,9 +182,6 @@ def test_resume_carries_the_best_weights_their_epoch_and_the_patience(tmp_path):
     ]
 
 
-# ---- compare -----------------------------------------------------------------------------
-
-
 def test_compare_shows_and_sorts_by_validation_accuracy(tmp_path):
     runs = [tmp_path / f"lr{lr}" for lr in ("1e-4", "1e-2")]
     for run in runs:
@@ -189,9 +194,6 @@ def test_compare_shows_and_sorts_by_validation_accuracy(tmp_path):
     assert list(table.columns).index("val_accuracy_%") < list(table.columns).index("accuracy_%")
     rows = json.loads(compare.format_table(table, "json"))
     assert all("val_accuracy_%" in row for row in rows)
-
-
-# ---- what a reader sees --------------------------------------------------------------------
 
 
 def test_loss_curve_and_trackers_show_validation_not_test(tmp_path, monkeypatch):
@@ -219,3 +221,48 @@ def test_loss_curve_and_trackers_show_validation_not_test(tmp_path, monkeypatch)
     assert "test_accuracy" not in events.Tags()["scalars"]
     logged = [e.value for e in events.Scalars("val_accuracy")]
     assert logged == pytest.approx([float(r["val_accuracy"]) for r in history_of(run)], rel=1e-6)
+
+
+def test_a_resumed_early_stopped_run_equals_the_straight_run(tmp_path):
+    stall = ["data=digits", "pictures=false", "data.val_fraction=0.2", "trainer.lr=1e-7"]
+    stall += ["trainer.patience=2", "trainer.epochs=8"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cnnlab_train(straight, *stall) == 0
+    assert metrics_of(straight)["stopped_early"] is True
+    assert cnnlab_train(resumed, *stall, f"resume={straight}") == 0
+    a, b = metrics_of(straight), metrics_of(resumed)
+    for key in ("epochs_completed", "accuracy", "val_accuracy", "best_epoch", "stopped_early"):
+        assert a[key] == b[key], key
+    assert history_of(straight) == history_of(resumed)
+    # more patience on resume trains on: the stop was the old patience's
+    more = tmp_path / "more"
+    assert cnnlab_train(more, *stall, "trainer.patience=4", f"resume={straight}") == 0
+    assert metrics_of(more)["epochs_completed"] > a["epochs_completed"]
+
+
+def test_keep_best_with_a_copy_that_diverges_after_its_best_epoch(tmp_path, monkeypatch):
+    """Copy 1 turns Inf in epoch 2: the others keep their own best epochs, the diverged
+    copy's kept (finite) weights are not reported as a result, and nothing is NaN."""
+
+    def poison(state, n):  # 6 steps an epoch (192 images, batches of 32): step 10 is in epoch 2
+        if n == 10:
+            with torch.no_grad():
+                next(state.model.parameters())[1].fill_(float("inf"))
+
+    patch_steps(monkeypatch, poison)
+    run = tmp_path / "run"
+    chosen = ["model=lenet5", *SMALL, "data.val_fraction=0.25", "trainer.keep=best", "seeds=3"]
+    assert cnnlab_train(run, *chosen, "trainer.epochs=3", "trainer.patience=2") == 0
+    m = metrics_of(run)
+    per_seed = m["per_seed"]
+    assert [r["status"] for r in per_seed] == ["completed", "diverged", "completed"]
+    live = [r for r in per_seed if r["status"] == "completed"]
+    assert per_seed[1]["accuracy"] is None
+    assert m["accuracy"] == pytest.approx(sum(r["accuracy"] for r in live) / 2)
+    assert m["val_accuracy"] == pytest.approx(sum(r["val_accuracy"] for r in live) / 2)
+    assert all(r["best_epoch"] in (1, 2, 3) for r in live)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    weights = best["model"] if "model" in best else best
+    for key, value in weights.items():
+        if value.is_floating_point():
+            assert torch.isfinite(value[[0, 2]]).all(), key

@@ -6,6 +6,8 @@ lost, and metrics.json's status agrees with the exit code; no traceback reaches 
 Signals in this process are SIGINT (without cnnlab's handler it would be a
 KeyboardInterrupt, not a killed test session); SIGTERM is sent to real subprocesses."""
 
+from __future__ import annotations
+
 import contextlib
 import errno
 import os
@@ -17,28 +19,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, SMALL, cli_env, cnnlab_train, metrics_of
+from conftest import (
+    QUICK,
+    SMALL,
+    cli_env,
+    cnnlab_train,
+    metrics_of,
+    one_error_line,
+)
 
 from cnnlab import files, report
 from cnnlab import run as run_module
 from cnnlab.checkpoints import load_checkpoint
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 MLP = ["model=mlp", *QUICK]
+
+
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def leftovers(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.tmp"))
-
-
-def one_error_line(capfd) -> str:
-    err = capfd.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
 
 
 def full_disk_for(name: str, after: int = 0):
@@ -60,7 +61,71 @@ def full_disk_for(name: str, after: int = 0):
     return atomic_file
 
 
-# ---- disks ---------------------------------------------------------------------------------
+# `cnnlab train` with one stage made slow (3 s, after printing "AT <stage>"), so that a
+# signal sent on that line arrives during it
+DRIVER = """
+import sys, time
+from cnnlab import cli, data, pictures, run
+stage = sys.argv[1]
+module, name = {"data": (data, "load"), "model": (run, "start_run"),
+                "pictures": (pictures, "plot_filters")}[stage]
+real = getattr(module, name)
+def slow(*args, **kwargs):
+    print("AT", stage, flush=True)
+    for _ in range(60):
+        time.sleep(0.05)
+    return real(*args, **kwargs)
+setattr(module, name, slow)
+sys.argv = ["cnnlab", "train", *sys.argv[2:]]
+cli.entry()
+"""
+
+
+MOMENTS = {
+    "data": signal.SIGTERM,  # it used to kill the process: exit 143 and no metrics.json
+    "model": signal.SIGTERM,
+    "pictures": signal.SIGINT,  # after training: the results are kept
+}
+
+
+@pytest.fixture(scope="module")
+def signalled(tmp_path_factory):
+    """Each moment's process, started together, signalled on its AT line: stage ->
+    (return code, stderr, run folder)."""
+    root = tmp_path_factory.mktemp("signals")
+    procs, out = {}, {}
+    for stage in MOMENTS:
+        args = ["device=cpu", "trainer.progress=false", "model=lenet5", *SMALL]
+        args += ["trainer.epochs=1", f"hydra.run.dir={root / stage}"]
+        procs[stage] = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, stage, *args],
+            cwd=root,
+            env=cli_env(root),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def watch(stage):
+        proc = procs[stage]
+        for line in proc.stdout:
+            if line.startswith(f"AT {stage}"):
+                proc.send_signal(MOMENTS[stage])
+                break
+        proc.stdout.read()  # the rest, so that the process never blocks on its pipe
+
+    threads = [threading.Thread(target=watch, args=(stage,)) for stage in MOMENTS]
+    for thread in threads:
+        thread.start()
+    for stage, proc in procs.items():
+        try:
+            proc.wait(timeout=180)
+        finally:
+            proc.kill()
+        out[stage] = (proc.returncode, proc.stderr.read(), root / stage)
+    for thread in threads:
+        thread.join(timeout=10)
+    return out
 
 
 def test_atomic_write_that_fails_mid_file_keeps_the_old_file_and_no_temp(tmp_path):
@@ -135,9 +200,6 @@ def test_a_folder_under_a_file_is_one_error_line(tmp_path, capfd, multirun):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
-# ---- exceptions and signals in this process ----------------------------------------------------
-
-
 def test_an_exception_in_describe_model_fails_the_run_with_its_reason(tmp_path, monkeypatch, capfd):
     def describe(*args):
         raise ValueError("no table for this model")
@@ -208,74 +270,6 @@ def test_an_interrupted_run_whose_metrics_cannot_be_written_says_so(tmp_path, mo
     assert "metrics.json: No space left on device" in line and "SIGINT" in line
 
 
-# ---- signals to real processes, at three moments of a run ----------------------------------
-
-# `cnnlab train` with one stage made slow (3 s, after printing "AT <stage>"), so that a
-# signal sent on that line arrives during it
-DRIVER = """
-import sys, time
-from cnnlab import cli, data, pictures, run
-stage = sys.argv[1]
-module, name = {"data": (data, "load"), "model": (run, "start_run"),
-                "pictures": (pictures, "plot_filters")}[stage]
-real = getattr(module, name)
-def slow(*args, **kwargs):
-    print("AT", stage, flush=True)
-    for _ in range(60):
-        time.sleep(0.05)
-    return real(*args, **kwargs)
-setattr(module, name, slow)
-sys.argv = ["cnnlab", "train", *sys.argv[2:]]
-cli.entry()
-"""
-
-MOMENTS = {
-    "data": signal.SIGTERM,  # it used to kill the process: exit 143 and no metrics.json
-    "model": signal.SIGTERM,
-    "pictures": signal.SIGINT,  # after training: the results are kept
-}
-
-
-@pytest.fixture(scope="module")
-def signalled(tmp_path_factory):
-    """Each moment's process, started together, signalled on its AT line: stage ->
-    (return code, stderr, run folder)."""
-    root = tmp_path_factory.mktemp("signals")
-    procs, out = {}, {}
-    for stage in MOMENTS:
-        args = ["device=cpu", "trainer.progress=false", "model=lenet5", *SMALL]
-        args += ["trainer.epochs=1", f"hydra.run.dir={root / stage}"]
-        procs[stage] = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, stage, *args],
-            cwd=root,
-            env=cli_env(root),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def watch(stage):
-        proc = procs[stage]
-        for line in proc.stdout:
-            if line.startswith(f"AT {stage}"):
-                proc.send_signal(MOMENTS[stage])
-                break
-        proc.stdout.read()  # the rest, so that the process never blocks on its pipe
-
-    threads = [threading.Thread(target=watch, args=(stage,)) for stage in MOMENTS]
-    for thread in threads:
-        thread.start()
-    for stage, proc in procs.items():
-        try:
-            proc.wait(timeout=180)
-        finally:
-            proc.kill()
-        out[stage] = (proc.returncode, proc.stderr.read(), root / stage)
-    for thread in threads:
-        thread.join(timeout=10)
-    return out
-
-
 @pytest.mark.parametrize("stage", list(MOMENTS))
 def test_a_signal_at_any_stage_leaves_a_status_that_agrees_with_the_exit_code(signalled, stage):
     code, err, run = signalled[stage]
@@ -288,3 +282,16 @@ def test_a_signal_at_any_stage_leaves_a_status_that_agrees_with_the_exit_code(si
     if stage == "pictures":
         assert m["accuracy"] is not None and (run / "checkpoints" / "last.pt").is_file()
     assert leftovers(run) == []
+
+
+def test_run_whose_checkpoint_cannot_be_written_fails(tmp_path, monkeypatch):
+    def disk_full(obj, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    code = cnnlab_train(tmp_path / "run", "model=mlp", *SMALL, "trainer.epochs=2")
+    assert code == 1
+    m = metrics_of(tmp_path / "run")
+    assert m["status"] == "failed"
+    assert "No space left on device" in m["error"] and "last.pt" in m["error"]
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

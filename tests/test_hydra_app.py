@@ -2,18 +2,18 @@
 pre-flight; the job in the same process takes the checked config from there), and a
 resume= run loads its checkpoint once (the check loads it; the run starts from that)."""
 
+from __future__ import annotations
+
 import itertools
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL, cnnlab_train, metrics_of
+from conftest import RUN, SMALL, cnnlab_train, metrics_of
 from hydra._internal.hydra import Hydra
 
 from cnnlab import checks, hydra_app, threads
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 QUICK = [*SMALL, "model=mlp", "trainer.epochs=1", "pictures=false"]
 
@@ -93,3 +93,13 @@ def test_threads_auto_measures_from_the_command_start_without_waiting(monkeypatc
     assert sum(waits) == 0
     threads.busy_cores(cpus)  # a later run in the process measures afresh
     assert sum(waits) == pytest.approx(threads.WINDOW, abs=0.02)
+
+
+def test_a_sweep_with_one_split_that_cannot_train_runs_no_job(tmp_path, capfd):
+    capfd.readouterr()
+    code = cnnlab_train(
+        tmp_path / "sweep", *RUN, "data=digits", "data.val_fraction=0.2,0.0001", multirun=True
+    )
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "data.val_fraction=0.0001 holds out 0" in err[0]
+    assert not (tmp_path / "sweep").exists()
