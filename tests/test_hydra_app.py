@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RUN, SMALL, cnnlab_train, metrics_of
+from conftest import QUICK, RUN, cnnlab_train, metrics_of
 from hydra._internal.hydra import Hydra
 
 from cnnlab import checks, hydra_app, threads
 
-QUICK = [*SMALL, "model=mlp", "trainer.epochs=1", "pictures=false"]
+MLP = ["model=mlp", *QUICK]
 
 
 @pytest.fixture
@@ -32,12 +32,12 @@ def checks_made(monkeypatch) -> list:
 
 
 def test_a_run_checks_its_config_once(tmp_path, checks_made):
-    assert cnnlab_train(tmp_path / "run", *QUICK) == 0
+    assert cnnlab_train(tmp_path / "run", *MLP) == 0
     assert checks_made == [0]
 
 
 def test_a_sweep_checks_each_job_once(tmp_path, checks_made):
-    assert cnnlab_train(tmp_path / "sweep", *QUICK, "seed=0,1", multirun=True) == 0
+    assert cnnlab_train(tmp_path / "sweep", *MLP, "seed=0,1", multirun=True) == 0
     assert sorted(checks_made) == [0, 1]
     assert not hydra_app.CHECKED  # nothing kept past the command
 
@@ -52,7 +52,7 @@ def test_a_run_composes_its_config_twice(tmp_path, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Hydra, "compose_config", compose_config)
-    assert cnnlab_train(tmp_path / "run", *QUICK) == 0
+    assert cnnlab_train(tmp_path / "run", *MLP) == 0
     assert len(composed) == 2
 
 
@@ -60,14 +60,14 @@ def test_a_job_the_pre_flight_did_not_check_checks_itself(tmp_path, monkeypatch,
     # as in a joblib worker or an Optuna trial: the job finds nothing checked for it
     keys = itertools.count()
     monkeypatch.setattr(hydra_app, "job_key", lambda cfg: next(keys))
-    assert cnnlab_train(tmp_path / "run", *QUICK) == 0
+    assert cnnlab_train(tmp_path / "run", *MLP) == 0
     assert checks_made == [0, 0]
     assert not hydra_app.CHECKED
 
 
 def test_a_resumed_run_loads_its_checkpoint_once(tmp_path, monkeypatch):
     first = tmp_path / "first"
-    assert cnnlab_train(first, *QUICK) == 0
+    assert cnnlab_train(first, *MLP) == 0
     loads, original = [], torch.load
 
     def load(f, *args, **kwargs):
@@ -77,7 +77,7 @@ def test_a_resumed_run_loads_its_checkpoint_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "load", load)
     again = tmp_path / "again"
-    assert cnnlab_train(again, *QUICK, "trainer.epochs=2", f"resume={first}") == 0
+    assert cnnlab_train(again, *MLP, "trainer.epochs=2", f"resume={first}") == 0
     assert metrics_of(again)["epochs_completed"] == 2
     assert len(loads) == 1
 
