@@ -144,6 +144,7 @@ def needs(module):
 
 
 @needs("hydra_plugins.hydra_joblib_launcher")
+@pytest.mark.slow  # a launcher's own processes: 10-20 s each
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, run_cli):
     sweep, r = run_sweep(
         run_cli,
@@ -160,6 +161,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, run_cli):
 
 
 @needs("hydra_plugins.hydra_submitit_launcher")
+@pytest.mark.slow  # a launcher's own processes: 10-20 s each
 def test_submitit_local_launcher(tmp_path, run_cli):
     sweep, r = run_sweep(
         run_cli, tmp_path, "model=mlp", "model.width=0.5,1", *FAST, "hydra/launcher=submitit_local"
@@ -170,6 +172,7 @@ def test_submitit_local_launcher(tmp_path, run_cli):
 
 
 @needs("hydra_plugins.hydra_submitit_launcher")
+@pytest.mark.slow  # a launcher's own processes: 10-20 s each
 def test_submitit_slurm_launcher_submits_a_job_array(tmp_path, run_cli):
     """The SLURM path end to end without a cluster: sbatch, srun and sacct are stand-ins
     (tests/fake_slurm) that run the array's tasks here with the SLURM_* variables a node
@@ -203,6 +206,7 @@ def test_submitit_slurm_launcher_submits_a_job_array(tmp_path, run_cli):
 
 
 @needs("hydra_plugins.hydra_optuna_sweeper")
+@pytest.mark.slow  # a launcher's own processes: 10-20 s each
 def test_optuna_search_maximises_validation_accuracy(tmp_path, run_cli):
     """Issue 20: the study's best value is the highest validation accuracy of the trials
     (the preset holds 10% out), never a test accuracy; each trial records both."""

@@ -408,6 +408,7 @@ def test_real_cuda_out_of_memory(tmp_path):
     assert m["status"] == "failed" and "smaller batch" in m["error"]
 
 
+@pytest.mark.slow  # the full Fashion-MNIST, one epoch per model
 @pytest.mark.skipif(not DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist not installed")
 @pytest.mark.parametrize("model, params", [("lenet5", 44_426), ("mlp", 101_770)])
 def test_one_epoch_on_fashion_mnist_reaches_80_percent(tmp_path, run_cli, model, params):

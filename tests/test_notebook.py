@@ -30,6 +30,7 @@ def test_the_committed_notebook_has_no_outputs():
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.slow  # a real Jupyter kernel and a run per train() call: over a minute
 def test_the_chapter_notebook_runs_end_to_end(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     env = cli_env(tmp_path)

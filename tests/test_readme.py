@@ -3,6 +3,7 @@
 of the presets, which presets take `data=digits`, what inspect reads, and the figures in
 docs/. Each test reads the README's own words, so a change on either side shows here."""
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -83,6 +84,7 @@ def test_readme_lists_the_inspect_json_keys(capsys):
         )
 
 
+@functools.cache  # each preset's jobs are composed once for the tests below (seconds each)
 def jobs(*overrides: str) -> list:
     return hydra_app.composed_jobs(list(overrides), multirun=True)
 

@@ -145,7 +145,13 @@ def runs(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name", MODELS)
+# the two knobs slowest in float64 on the CPU (20-50 s each) run with the slow tests
+HEAVY = ("lrn", "residual_bottleneck_factorized")
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in MODELS]
+)
 def test_each_copy_is_its_seeds_single_run(name, float64, monkeypatch):
     # in parts of 2 copies (seeds 3, 4 | 5): a part runs on slices of the stacked tensors
     monkeypatch.setattr(stack_module, "part_size", lambda n, device: 2)
