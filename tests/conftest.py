@@ -115,6 +115,38 @@ def run_cli():
     return run
 
 
+@pytest.fixture
+def run_main(monkeypatch, capfd):
+    """run_main(cwd, *args, **env) -> CompletedProcess, as run_cli but in this process
+    (cnnlab.cli.main: no interpreter start, no second import of torch): in `cwd`, with the
+    environment of cli_env(cwd) plus `env`, stdout and stderr captured. What only a process
+    of its own shows (signals, the console script's exit, what gets imported, a hang that a
+    timeout must end) stays with run_cli."""
+
+    def run(cwd, *args, timeout=None, **env):
+        capfd.readouterr()
+        argv = sys.argv
+        with monkeypatch.context() as mp:
+            mp.chdir(cwd)
+            environment = {**cli_env(cwd), **env}
+            for key in set(os.environ) - set(environment):
+                mp.delenv(key)
+            for key, value in environment.items():
+                mp.setenv(key, value)
+            try:
+                code = cli.main([*map(str, args)])
+            except SystemExit as e:
+                code = e.code
+            finally:
+                sys.argv = argv
+        out, err = capfd.readouterr()
+        if not isinstance(code, int):  # SystemExit(None) is 0, SystemExit("text") prints it: 1
+            err, code = (err + f"{code}\n", 1) if code else (err, 0)
+        return subprocess.CompletedProcess(["cnnlab", *map(str, args)], code, out, err)
+
+    return run
+
+
 # a run of a few steps: synthetic data, small sets, small batches
 SMALL = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=32"]
 # a whole run of those steps, quickly: one epoch, no pictures (a later override wins: add

@@ -171,10 +171,10 @@ def test_derived_metrics():
     assert METRICS["dead_share"][1](row) == pytest.approx(20.0)
 
 
-def test_one_claim_end_to_end(tmp_path, run_cli):
+def test_one_claim_end_to_end(tmp_path, run_main):
     tiny = ["data=synthetic", "data.train_size=192", "data.test_size=96", "trainer.epochs=1"]
     tiny += ["seeds=3", "pictures=false", "trainer.progress=false", "--only", "5"]
-    result = run_cli(tmp_path, "claims", "--dir", "ledger", "--run", *tiny, timeout=600)
+    result = run_main(tmp_path, "claims", "--dir", "ledger", "--run", *tiny, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     text = (tmp_path / "ledger" / "claims.md").read_text()
     assert "## 5. Leaky ReLU avoids" in text
@@ -184,7 +184,7 @@ def test_one_claim_end_to_end(tmp_path, run_cli):
     assert (tmp_path / "ledger" / "claim_05" / "findings.md").exists()
 
 
-def test_bad_arguments_are_one_error_line(tmp_path, run_cli):
-    result = run_cli(tmp_path, "claims", "--only", "one")
+def test_bad_arguments_are_one_error_line(tmp_path, run_main):
+    result = run_main(tmp_path, "claims", "--only", "one")
     assert result.returncode == 2
     assert result.stderr.count("error:") == 1 and "one" in result.stderr

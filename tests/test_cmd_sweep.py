@@ -71,9 +71,9 @@ def test_params_grow_with_width_and_depth(width_depth_sweep):
 
 
 @pytest.mark.parametrize("fmt", ["table", "csv", "md", "json"])
-def test_compare_prints_every_job_in_each_format(width_depth_sweep, run_cli, fmt, tmp_path):
+def test_compare_prints_every_job_in_each_format(width_depth_sweep, run_main, fmt, tmp_path):
     sweep, _ = width_depth_sweep
-    r = run_cli(tmp_path, "compare", sweep, "--format", fmt, "--sort", "params")
+    r = run_main(tmp_path, "compare", sweep, "--format", fmt, "--sort", "params")
     assert r.returncode == 0, r.stderr
     if fmt == "json":
         rows = json.loads(r.stdout)
@@ -91,16 +91,16 @@ def test_compare_prints_every_job_in_each_format(width_depth_sweep, run_cli, fmt
         assert params == sorted(params)
 
 
-def test_compare_out_writes_files(width_depth_sweep, run_cli, tmp_path):
+def test_compare_out_writes_files(width_depth_sweep, run_main, tmp_path):
     sweep, _ = width_depth_sweep
     out = tmp_path / "cmp"
-    r = run_cli(tmp_path, "compare", sweep / job_folders(sweep)[0].name, sweep, "--out", out)
+    r = run_main(tmp_path, "compare", sweep / job_folders(sweep)[0].name, sweep, "--out", out)
     assert r.returncode == 0, r.stderr
     assert len(read_csv(out / "comparison.csv")) == 4  # the same run given twice is listed once
     assert (out / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
+def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_main):
     # MNIST's image files here are empty: job 1 fails at its data load (the check reads
     # only the label files, to count the classes data.train_size samples)
     not_synthetic = [o for o in FAST if o != "data=synthetic"]
@@ -112,7 +112,7 @@ def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
         header = b"\x00\x00\x08\x01" + n.to_bytes(4, "big") if n else b""
         (raw / file).write_bytes(header + labels)
     sweep, r = run_sweep(
-        run_cli, tmp_path, "data=synthetic,mnist", "data.download=false", *not_synthetic
+        run_main, tmp_path, "data=synthetic,mnist", "data.download=false", *not_synthetic
     )
     assert r.returncode == 1
     assert "1_" in r.stderr and "failed" in r.stderr
@@ -121,8 +121,8 @@ def test_failed_job_is_a_row_and_the_sweep_exits_nonzero(tmp_path, run_cli):
     assert rows["1_"]["status"] == "failed" and "not an IDX file" in rows["1_"]["reason"]
 
 
-def test_experiment_preset_width_depth_runs_four_jobs(tmp_path, run_cli):
-    sweep, r = run_sweep(run_cli, tmp_path, "experiment=width_depth", *FAST)
+def test_experiment_preset_width_depth_runs_four_jobs(tmp_path, run_main):
+    sweep, r = run_sweep(run_main, tmp_path, "experiment=width_depth", *FAST)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(job_folders(sweep)) == 4
     for job in job_folders(sweep):  # the preset trains 5 seeds together in each job
@@ -223,19 +223,21 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path, run_cli):
     assert all(t["accuracy"] is not None for t in trials)  # recorded, not optimised
 
 
-def test_optuna_without_a_validation_split_is_refused(tmp_path, run_cli):
+def test_optuna_without_a_validation_split_is_refused(tmp_path, run_main):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    sweep, r = run_sweep(run_cli, tmp_path, "hparams_search=optuna", "data.val_fraction=0", *FAST)
+    sweep, r = run_sweep(run_main, tmp_path, "hparams_search=optuna", "data.val_fraction=0", *FAST)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "data.val_fraction=0" in lines[0], r.stderr
     assert not sweep.exists()
 
 
-def test_tensorboard_logger_writes_scalars(tmp_path, run_cli):
+def test_tensorboard_logger_writes_scalars(tmp_path, run_main):
     pytest.importorskip("tensorboard")
     run = tmp_path / "run"
-    r = run_cli(tmp_path, "train", "model=mlp", *FAST, "logger=tensorboard", f"hydra.run.dir={run}")
+    r = run_main(
+        tmp_path, "train", "model=mlp", *FAST, "logger=tensorboard", f"hydra.run.dir={run}"
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

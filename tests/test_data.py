@@ -573,12 +573,12 @@ def test_digits_with_a_data_root_under_a_file_train_without_a_cache(tmp_path):
 @pytest.mark.parametrize(
     "args, name", [(["model=lenet5"], "mnist"), (["data=cifar10"], "cifar10")], ids=str
 )
-def test_a_set_that_cannot_be_downloaded_fails_in_the_check(tmp_path, run_cli, args, name):
+def test_a_set_that_cannot_be_downloaded_fails_in_the_check(tmp_path, run_main, args, name):
     """`cnnlab train model=lenet5` with no MNIST files and no network (cli_env: an empty data
     folder, every proxy a closed port): the download is tried by the pre-flight check, so
     its failure is one `error:` line on stderr, exit 1 (failed: data that cannot be had)
     and no run folder (issue 28). CIFAR-10 the same."""
-    r = run_cli(tmp_path, "train", *args)
+    r = run_main(tmp_path, "train", *args)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith(f"error: {name} files not found"), lines

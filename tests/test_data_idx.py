@@ -118,11 +118,11 @@ IDX_CASES = {
 }
 
 
-def test_mnist_trains_offline_from_a_data_root(tmp_path, mnist_root, run_cli):
+def test_mnist_trains_offline_from_a_data_root(tmp_path, mnist_root, run_main):
     args = ["train", "model=mlp", "data.download=false", "data.train_size=600"]
     args += ["data.test_size=300", "trainer.epochs=1", "pictures=false", "trainer.progress=false"]
     args += ["hydra.run.dir=run"]
-    result = run_cli(tmp_path, *args, CNNLAB_DATA=str(mnist_root))
+    result = run_main(tmp_path, *args, CNNLAB_DATA=str(mnist_root))
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["data"] == "mnist" and metrics["status"] == "completed"

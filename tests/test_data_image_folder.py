@@ -267,11 +267,11 @@ def test_normalize_auto_and_explicit_values_are_both_accepted():
 
 
 @pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
-def test_a_broken_file_is_named_by_the_cli(tmp_path, run_cli):
+def test_a_broken_file_is_named_by_the_cli(tmp_path, run_main):
     folder = image_folder_load.write_fashion_folder(tmp_path / "imgs", 60, 20)
     broken = folder / "train" / "Bag" / "broken.png"
     broken.write_bytes(b"garbage" * 10)
-    r = run_cli(tmp_path, "train", "data=image_folder", f"data.path={folder}", "trainer.epochs=1")
+    r = run_main(tmp_path, "train", "data=image_folder", f"data.path={folder}", "trainer.epochs=1")
     assert r.returncode == 1, output(r)
     assert str(broken) in output(r) and "Traceback" not in output(r)
 
@@ -299,10 +299,10 @@ def test_fashion_mnist_as_a_folder_trains(tmp_path, run_cli):
     assert json.loads((run / "metrics.json").read_text())["layers"].startswith("conv3-6k5x5")
 
 
-def test_a_sweep_over_folders_keeps_each_job_in_one_folder(tmp_path, run_cli):
+def test_a_sweep_over_folders_keeps_each_job_in_one_folder(tmp_path, run_main):
     folders = [make_folder(tmp_path / "images" / name, {"a": 4, "b": 4}) for name in ("x", "y")]
     sweep = tmp_path / "sweep"
-    r = run_cli(
+    r = run_main(
         tmp_path, "train", "-m", "model=mlp", "data=image_folder", "data.image_size=8",
         "data.path=" + ",".join(map(str, folders)), "trainer.epochs=1", "trainer.progress=false",
         "device=cpu", f"hydra.sweep.dir={sweep}",

@@ -270,9 +270,9 @@ def test_timeseries_preset_sets_epochs_per_set(name, epochs):
     assert preset.seeds == 3  # trained together in each run
 
 
-def test_unknown_set_fails_fast_without_a_traceback(tmp_path, run_cli):
+def test_unknown_set_fails_fast_without_a_traceback(tmp_path, run_main):
     started = time.monotonic()
-    r = run_cli(tmp_path, "train", "data=ucr", "data.name=NoSuchSet", "data.download=false")
+    r = run_main(tmp_path, "train", "data=ucr", "data.name=NoSuchSet", "data.download=false")
     text = r.stdout + r.stderr
     assert r.returncode == 2, text
     lines = [line for line in text.splitlines() if "NoSuchSet" in line]
@@ -280,8 +280,8 @@ def test_unknown_set_fails_fast_without_a_traceback(tmp_path, run_cli):
     assert time.monotonic() - started < 30  # start-up included: no data is read
 
 
-def test_lenet5_trains_in_1d_on_ecg200(tmp_path, root, run_cli):
-    r = run_cli(
+def test_lenet5_trains_in_1d_on_ecg200(tmp_path, root, run_main):
+    r = run_main(
         tmp_path,
         "train",
         "model=lenet5",

@@ -272,8 +272,8 @@ def test_resume_from_a_checkpoint_with_another_memory_layout(dataset):
     torch.testing.assert_close(resumed(as_if_cuda), resumed(saved), rtol=0, atol=0)
 
 
-def test_run_names_its_path_in_the_log_and_metrics(tmp_path, run_cli):
-    result = run_cli(
+def test_run_names_its_path_in_the_log_and_metrics(tmp_path, run_main):
+    result = run_main(
         tmp_path,
         "train",
         "model=mlp",

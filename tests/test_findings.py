@@ -255,8 +255,8 @@ def test_two_preset_sweeps_with_out_write_the_folder(tmp_path, capsys):
     assert "2 rows of the comparison match" in text
 
 
-def test_a_baseline_with_an_equals_sign_unquoted_gets_a_quoting_hint(tmp_path, run_cli):
-    r = run_cli(tmp_path, "train", "data=synthetic", "baseline=model.width=1")
+def test_a_baseline_with_an_equals_sign_unquoted_gets_a_quoting_hint(tmp_path, run_main):
+    r = run_main(tmp_path, "train", "data=synthetic", "baseline=model.width=1")
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert "mismatched input '='" in line

@@ -238,9 +238,9 @@ def test_formats():
 FEW_SECONDS = 30
 
 
-def test_inspect_command_json_needs_no_data(tmp_path, run_cli):
+def test_inspect_command_json_needs_no_data(tmp_path, run_main):
     start = time.perf_counter()
-    result = run_cli(tmp_path, "inspect", "model=lenet5", "data=mnist", "--format", "json")
+    result = run_main(tmp_path, "inspect", "model=lenet5", "data=mnist", "--format", "json")
     assert time.perf_counter() - start < FEW_SECONDS
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
@@ -249,8 +249,8 @@ def test_inspect_command_json_needs_no_data(tmp_path, run_cli):
     assert list((tmp_path / "data").iterdir()) == []  # nothing looked for or downloaded
 
 
-def test_inspect_command_table(tmp_path, run_cli):
-    result = run_cli(tmp_path, "inspect", "--format", "table", "variant=dilation2")
+def test_inspect_command_table(tmp_path, run_main):
+    result = run_main(tmp_path, "inspect", "--format", "table", "variant=dilation2")
     assert result.returncode == 0, result.stderr
     total = next(line for line in result.stdout.splitlines() if line.startswith("total"))
     assert total.split() == ["total", "107,786", "693,000", "28"]
@@ -264,8 +264,8 @@ def test_inspect_command_table(tmp_path, run_cli):
         (["--format", "xml"], ["xml", "json"]),
     ],
 )
-def test_inspect_command_bad_input(tmp_path, run_cli, args, names):
-    result = run_cli(tmp_path, "inspect", *args)
+def test_inspect_command_bad_input(tmp_path, run_main, args, names):
+    result = run_main(tmp_path, "inspect", *args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

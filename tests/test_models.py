@@ -794,16 +794,16 @@ def test_knobs_train(tmp_path, overrides):
         assert "dropout" in metrics["layers"]
 
 
-def test_inspect_shows_the_new_layers(tmp_path, run_cli):
+def test_inspect_shows_the_new_layers(tmp_path, run_main):
     args = ["model.activation=tanh", "model.dropout=0.5", "data=synthetic", "--format", "json"]
-    result = run_cli(tmp_path, "inspect", *args)
+    result = run_main(tmp_path, "inspect", *args)
     assert result.returncode == 0, result.stderr
     types = [layer["type"] for layer in json.loads(result.stdout)["layers"]]
     assert "Tanh" in types and types.count("Dropout") == 2
 
 
-def test_bad_dropout_on_the_command_line(tmp_path, run_cli):
-    result = run_cli(tmp_path, "train", *QUICK, "model.dropout=1.0")
+def test_bad_dropout_on_the_command_line(tmp_path, run_main):
+    result = run_main(tmp_path, "train", *QUICK, "model.dropout=1.0")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "model.dropout=1.0" in lines[0]

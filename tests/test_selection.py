@@ -158,9 +158,9 @@ def test_patience_stops_a_run_whose_validation_accuracy_stalls(tmp_path):
 @pytest.mark.parametrize(
     "override", ["trainer.keep=best", "trainer.patience=3"], ids=["keep", "patience"]
 )
-def test_choosing_without_a_validation_split_is_refused(tmp_path, run_cli, override):
+def test_choosing_without_a_validation_split_is_refused(tmp_path, run_main, override):
     run = tmp_path / "run"
-    r = run_cli(tmp_path, "train", *QUICK, override, f"hydra.run.dir={run}")
+    r = run_main(tmp_path, "train", *QUICK, override, f"hydra.run.dir={run}")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {override} needs a validation split")

@@ -288,8 +288,8 @@ def test_every_preset_declares_a_baseline_that_its_sweep_holds():
         assert "a one-point gap reads clearly" not in preset.read_text()
 
 
-def test_a_bad_baseline_in_the_config_is_refused_before_training(tmp_path, run_cli):
-    r = run_cli(tmp_path, "train", *QUICK, "baseline=relu", f"hydra.run.dir={tmp_path / 'r'}")
+def test_a_bad_baseline_in_the_config_is_refused_before_training(tmp_path, run_main):
+    r = run_main(tmp_path, "train", *QUICK, "baseline=relu", f"hydra.run.dir={tmp_path / 'r'}")
     assert r.returncode == 2 and "baseline=relu is not allowed" in r.stderr
     assert not (tmp_path / "r").exists()
 
