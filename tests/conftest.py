@@ -596,3 +596,30 @@ def make_run(
         lines += [f"{e},{1 / e:.3f},{1.2 / e:.3f},{accuracy:.3f},0.5" for e in range(1, epochs + 1)]
     (folder / "history.csv").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def bad_input_line(tmp_path, monkeypatch, capfd, *args) -> str:
+    """Run `cnnlab *args` in tmp_path (in this process); assert it is refused as bad input
+    before anything is written; return its one stderr line."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    monkeypatch.chdir(work)
+    capfd.readouterr()
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert list(work.iterdir()) == [], "bad input left files behind"
+    return lines[0]
+
+
+# input shapes: an MNIST image, a UCR-like series
+MNIST = (1, 28, 28)
+SERIES = (1, 96)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MLP = ["model=mlp", *QUICK]

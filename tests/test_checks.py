@@ -12,31 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL, cnnlab_train
+from conftest import SMALL, bad_input_line, cnnlab_train
 
-from cnnlab import cli, hydra_app
+from cnnlab import hydra_app
 from cnnlab.checks import check_config
-
-
-def refused(tmp_path, monkeypatch, capfd, *args) -> str:
-    """Run `cnnlab *args` in tmp_path (in this process); assert it is refused as bad input
-    before anything is written; return its one stderr line."""
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    monkeypatch.chdir(work)
-    capfd.readouterr()
-    try:
-        code = cli.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    err = capfd.readouterr().err
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert list(work.iterdir()) == [], "bad input left files behind"
-    return lines[0]
-
 
 # (overrides, words the error line must hold: the key, and where useful what is allowed)
 BAD = [
@@ -119,7 +98,7 @@ def test_bad_override_is_one_error_line_and_no_folder(
     overrides, words, tmp_path, monkeypatch, capfd
 ):
     device = [] if any(o.startswith("device=") for o in overrides) else ["device=cpu"]
-    line = refused(tmp_path, monkeypatch, capfd, "train", *device, *overrides)
+    line = bad_input_line(tmp_path, monkeypatch, capfd, "train", *device, *overrides)
     for word in words:
         assert word in line, line
 
@@ -129,7 +108,7 @@ def test_bad_override_is_one_error_line_and_no_folder(
     [["model.width=nan"], ["model.width=inf"], ["model.width=1e9"], ["model.depth=100000"]],
 )
 def test_inspect_refuses_what_train_refuses(overrides, tmp_path, monkeypatch, capfd):
-    line = refused(tmp_path, monkeypatch, capfd, "inspect", *overrides)
+    line = bad_input_line(tmp_path, monkeypatch, capfd, "inspect", *overrides)
     assert overrides[0].split("=")[0] in line, line
 
 
@@ -139,7 +118,7 @@ def test_resume_from_a_checkpoint_whose_tensors_do_not_fit(
 ):
     path = edited_checkpoint(trained, tmp_path, edit)
     _, overrides = trained
-    line = refused(
+    line = bad_input_line(
         tmp_path,
         monkeypatch,
         capfd,
@@ -160,7 +139,7 @@ def test_resume_paths_that_are_no_checkpoint(tmp_path, monkeypatch, capfd):
     folder = tmp_path / "last.pt"
     folder.mkdir()
     for path in (empty, text, folder, tmp_path / "nowhere"):
-        line = refused(tmp_path, monkeypatch, capfd, "train", "device=cpu", f"resume={path}")
+        line = bad_input_line(tmp_path, monkeypatch, capfd, "train", "device=cpu", f"resume={path}")
         assert f"resume={path}" in line, line
 
 

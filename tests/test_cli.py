@@ -30,6 +30,7 @@ import yaml
 from conftest import (
     CNNLAB,
     IMPORTTIME,
+    PNG_MAGIC,
     PROCESS_RUN,
     RUN_FILES,
     SMALL,
@@ -50,9 +51,6 @@ from cnnlab.config import (
 )
 from cnnlab.data.idx import IDX_FILES
 from cnnlab.models import build_model, count_params
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 METRICS_KEYS = [
     "images_seen",

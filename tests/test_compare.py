@@ -8,11 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_run
+from conftest import PNG_MAGIC, make_run
 
 from cnnlab import compare, plots, records
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def table_rows(*folders, sort=None):

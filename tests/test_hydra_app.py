@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, RUN, cnnlab_train, metrics_of
+from conftest import MLP, RUN, cnnlab_train, metrics_of
 from hydra._internal.hydra import Hydra
 
 from cnnlab import checks, hydra_app, threads
-
-MLP = ["model=mlp", *QUICK]
 
 
 @pytest.fixture

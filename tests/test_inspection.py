@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import compiler_modules_after
+from conftest import MNIST, PNG_MAGIC, compiler_modules_after
 from torch import nn
 
 from cnnlab import pictures
@@ -21,9 +21,6 @@ from cnnlab.inspection import (
     inspect_model,
 )
 from cnnlab.models import Residual, build_model, count_params
-
-MNIST = (1, 28, 28)
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def inspect(cfg, shape=MNIST):

@@ -4,6 +4,7 @@ whose answer is known, and their place in metrics.json (the mean, and each seed'
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MNIST
 from torch import nn
 
 from cnnlab.config import LeNetConfig, MLPConfig
@@ -11,7 +12,6 @@ from cnnlab.measures import GradProbe, dead_units, mean_of, shift, weight_names
 from cnnlab.models import build_model
 from tests.conftest import QUICK, cnnlab_train, metrics_of
 
-MNIST = (1, 28, 28)
 KEYS = ("shift_accuracy", "dead_units", "grad_ratio", "epoch1_accuracy", "generalization_gap")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, cnnlab_train, metrics_of
+from conftest import MNIST, QUICK, SERIES, cnnlab_train, metrics_of
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -37,9 +37,6 @@ from cnnlab.inspection import inspect_model
 from cnnlab.layers import ACTIVATIONS, NORMS, Branches
 from cnnlab.models import Plan, build_model, count_conv_layers, count_params, plan, summary
 from cnnlab.outcome import ConfigError
-
-MNIST = (1, 28, 28)
-
 
 CIFAR = (3, 32, 32)
 
@@ -222,9 +219,6 @@ def build_error(cfg, shape=MNIST) -> str:
     with pytest.raises(ConfigError) as e:
         build_model(cfg, shape, 10)
     return str(e.value)
-
-
-SERIES = (1, 96)  # ECG200's shape
 
 
 # LeNet-5 on 1x96: 96 -> 92 -> 46 -> 42 -> 21, so 16 * 21 = 336 dense inputs

@@ -6,7 +6,7 @@ matplotlib's Figure.savefig is wrapped to keep each figure it writes."""
 
 import pytest
 import torch
-from conftest import SMALL, cnnlab_train
+from conftest import MNIST, SERIES, SMALL, cnnlab_train
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
@@ -16,9 +16,6 @@ from cnnlab import pictures, report
 from cnnlab.config import LeNetConfig, MLPConfig
 from cnnlab.layers import branch_shares
 from cnnlab.models import build_model, plan
-
-MNIST = (1, 28, 28)
-SERIES = (1, 96)
 
 
 def one_line(text: str) -> str:

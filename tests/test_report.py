@@ -10,14 +10,11 @@ import sys
 
 import pytest
 import torch
-from conftest import QUICK, SMALL, cnnlab_train, metrics_of, patch_steps
+from conftest import MLP, SMALL, cnnlab_train, metrics_of, patch_steps
 
 from cnnlab import loggers, pictures, report, run
 from cnnlab.config import LeNetConfig
 from cnnlab.models import build_model, count_conv_layers
-
-MLP = ["model=mlp", *QUICK]
-
 
 # ---- 18.3: peak memory per run --------------------------------------------------------------
 

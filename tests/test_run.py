@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
-    QUICK,
+    MLP,
     SMALL,
     cli_env,
     cnnlab_train,
@@ -31,9 +31,6 @@ from conftest import (
 from cnnlab import files, report
 from cnnlab import run as run_module
 from cnnlab.checkpoints import load_checkpoint
-
-MLP = ["model=mlp", *QUICK]
-
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

@@ -18,6 +18,7 @@ import yaml
 from conftest import (
     CNNLAB,
     PROCESS_RUN,
+    bad_input_line,
     cli_env,
     read_history,
 )
@@ -61,26 +62,6 @@ def original_run(tmp_path_factory, run_cli):
 def new_run_folder(cwd: Path, original: Path) -> Path:
     (folder,) = [p.parent for p in (cwd / "outputs").rglob("metrics.json") if p.parent != original]
     return folder
-
-
-def refused(tmp_path, monkeypatch, capfd, *args) -> str:
-    """Run `cnnlab *args` in tmp_path (in this process); assert it is refused as bad input
-    before anything is written; return its one stderr line."""
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    monkeypatch.chdir(work)
-    capfd.readouterr()
-    try:
-        code = cli.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    err = capfd.readouterr().err
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert list(work.iterdir()) == [], "bad input left files behind"
-    return lines[0]
 
 
 def run_folder_with(tmp_path, content: bytes) -> Path:
@@ -229,5 +210,5 @@ def test_rerun_with_an_override_trains_that_way(tmp_path, original_run, run_cli)
 )
 def test_rerun_of_a_damaged_overrides_file(content, tmp_path, monkeypatch, capfd):
     run = run_folder_with(tmp_path, content)
-    line = refused(tmp_path, monkeypatch, capfd, "rerun", str(run))
+    line = bad_input_line(tmp_path, monkeypatch, capfd, "rerun", str(run))
     assert "overrides.yaml" in line, line
