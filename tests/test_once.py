@@ -1,15 +1,14 @@
-"""Issue 22: what a run does once. Its config is checked once per job (train_main's
-pre-flight; the job in the same process takes the checked config from there), and a
-resume= run loads its checkpoint once (the check loads it; the run starts from that)."""
+"""Issue 22: what a run does once. Its config is checked once per job (hydra_app.check_jobs,
+before the first job starts; the job in the same process takes what it found), and a
+resume= run loads its checkpoint once (the check loads it; the run starts from that).
+That a run composes its config once: test_hydra_app.py."""
 
-import itertools
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import SMALL, cnnlab_train, metrics_of
-from hydra._internal.hydra import Hydra
 
 from cnnlab import checks, hydra_app, threads
 
@@ -39,30 +38,19 @@ def test_a_run_checks_its_config_once(tmp_path, checks_made):
 def test_a_sweep_checks_each_job_once(tmp_path, checks_made):
     assert cnnlab_train(tmp_path / "sweep", *QUICK, "seed=0,1", multirun=True) == 0
     assert sorted(checks_made) == [0, 1]
-    assert not hydra_app.CHECKED  # nothing kept past the command
 
 
-def test_a_run_composes_its_config_twice(tmp_path, monkeypatch):
-    # the pre-flight's and the run's; Hydra's own third (Hydra.get_mode, only to read
-    # hydra.mode) is answered from the pre-flight's
-    composed, original = [], Hydra.compose_config
-
-    def compose_config(self, *args, **kwargs):
-        composed.append(kwargs.get("overrides"))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Hydra, "compose_config", compose_config)
-    assert cnnlab_train(tmp_path / "run", *QUICK) == 0
-    assert len(composed) == 2
-
-
-def test_a_job_the_pre_flight_did_not_check_checks_itself(tmp_path, monkeypatch, checks_made):
+def test_a_job_found_unchecked_checks_itself(tmp_path, monkeypatch, checks_made):
     # as in a joblib worker or an Optuna trial: the job finds nothing checked for it
-    keys = itertools.count()
-    monkeypatch.setattr(hydra_app, "job_key", lambda cfg: next(keys))
+    original = hydra_app.check_jobs
+
+    def found_nothing(app, cfg):
+        original(app, cfg)
+        return {}
+
+    monkeypatch.setattr(hydra_app, "check_jobs", found_nothing)
     assert cnnlab_train(tmp_path / "run", *QUICK) == 0
     assert checks_made == [0, 0]
-    assert not hydra_app.CHECKED
 
 
 def test_a_resumed_run_loads_its_checkpoint_once(tmp_path, monkeypatch):

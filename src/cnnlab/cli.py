@@ -1,7 +1,8 @@
 """The `cnnlab` command: routes `cnnlab train | inspect | rerun | compare | bench` and parses
-their arguments, nothing else. Hydra lives in hydra_app (train composes and checks every
-job's config there first, so bad input fails before anything is written), the check in
-checks, one run in run, rerun and shell completion in shell.
+their arguments, nothing else. Hydra lives in hydra_app (train composes each job's config
+once there and checks every job before the first starts, so bad input fails before
+anything is written), the check in checks, one run in run, rerun and shell completion in
+shell.
 """
 
 from __future__ import annotations

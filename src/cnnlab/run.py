@@ -346,7 +346,7 @@ def run_job(
     every `warning:` the run logged under `warnings`. SIGINT and SIGTERM are caught from
     here on: before training they stop the run at once, from training on they wait.
     `cfg` is the job's config as composed (what a failed run's record names); `check()`
-    gives it checked (checks.check_config, or the pre-flight's result): a config the check
+    gives it checked (checks.check_config, or what hydra_app.check_jobs found): a config the check
     refuses is a failed run like any other."""
     stop, kept = StopRequest(deferred=False), KeptWarnings()
     log.addHandler(kept)

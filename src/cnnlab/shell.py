@@ -92,7 +92,7 @@ def completion_main(argv: list[str], commands: list[str]) -> int:
     first word completes to a command name, and the overrides of train, inspect and rerun
     go to Hydra's completion of the train config.
     """
-    from cnnlab.hydra_app import completion_plugins, train_main
+    from cnnlab.hydra_app import completion_plugins, completion_script, train_main
 
     actions = [a for a in argv if re.fullmatch(r"(install|uninstall|query)=\w+", a)]
     plugins = completion_plugins()
@@ -105,8 +105,7 @@ def completion_main(argv: list[str], commands: list[str]) -> int:
         )
         return 2
     if action in ("install", "uninstall"):
-        sys.argv[0] = "cnnlab"  # the name the script registers: one command, not "cnnlab train"
-        getattr(plugins[shell](None), action)()  # the config loader serves only queries
+        completion_script(plugins[shell], action)
         return 0
     line = os.environ.get("COMP_LINE", "")
     point = int(os.environ.get("COMP_POINT") or len(line))
