@@ -66,7 +66,7 @@ def image_files(
 
 def list_tree(train_dir: Path, test_dir: Path | None) -> dict:
     """The class folders of train_dir (and of test_dir) and the image files of each, named
-    by class, with the names skipped. The pre-flight check (data.spec) and the run
+    by class, with the names skipped. The check before the run (data.spec) and the run
     (data.load) both need it: listed once, and again only where a folder has changed
     (read_once). Shared between callers: not to be changed."""
 

@@ -179,8 +179,8 @@ def ucr_line_error(path: Path, number: int, why: str) -> DataError:
 def read_ucr_table(name: str, path: Path):
     """A UCR .tsv as a float64 array (label, then the series), one row a line; refused with
     one line naming the file (and the line) when it is not a table of finite numbers with a
-    series, or is empty. Read once while the file stays as it is (read_once): the pre-flight
-    check and the run both need it."""
+    series, or is empty. Read once while the file stays as it is (read_once): the check
+    before the run and the run both need it."""
 
     def read():
         then = stamp(path)  # before the read: a change while it reads is seen next time
