@@ -284,9 +284,11 @@ def train_jobs(app: HydraApp, one_run: bool = False) -> Trained:
     (train()) refuses a preset that sweeps as well."""
     cfg = app.compose()
     if one_run and cfg.hydra.mode == RunMode.MULTIRUN:
+        choices = cfg.hydra.runtime.choices
+        presets = [f"{g}={choices[g]}" for g in ("experiment", "hparams_search") if choices[g]]
         raise ConfigError(
-            f"{' '.join(app.args.overrides)}: sets hydra.mode=MULTIRUN (a preset that sweeps): "
-            f"train() runs one, so add hydra.mode=RUN, or sweep with cnnlab train"
+            f"{' '.join(presets) or 'the config'} sets hydra.mode=MULTIRUN, a sweep: train() "
+            f"runs one run (add hydra.mode=RUN for one run of it), cnnlab train -m a sweep"
         )
     jobs = TrainJobs(check_jobs(app, cfg))
     if cfg.hydra.mode == RunMode.MULTIRUN:
