@@ -285,7 +285,7 @@ def train_jobs(app: HydraApp, one_run: bool = False) -> Trained:
     cfg = app.compose()
     if one_run and cfg.hydra.mode == RunMode.MULTIRUN:
         choices = cfg.hydra.runtime.choices
-        presets = [f"{g}={choices[g]}" for g in ("experiment", "hparams_search") if choices[g]]
+        presets = [f"{g}={choices[g]}" for g in ("experiment", "hparams_search") if choices.get(g)]
         raise ConfigError(
             f"{' '.join(presets) or 'the config'} sets hydra.mode=MULTIRUN, a sweep: train() "
             f"runs one run (add hydra.mode=RUN for one run of it), cnnlab train -m a sweep"
