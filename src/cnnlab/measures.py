@@ -148,6 +148,17 @@ def epoch1_accuracies(history: list[dict], seeds: list[int]) -> list[float | Non
     return [row.get(seed) for seed in seeds]
 
 
+# what measure() gives each copy: metrics.json's keys for them (their means over the copies)
+MEASUREMENTS = (
+    "shift_accuracy",
+    "dead_units",
+    "grad_ratio",
+    "epoch1_accuracy",
+    "train_accuracy",
+    "generalization_gap",
+)
+
+
 def measure(run: tuple, evaluations: list, eval_batch_size: int, probe) -> list[dict]:
     """Each copy's measurements (per state.seeds; a diverged copy's: {}). `run` is (state,
     training, dataset as loaded, tensors on the device, input shape) after training;
