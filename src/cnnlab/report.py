@@ -252,8 +252,8 @@ def evaluation_files(run_dir: Path, figures: dict, cm, evaluations, state, datas
 @dataclass
 class Results:
     """What a run hands over to be written: what it got to before it ended. Each field is
-    None until the run reaches it, so a run that failed at any point has the
-    same record as one that completed, with None where it got no figure."""
+    None until the run reaches it, so that a run that stopped anywhere has the same record
+    as one that completed, with None where it got no figure."""
 
     model: str  # the composed config's model.name, data.name, seed: known from the start
     data: str
@@ -271,12 +271,14 @@ class Results:
     dataset: Any = None  # data.Dataset as loaded (uint8: mistakes.png shows these images)
     tensors: Any = None  # engine.TrainData on the device
     input_shape: tuple | None = None
-    trained: Outcome | None = None  # how training ended (the pictures draw what it got to)
+    memory: dict | None = None  # the run's peak memory, read once training ended
+    threads: int | None = None  # the CPU threads the run trained with
     evaluations: list | None = None  # each copy's test Evaluation (None: diverged, stopped)
     measured: list[dict] | None = None  # measures.measure's figures per copy
     measure_seconds: float | None = None
-    memory: dict | None = None  # the run's peak memory, read once training ended
-    threads: int | None = None  # the CPU threads the run trained with
+    figures: dict | None = None  # run_figures': what metrics.json says of the trained copies
+    confusion: torch.Tensor | None = None  # summed over the copies (None: no evaluation)
+    trained: Outcome | None = None  # how training ended: the files draw what it got to
     tracker: loggers.RunLogger = field(default_factory=loggers.RunLogger)
 
 
@@ -305,10 +307,10 @@ def run_figures(r: Results) -> tuple[dict, torch.Tensor | None]:
     return figures | test | means | {"measure_seconds": r.measure_seconds}, cm
 
 
-def metrics_record(r: Results, outcome: Outcome, figures: dict | None = None) -> dict:
-    """metrics.json: the same keys whatever the status, None where the run got no figure
-    (`figures`: run_figures'). `error` says why a run did not complete."""
-    state, cfg, f = r.state, r.config, figures or {}
+def metrics_record(r: Results, outcome: Outcome) -> dict:
+    """metrics.json: the same keys whatever the status, None where the run got no figure.
+    `error` says why a run did not complete."""
+    state, cfg, f = r.state, r.config, r.figures or {}
     model, memory = r.described or {}, r.memory or {}
     seconds = state.train_seconds if state else None
     return {
@@ -366,17 +368,18 @@ def draw_pictures(r: Results, run_dir: Path) -> list[tuple[str, Callable[[], Any
     ]
 
 
-def run_files(r: Results, run_dir: Path, figures: dict, cm, status: str) -> list[tuple]:
+def run_files(r: Results, run_dir: Path) -> list[tuple[str, Callable[[], Any]]]:
     """The files that show how a run trained, as (file name, function that writes it): the
     loss curve, the confusion matrix and mistakes (with a test evaluation), the pictures."""
     cfg, state, steps = r.config, r.state, []
     title = pictures.run_title(cfg.model, cfg.data.name)
     rows = state.live_rows(state.history)
     if rows:
-        curve, ended = run_dir / "loss_curve.png", (cfg.trainer.epochs, status)
+        curve, ended = run_dir / "loss_curve.png", (cfg.trainer.epochs, str(r.trained.status))
         steps.append((curve.name, lambda: plot_loss_curve(rows, curve, title, *ended)))
-    if cm is not None:
-        steps += evaluation_files(run_dir, figures, cm, r.evaluations, state, r.dataset, title)
+    if r.confusion is not None:
+        figures, evaluations, cm = r.figures, r.evaluations, r.confusion
+        steps += evaluation_files(run_dir, figures, cm, evaluations, state, r.dataset, title)
     if cfg.pictures:
         steps += draw_pictures(r, run_dir)
     return steps
@@ -390,11 +393,10 @@ def write_run(run_dir: Path, r: Results, outcome: Callable[[], Outcome]) -> tupl
     (so it comes after metrics.json, and a failure of it is a warning in train.log alone).
     Returns metrics.json's content and the outcome, failed if metrics.json could not be
     written (one `error:` line on stderr says so)."""
-    figures, cm = run_figures(r) if r.trained else ({}, None)
     if r.trained:
-        attempt(run_files(r, run_dir, figures, cm, str(r.trained.status)))
+        attempt(run_files(r, run_dir))
     ended = outcome()
-    metrics = metrics_record(r, ended, figures)
+    metrics = metrics_record(r, ended)
     ended = write_metrics(run_dir / "metrics.json", metrics, ended)
     logger = r.config.logger.name if r.config else "none"
     attempt([(f"logger={logger} final()", lambda: r.tracker.final(metrics, run_dir))])

@@ -218,6 +218,7 @@ def train_run(checked: Checked, run_dir: Path, job: Job, stop: StopRequest, r) -
             run = (state, training, ds, tensors, input_shape)
             r.measured, r.measure_seconds = measure(cfg, run, evaluations, probe)
             r.evaluations = evaluations
+        r.figures, r.confusion = report.run_figures(r)
         r.trained = outcome
     return outcome
 
