@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import QUICK, SMALL, cli_env, cnnlab_train, metrics_of
 
-from cnnlab import files, report
+from cnnlab import files, pictures, report
 from cnnlab import run as run_module
 from cnnlab.checkpoints import load_checkpoint
 
@@ -94,7 +94,8 @@ def test_checkpoint_writer_error_mid_file_keeps_the_previous_checkpoint(tmp_path
 
 
 def test_full_disk_on_history_mid_run_fails_the_run_naming_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "atomic_file", full_disk_for("history.csv", after=1))
+    # the first write is the header, as training starts; the third is epoch 2's
+    monkeypatch.setattr(files, "atomic_file", full_disk_for("history.csv", after=2))
     run = tmp_path / "run"
     assert cnnlab_train(run, *MLP, "trainer.epochs=3") == 1
     m = metrics_of(run)
@@ -163,23 +164,37 @@ def test_sigint_while_building_the_model_is_an_interrupted_run(tmp_path, monkeyp
     assert m["status"] == "interrupted" and m["error"] == "SIGINT before training started"
 
 
-@pytest.mark.parametrize("write", [1, 2], ids=["first-write", "last-write"])
-def test_sigint_during_the_metrics_write_is_recorded(tmp_path, monkeypatch, write):
-    real, writes = report.write_json, []
+def test_sigint_while_the_files_are_drawn_is_recorded(tmp_path, monkeypatch):
+    real = pictures.plot_mistakes  # the last file drawn before metrics.json
 
-    def write_json(path, obj):
-        if Path(path).name == "metrics.json":
-            writes.append(dict(obj))
-            if len(writes) == write:
-                signal.raise_signal(signal.SIGINT)
-        real(path, obj)
+    def plot_mistakes(*args):
+        signal.raise_signal(signal.SIGINT)
+        return real(*args)
 
-    monkeypatch.setattr(report, "write_json", write_json)
+    monkeypatch.setattr(pictures, "plot_mistakes", plot_mistakes)
     run = tmp_path / "run"
     assert cnnlab_train(run, *MLP) == 130
     m = metrics_of(run)
     assert m["status"] == "interrupted" and m["error"].startswith("SIGINT after training")
     assert m["accuracy"] is not None and leftovers(run) == []
+    assert (run / "mistakes.png").is_file()
+
+
+def test_sigint_during_the_metrics_write_finds_the_run_recorded(tmp_path, monkeypatch):
+    """metrics.json is written once, with the status decided just before: a signal during
+    that write finds the run over, and the process exits as metrics.json says."""
+    real = report.write_json
+
+    def write_json(path, obj):
+        if Path(path).name == "metrics.json":
+            signal.raise_signal(signal.SIGINT)
+        real(path, obj)
+
+    monkeypatch.setattr(report, "write_json", write_json)
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *MLP) == 0
+    m = metrics_of(run)
+    assert m["status"] == "completed" and m["accuracy"] is not None and leftovers(run) == []
 
 
 def test_a_failing_confusion_plot_and_curve_are_two_warnings(tmp_path, monkeypatch):
