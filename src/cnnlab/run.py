@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab import data, files, loggers, measures, pictures, report
+from cnnlab import collector, data, files, loggers, measures, pictures, report
 from cnnlab.checkpoints import save_checkpoint
 from cnnlab.checks import Checked, resume_config
 from cnnlab.config import TrainConfig
@@ -348,6 +348,7 @@ def run_job(
     `cfg` is the job's config as composed (what a failed run's record names); `check()`
     gives it checked (checks.check_config, or the pre-flight's result): a config the check
     refuses is a failed run like any other."""
+    collector.release()  # the console script's, now that the run's modules are loaded
     stop, kept = StopRequest(deferred=False), KeptWarnings()
     log.addHandler(kept)
     try:
