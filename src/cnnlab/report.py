@@ -150,8 +150,7 @@ def plot_loss_curve(
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    pictures.save(fig, path)
 
 
 def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, title: str) -> None:
@@ -173,8 +172,7 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, titl
     ax.set_xticks(range(k), classes, rotation=45 * slanted, ha="right" if slanted else "center")
     ax.set_yticks(range(k), classes)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    pictures.save(fig, path)
 
 
 def evaluation_figures(evaluations: list, state, dataset) -> tuple[dict, torch.Tensor]:
