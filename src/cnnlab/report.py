@@ -166,7 +166,8 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, titl
     dark = counts.max() / 2  # white text on the darker half of the scale
     for (i, j), count in np.ndenumerate(counts):
         color = "white" if count > dark else "black"
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+        cell = ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+        cell.set_in_layout(False)  # inside the axes: tight_layout need not measure k x k texts
     # short names (digits) read level; longer ones slanted, so that they do not overlap
     slanted = max(map(len, classes)) > 3
     ax.set_xticks(range(k), classes, rotation=45 * slanted, ha="right" if slanted else "center")
