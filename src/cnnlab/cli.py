@@ -18,7 +18,7 @@ import threading
 
 # Hydra, torch and pandas are imported by the commands that use them, not here: help, a
 # mistyped command and argparse's refusals answer in a blink (issue 30)
-from cnnlab import threads
+from cnnlab import collector, threads
 from cnnlab.outcome import EXIT_CODES, Outcome, Status
 from cnnlab.shell import completion_main, is_completion, rerun_main
 
@@ -103,6 +103,7 @@ def compare_main(args: list[str]) -> int:
 def bench_main(args: list[str]) -> int:
     from cnnlab import bench
 
+    collector.release()  # epochs timed with the collector a run has
     return bench.main(args)
 
 
@@ -210,6 +211,7 @@ def entry() -> None:
     head`) ends the command quietly, as SIGPIPE ends other tools: 128 + SIGPIPE, no
     traceback; a run whose log lines lose their reader trains on (logging drops them)."""
     logging.raiseExceptions = False  # else each log line to a closed stdout prints a traceback
+    collector.hold()  # until a run has loaded its modules (collector.release)
     try:
         code = main()
     except SystemExit as e:

@@ -163,8 +163,7 @@ def plot_loss_curve(
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    pictures.save(fig, path)
 
 
 def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, title: str) -> None:
@@ -180,14 +179,14 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, titl
     dark = counts.max() / 2  # white text on the darker half of the scale
     for (i, j), count in np.ndenumerate(counts):
         color = "white" if count > dark else "black"
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+        cell = ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+        cell.set_in_layout(False)  # inside the axes: tight_layout need not measure k x k texts
     # short names (digits) read level; longer ones slanted, so that they do not overlap
     slanted = max(map(len, classes)) > 3
     ax.set_xticks(range(k), classes, rotation=45 * slanted, ha="right" if slanted else "center")
     ax.set_yticks(range(k), classes)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    pictures.save(fig, path)
 
 
 def evaluation_figures(evaluations: list, state, dataset) -> tuple[dict, torch.Tensor]:

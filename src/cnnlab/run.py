@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab import data, loggers, measures, report
+from cnnlab import collector, data, loggers, measures, report
 from cnnlab.checkpoints import save_checkpoint
 from cnnlab.checks import Checked, resume_config
 from cnnlab.config import TrainConfig
@@ -254,6 +254,7 @@ def run_job(
     config as composed (what a failed run's record names); `check()` gives it checked
     (checks.check_config, or what hydra_app.check_jobs found): a config the check refuses
     is a run that ended with bad input, recorded like any other."""
+    collector.release()  # the console script's, now that the run's modules are loaded
     stop, kept = StopRequest(deferred=False), KeptWarnings()
     r = report.Results(cfg.model.name, cfg.data.name, cfg.seed, kept.lines)
     log.addHandler(kept)
