@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     # trainer.threads=auto measures other processes' use of the cores from here: over the
     # command's start-up, so that a run need not wait to measure it
     threads.mark_start()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:
+        _, *argv = sys.argv  # the program's name, then the command's arguments
+    argv = list(argv)
     commands = {
         "train": train_main,
         "compare": compare_main,
