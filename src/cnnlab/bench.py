@@ -167,7 +167,8 @@ def bench_model(
         ds.y_test.to(device),
     )
     state, engine = start_run(lambda s: fresh_model(), [seed], tensors, cfg, device)
-    seconds, stop = [], StopRequest()
+    seconds = []
+    stop = StopRequest()
     for _ in range(epochs):
         if run is not None:
             run.epoch()

@@ -364,7 +364,8 @@ def section(claim: Claim, sweep_dir: Path, runs: list[dict] | None) -> tuple[str
 def ledger(claims: list[Claim], root: Path) -> str:
     from cnnlab.records import load_runs
 
-    sections, summary = [], ["| # | claim | verdict | sweep |", "|---|---|---|---|"]
+    sections = []
+    summary = ["| # | claim | verdict | sweep |", "|---|---|---|---|"]
     for claim in claims:
         sweep_dir = root / claim.sweep
         runs = load_runs([sweep_dir]) if sweep_dir.is_dir() else None

@@ -59,7 +59,8 @@ def config_dir() -> Path:
 def unique_dir(path: str) -> str:
     """Claim `path` (or path-2, path-3, ...) with an atomic mkdir, so runs or sweeps started
     in the same second never share a folder."""
-    candidate, n = path, 1
+    candidate = path
+    n = 1
     while True:
         try:
             os.makedirs(candidate)
@@ -396,7 +397,8 @@ def compose_error_line(e: BaseException) -> str:
     """A compose error (and the errors behind it) on one line: the override, what is wrong
     with it, and what is allowed (a group's options, the enum's values, a schema's keys)."""
     override = getattr(e, "override", None)  # a parse error names it only here
-    lines, allowed = [f"{override}:"] if override else [], None
+    lines = [f"{override}:"] if override else []
+    allowed = None
     while e is not None:
         text = str(e).split("Config search path")[0]  # Hydra's list of its config folders
         lines += [line.strip() for line in text.splitlines()]
