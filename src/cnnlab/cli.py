@@ -201,7 +201,7 @@ def inspect_main(args: list[str]) -> int:
     from cnnlab.hydra_app import BAD_INPUT, composed_jobs, refuse_bad_input
 
     try:
-        job = composed_jobs(a.overrides, multirun=False, writes=False)[0]
+        job = composed_jobs(a.overrides, multirun=False)[0]
         checked = check_config(job, run=False)  # no data: inspect needs no dataset files
     except BAD_INPUT as e:
         return refuse_bad_input(e)
