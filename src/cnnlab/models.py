@@ -68,13 +68,12 @@ class ConvPlan:
 
 @dataclass(frozen=True)
 class StagePlan:
-    """`depth` convs; with a residual, a shortcut (identity, or a 1x1 projection to a map of
-    `shortcut_size`); then the pool, if any, to a map of `pooled_size`."""
+    """`depth` convs; with a residual, a shortcut (identity, or a 1x1 projection); then the
+    pool, if any, to a map of `pooled_size`."""
 
     convs: tuple[ConvPlan, ...]
     residual: bool
     projection: bool
-    shortcut_size: tuple[int, ...] | None
     pooled_size: tuple[int, ...] | None
 
     @property
@@ -201,7 +200,6 @@ def plan_stage(cfg: LeNetConfig, s: int, in_ch: int, size: tuple, input_shape: t
         in_ch, size = convs[-1].out_ch, convs[-1].size_out
     stage_in = convs[0].in_ch
     stage_size = convs[0].size_in
-    short_size = None
     if cfg.residual:
         short_size = conv_out(stage_size, 1, cfg.stride, 0, 1)
         if any(b > a for a, b in zip(short_size, size, strict=True)):
@@ -222,7 +220,7 @@ def plan_stage(cfg: LeNetConfig, s: int, in_ch: int, size: tuple, input_shape: t
             )
         pooled = conv_out(size, 2, 2, 0, 1)
     projection = cfg.residual and (stage_in != in_ch or cfg.stride != 1)
-    return StagePlan(tuple(convs), cfg.residual, projection, short_size, pooled)
+    return StagePlan(tuple(convs), cfg.residual, projection, pooled)
 
 
 def plan_lenet(cfg: LeNetConfig, input_shape: tuple[int, ...], num_classes: int) -> Plan:
