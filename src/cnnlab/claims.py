@@ -9,7 +9,7 @@ judged:
   tests   trained comparisons: runs selected by KEY=VALUE (`arm` against `against`), a
           per-seed `metric` (METRICS) and the `direction` that confirms the claim (higher |
           lower; report: shown, not judged). The statistics are verdicts.py's (paired by
-          seed, Holm over the claim's tests), not redone here.
+          seed, Bonferroni over the claim's tests), not redone here.
   exact   figures judged by arithmetic on the models the arms build (inspection.py, on
           MNIST's 1x28x28): params, macs, receptive_field, map (the map the head flattens),
           stages (the most conv stages that can be built); relation <, =, > (or report).
