@@ -20,7 +20,7 @@ import threading
 # mistyped command and argparse's refusals answer in a blink (issue 30)
 from cnnlab import threads
 from cnnlab.outcome import EXIT_CODES, Outcome, Status
-from cnnlab.shell import completion_main, is_completion, rerun_main
+from cnnlab.shell import completion_main, is_completion, rerun
 
 USAGE = """usage: cnnlab COMMAND [ARGS]
 
@@ -53,6 +53,20 @@ def train_main(args: list[str]) -> int:
     from cnnlab import hydra_app
 
     return hydra_app.train_main(args)
+
+
+def rerun_main(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print(
+            "usage: cnnlab rerun RUN_FOLDER [overrides]\n\n"
+            "Train again with the overrides RUN_FOLDER was trained with (its "
+            ".hydra/overrides.yaml),\nnew overrides winning; same seed, so on CPU the same "
+            "metrics. The new run gets a folder\nof its own; Hydra's flags (-m, --cfg job) "
+            "pass through."
+        )
+        return 0 if args else 2
+    run_folder, *overrides = args
+    return rerun(run_folder, overrides)
 
 
 def compare_main(args: list[str]) -> int:
