@@ -78,7 +78,7 @@ def test_the_preflight_and_a_default_runs_numerics_import_no_compiler(tmp_path, 
         "import sys\n"
         "from cnnlab import hydra_app, devices\n"
         "from cnnlab.checks import check_config\n"
-        "job = hydra_app.composed_jobs(['data=digits'], multirun=False, writes=False)[0]\n"
+        "job = hydra_app.composed_jobs(['data=digits'], multirun=False)[0]\n"
         "checked = check_config(job)\n"
         "with devices.numerics(checked.config.trainer) as flags:\n"
         "    pass\n"
@@ -148,6 +148,6 @@ def test_numerics_puts_back_what_it_set_when_the_run_fails(torch_flags):
 
 
 def test_check_config_still_checks_the_model_on_the_meta_device():
-    job = hydra_app.composed_jobs(["model=mlp", "data=digits"], multirun=False, writes=False)[0]
+    job = hydra_app.composed_jobs(["model=mlp", "data=digits"], multirun=False)[0]
     checked = check_config(job)
     assert next(checked.model.parameters()).device.type == "meta"

@@ -85,7 +85,8 @@ def logging_kept():
     """The root logger's handlers and level as they were before, after a run or its error;
     the handlers a run added closed (train.log's file)."""
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    handlers = list(root.handlers)
+    level = root.level
     try:
         yield
     finally:

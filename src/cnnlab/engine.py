@@ -309,7 +309,8 @@ def evaluate(
     total_loss = torch.zeros(copies, device=x.device)
     preds, confs = [], []
     for i in range(0, len(x), batch_size):
-        out, yb = logits(x[i : i + batch_size]), y[i : i + batch_size]
+        out = logits(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
         total_loss += torch.stack([F.cross_entropy(o, yb, reduction="sum") for o in out])
         conf, pred = out.softmax(-1).max(-1)
         preds.append(pred)

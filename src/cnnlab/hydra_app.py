@@ -59,7 +59,8 @@ def config_dir() -> Path:
 def unique_dir(path: str) -> str:
     """Claim `path` (or path-2, path-3, ...) with an atomic mkdir, so runs or sweeps started
     in the same second never share a folder."""
-    candidate, n = path, 1
+    candidate = path
+    n = 1
     while True:
         try:
             os.makedirs(candidate)
@@ -170,14 +171,12 @@ def sweep_jobs(overrides: list[Override]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*values)]
 
 
-def composed_jobs(
-    overrides: list[str], multirun: bool | None = None, writes: bool = True
-) -> list[DictConfig]:
-    """The config of every job the command will run, composed with Hydra's Compose API (no
-    job runs: inspect, and tests of what a preset sweeps): multirun True for -m, False
-    where one run is meant (inspect), None where the config decides (a preset that is a
-    sweep sets hydra.mode: MULTIRUN, as experiment=... does). `writes`: the command makes
-    run folders, so they are checked too."""
+def composed_jobs(overrides: list[str], multirun: bool | None = None) -> list[DictConfig]:
+    """The config of every job `cnnlab train` would run with these overrides, composed with
+    Hydra's Compose API for commands that run none and write no run folder (inspect,
+    benchmarks/claims_cost.py): multirun True for -m, False where one run is meant
+    (inspect), None where the config decides (a preset that is a sweep sets hydra.mode:
+    MULTIRUN, as experiment=... does)."""
     setup()
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
@@ -185,8 +184,6 @@ def composed_jobs(
         first = compose("train", overrides=fixed, return_hydra_config=True)
         if multirun is None:
             multirun = first.hydra.mode == RunMode.MULTIRUN
-        if writes:
-            check_output_folders(first.hydra, multirun)
         jobs = command_jobs(
             first, overrides, multirun, lambda job: compose("train", overrides=list(job))
         )
@@ -396,7 +393,8 @@ def compose_error_line(e: BaseException) -> str:
     """A compose error (and the errors behind it) on one line: the override, what is wrong
     with it, and what is allowed (a group's options, the enum's values, a schema's keys)."""
     override = getattr(e, "override", None)  # a parse error names it only here
-    lines, allowed = [f"{override}:"] if override else [], None
+    lines = [f"{override}:"] if override else []
+    allowed = None
     while e is not None:
         text = str(e).split("Config search path")[0]  # Hydra's list of its config folders
         lines += [line.strip() for line in text.splitlines()]

@@ -140,7 +140,8 @@ def inspect_model(model: nn.Module, input_shape: tuple) -> dict:
     fields: dict[str, Field] = {}
     leaf_fields(model, "", ((1,) * len(spatial), (1,) * len(spatial)), spatial, fields)
     root = type(model).__name__
-    layers, receptive_field = [], collapse(spatial)
+    layers = []
+    receptive_field = collapse(spatial)
     before_flatten = True
     for name, (rf, jump) in fields.items():
         layer = model.get_submodule(name)

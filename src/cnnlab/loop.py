@@ -223,7 +223,9 @@ def train_epoch(
     a non-finite loss in every copy, or a stop signal (the state then stands where it
     stopped). A copy whose loss turns non-finite while others train on is recorded in
     state.diverged by its seed."""
-    device, bs, seeds = state.data_rngs[0].device, cfg.batch_size, state.seeds
+    device = state.data_rngs[0].device
+    bs = cfg.batch_size
+    seeds = state.seeds
     if state.position == 0:
         state.epoch_rngs = [g.get_state() for g in state.data_rngs]
     else:  # resuming mid-epoch: draw this epoch's permutations again

@@ -1,6 +1,7 @@
-"""Per-run measurements beyond test accuracy, for the chapter's claims (claims.md): each
-copy's figures go into metrics.json's per_seed rows, their mean over the copies that did
-not diverge beside `accuracy`. Accuracies are fractions 0-1, as `accuracy` is.
+"""Per-run measurements beyond test accuracy, for the chapter's claims (the claim presets,
+configs/experiment/claim_*.yaml, that cnnlab claims judges): each copy's figures go into
+metrics.json's per_seed rows, their mean over the copies that did not diverge beside
+`accuracy`. Accuracies are fractions 0-1, as `accuracy` is.
 
 - shift_accuracy {"0": acc, ..., "4": acc}: test accuracy with every test image moved k
   pixels right and k pixels down (a series: k steps later), the uncovered border filled with
@@ -33,7 +34,7 @@ from torch import nn
 from cnnlab.data import to_device
 from cnnlab.layers import ACTIVATIONS
 
-SHIFTS = range(5)  # pixels: 0 (the test set) to 4, as claims.md's translation test asks
+SHIFTS = range(5)  # pixels: 0 (the test set) to 4; claims 2 and 3 judge 2-4 (shift_drop)
 # steps whose gradients grad_ratio averages: 3,200 images at batch 64, inside epoch 1 on
 # MNIST, where a vanishing gradient shows before Adam's scaling has evened the layers out
 GRAD_STEPS = 50

@@ -249,7 +249,8 @@ def by_branch(tiles: np.ndarray, branches: tuple) -> tuple[int, np.ndarray]:
     """A multi-scale layer's tiles (filters x h x w, branch after branch) as rows of one
     branch each, NaN tiles after a branch with fewer filters: (columns, tiles)."""
     cols = min(16, max(count for _, count, _ in branches))
-    rows, start = [], 0
+    rows = []
+    start = 0
     for _, count, _ in branches:
         block = tiles[start : start + count][:cols]
         rows += [block, np.full((cols - len(block), *tiles.shape[1:]), np.nan)]
@@ -297,7 +298,8 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
     layers = conv_layers(model)
     x = images.float().cpu()
     one_d = x.ndim == 3
-    n, column = len(x), 1.9  # inches per column
+    n = len(x)
+    column = 1.9  # inches per column
     fig = figure(column * (1 + len(stages)), 1.9 * n + 0.9)
     axes = fig.subplots(n, 1 + len(stages), squeeze=False)
     for i in range(n):

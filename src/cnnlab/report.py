@@ -195,7 +195,8 @@ def evaluation_figures(evaluations: list, state, dataset) -> tuple[dict, torch.T
     With several seeds: accuracy and f1_macro are the means over the copies that did not
     diverge (with their std and each seed's own figures), and the confusion matrix and
     per_class sum those copies' counts."""
-    y, classes = dataset.y_test.cpu(), dataset.classes
+    y = dataset.y_test.cpu()
+    classes = dataset.classes
     per_seed, matrices = [], []
     for seed, evaluation in zip(state.seeds, evaluations, strict=True):
         if seed in state.diverged:
@@ -226,7 +227,8 @@ def evaluation_figures(evaluations: list, state, dataset) -> tuple[dict, torch.T
 def evaluation_files(run_dir: Path, figures: dict, cm, evaluations, state, dataset, title: str):
     """confusion_matrix.csv/.png and mistakes.png (the copy state.shown_copy() names), as
     (file name, function that writes it) to be called one by one."""
-    y, classes = dataset.y_test.cpu(), dataset.classes
+    y = dataset.y_test.cpu()
+    classes = dataset.classes
     copies = sum(row["status"] == "completed" for row in figures["per_seed"])
     title = f"{title}: {100 * figures['accuracy']:.2f}%"
     if copies > 1:
@@ -310,7 +312,8 @@ def metrics_record(r: Results, outcome: Outcome) -> dict:
     """metrics.json: the same keys whatever the status, None where the run got no figure.
     `error` says why a run did not complete."""
     state, cfg, f = r.state, r.config, r.figures or {}
-    model, memory = r.described or {}, r.memory or {}
+    model = r.described or {}
+    memory = r.memory or {}
     seconds = state.train_seconds if state else None
     return {
         "status": str(outcome.status),
@@ -360,7 +363,8 @@ def draw_pictures(r: Results, run_dir: Path) -> list[tuple[str, Callable[[], Any
     """filters.png and feature_maps.png (from the same first test images every run) of the
     copy every picture shows, as (file name, function that draws it)."""
     model = functools.cache(lambda: r.training.copy(r.state.shown_copy()))
-    filters, maps = run_dir / "filters.png", run_dir / "feature_maps.png"
+    filters = run_dir / "filters.png"
+    maps = run_dir / "feature_maps.png"
     return [
         (filters.name, lambda: pictures.plot_filters(model(), filters, r.input_shape)),
         (maps.name, lambda: pictures.plot_feature_maps(model(), r.tensors.x_test[:4], maps)),
@@ -370,11 +374,14 @@ def draw_pictures(r: Results, run_dir: Path) -> list[tuple[str, Callable[[], Any
 def run_files(r: Results, run_dir: Path) -> list[tuple[str, Callable[[], Any]]]:
     """The files that show how a run trained, as (file name, function that writes it): the
     loss curve, the confusion matrix and mistakes (with a test evaluation), the pictures."""
-    cfg, state, steps = r.config, r.state, []
+    cfg = r.config
+    state = r.state
+    steps = []
     title = pictures.run_title(cfg.model, cfg.data.name)
     rows = state.live_rows(state.history)
     if rows:
-        curve, ended = run_dir / "loss_curve.png", (cfg.trainer.epochs, str(r.trained.status))
+        curve = run_dir / "loss_curve.png"
+        ended = (cfg.trainer.epochs, str(r.trained.status))
         steps.append((curve.name, lambda: plot_loss_curve(rows, curve, title, *ended)))
     if r.confusion is not None:
         figures, evaluations, cm = r.figures, r.evaluations, r.confusion

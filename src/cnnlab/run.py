@@ -97,7 +97,8 @@ def load_tensors(cfg: TrainConfig, device: torch.device) -> tuple[data.Dataset, 
 
 def describe_model(cfg: TrainConfig, model: nn.Module, input_shape: tuple) -> dict:
     """The model's figures for metrics.json; its inspect table goes into train.log."""
-    info, layers = inspect_model(model, input_shape), summary(model)
+    info = inspect_model(model, input_shape)
+    layers = summary(model)
     log.info("model %s: %s parameters | %s", cfg.model.name, f"{info['params']:,}", layers)
     log.info("layers (cnnlab inspect):\n%s", format_inspection(info, "table"))
     return {
@@ -180,9 +181,11 @@ def train_run(checked: Checked, run_dir: Path, job: Job, stop: StopRequest, r) -
     ds, tensors = load_tensors(cfg, device)
     r.dataset, r.tensors, r.validation = ds, tensors, validation_record(cfg, ds)
     # the shape and classes of the data as loaded
-    input_shape, classes = tuple(ds.x_train.shape[1:]), ds.classes
+    input_shape = tuple(ds.x_train.shape[1:])
+    classes = ds.classes
     r.input_shape = input_shape
-    checkpoint, config = run_dir / "checkpoints" / "last.pt", resume_config(cfg)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    config = resume_config(cfg)
 
     def build(seed: int) -> nn.Module:  # the model `seed` alone builds
         seed_everything(seed)

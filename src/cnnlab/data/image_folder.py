@@ -45,7 +45,8 @@ def image_files(
     folder, taken before it is listed, to `stamps`. Plain strings and scandir: with pathlib,
     listing 4,000 files took 0.25 s, most of a cached load; and a DirEntry knows its type
     without a stat (a link is followed)."""
-    found, folders = [], [str(folder)]
+    found = []
+    folders = [str(folder)]
     while folders:
         path = folders.pop()
         if stamps is not None:

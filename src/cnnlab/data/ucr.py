@@ -208,7 +208,8 @@ def parse_ucr_table(name: str, path: Path):
         raise DataError(f"{path} has a label column only: no series", status=Status.bad_input)
     rows, cols = (~np.isfinite(table)).nonzero()
     if len(rows):
-        number, value = lines[rows[0]][0], table[rows[0], cols[0]]
+        number = lines[rows[0]][0]
+        value = table[rows[0], cols[0]]
         if np.isnan(value) and cols[0] > 0:
             raise missing_values(name, path, number)
         raise DataError(
