@@ -132,7 +132,7 @@ def main() -> int:
             print(f"{claim.number:>5} {claim.sweep:9} {0:>7} {'-':>6} {'-':13} {'0 s':>9}  "
                   f"(reads {claim.sweep}'s sweep)")  # fmt: skip
             continue
-        jobs = composed_jobs([f"experiment={claim.sweep}", *a.overrides], writes=False)
+        jobs = composed_jobs([f"experiment={claim.sweep}", *a.overrides])
         try:
             rows = []
             for job in jobs:

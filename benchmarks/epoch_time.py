@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a source checkout
 
-from cnnlab.bench import main  # noqa: E402
+from cnnlab.cli import bench_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(bench_main(sys.argv[1:]))

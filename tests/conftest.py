@@ -58,7 +58,7 @@ RUN_FILES = [
 
 # metrics.json's timings and memory figures: the only keys two same-seed runs may differ
 # in (the README's Reliability section names them; peak_gpu_mb and mps_allocated_mb are
-# written on CUDA and MPS only)
+# null but on CUDA and MPS)
 TIMING_KEYS = {
     "train_seconds",
     "images_per_second",

@@ -156,6 +156,6 @@ def test_finite_check_covers_every_float_field():
 
 
 def test_check_config_still_checks_the_model_on_the_meta_device():
-    job = hydra_app.composed_jobs(["model=mlp", "data=digits"], multirun=False, writes=False)[0]
+    job = hydra_app.composed_jobs(["model=mlp", "data=digits"], multirun=False)[0]
     checked = check_config(job)
     assert next(checked.model.parameters()).device.type == "meta"

@@ -123,7 +123,8 @@ def test_mlflow_sweep_is_one_experiment_tagged_with_its_folder(tmp_path, run_cli
     assert len(runs) == 2 and len({e for e, _ in runs}) == 1
     assert {s for _, s in runs} == {"FINISHED"}
     (name,) = mlflow_db(db, f"select name from experiments where experiment_id = {runs[0][0]}")
-    assert name == (str(sweep.resolve()),)
+    # named as the user names the folder, from where cnnlab runs (loggers.sweep_name)
+    assert name == ("sweep",)
     tags = mlflow_db(db, "select value from tags where key = 'cnnlab.sweep_dir'")
     assert tags == [(str(sweep.resolve()),)] * 2
 

@@ -1,4 +1,7 @@
-"""Runs under hostile conditions (issue 19): a disk that fills while a checkpoint, history.csv
+"""One run end to end (cnnlab.run): one metrics.json schema whatever the run's status, and
+metrics.json written once per run.
+
+Runs under hostile conditions (issue 19): a disk that fills while a checkpoint, history.csv
 or metrics.json is written, a run folder that cannot be made, exceptions and signals at
 every stage of a run. Whatever happens, no temporary file stays, nothing written before is
 lost, and metrics.json's status agrees with the exit code; no traceback reaches stderr.
@@ -28,9 +31,11 @@ from conftest import (
     one_error_line,
 )
 
-from cnnlab import files, report
+from cnnlab import data, files, measures, pictures, report, run
 from cnnlab import run as run_module
 from cnnlab.checkpoints import load_checkpoint
+from cnnlab.config import MLPConfig, SyntheticDataConfig, TrainConfig
+from cnnlab.outcome import ConfigError, Outcome, Status
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -156,7 +161,8 @@ def test_checkpoint_writer_error_mid_file_keeps_the_previous_checkpoint(tmp_path
 
 
 def test_full_disk_on_history_mid_run_fails_the_run_naming_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "atomic_file", full_disk_for("history.csv", after=1))
+    # the first write is the header, as training starts; the third is epoch 2's
+    monkeypatch.setattr(files, "atomic_file", full_disk_for("history.csv", after=2))
     run = tmp_path / "run"
     assert cnnlab_train(run, *MLP, "trainer.epochs=3") == 1
     m = metrics_of(run)
@@ -222,23 +228,37 @@ def test_sigint_while_building_the_model_is_an_interrupted_run(tmp_path, monkeyp
     assert m["status"] == "interrupted" and m["error"] == "SIGINT before training started"
 
 
-@pytest.mark.parametrize("write", [1, 2], ids=["first-write", "last-write"])
-def test_sigint_during_the_metrics_write_is_recorded(tmp_path, monkeypatch, write):
-    real, writes = report.write_json, []
+def test_sigint_while_the_files_are_drawn_is_recorded(tmp_path, monkeypatch):
+    real = pictures.plot_mistakes  # the last file drawn before metrics.json
 
-    def write_json(path, obj):
-        if Path(path).name == "metrics.json":
-            writes.append(dict(obj))
-            if len(writes) == write:
-                signal.raise_signal(signal.SIGINT)
-        real(path, obj)
+    def plot_mistakes(*args):
+        signal.raise_signal(signal.SIGINT)
+        return real(*args)
 
-    monkeypatch.setattr(report, "write_json", write_json)
+    monkeypatch.setattr(pictures, "plot_mistakes", plot_mistakes)
     run = tmp_path / "run"
     assert cnnlab_train(run, *MLP) == 130
     m = metrics_of(run)
     assert m["status"] == "interrupted" and m["error"].startswith("SIGINT after training")
     assert m["accuracy"] is not None and leftovers(run) == []
+    assert (run / "mistakes.png").is_file()
+
+
+def test_sigint_during_the_metrics_write_finds_the_run_recorded(tmp_path, monkeypatch):
+    """metrics.json is written once, with the status decided just before: a signal during
+    that write finds the run over, and the process exits as metrics.json says."""
+    real = report.write_json
+
+    def write_json(path, obj):
+        if Path(path).name == "metrics.json":
+            signal.raise_signal(signal.SIGINT)
+        real(path, obj)
+
+    monkeypatch.setattr(report, "write_json", write_json)
+    run = tmp_path / "run"
+    assert cnnlab_train(run, *MLP) == 0
+    m = metrics_of(run)
+    assert m["status"] == "completed" and m["accuracy"] is not None and leftovers(run) == []
 
 
 def test_a_failing_confusion_plot_and_curve_are_two_warnings(tmp_path, monkeypatch):
@@ -292,3 +312,129 @@ def test_run_whose_checkpoint_cannot_be_written_fails(tmp_path, monkeypatch):
     assert m["status"] == "failed"
     assert "No space left on device" in m["error"] and "last.pt" in m["error"]
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+# metrics.json's keys, in order: the record of a run that got to nothing
+KEYS = list(report.metrics_record(report.Results("mlp", "digits", 0, []), Outcome(Status.failed)))
+
+
+def refused(*args):
+    raise data.DataError("data.path=/nowhere: no such folder", status=Status.bad_input)
+
+
+def not_to_be_had(*args):
+    raise data.DataError("/data/MNIST/raw: the four files are missing")
+
+
+def sigint(*args):
+    signal.raise_signal(signal.SIGINT)
+
+
+def check_refuses():
+    raise ConfigError("model.groups=3: does not divide 6 channels")
+
+
+# status -> (exit code, what to patch, extra overrides)
+ENDINGS = {
+    "completed": (0, None, []),
+    "diverged": (3, None, ["trainer.lr=1e30"]),
+    "failed": (1, (data, "load", not_to_be_had), []),
+    "bad_input": (2, (data, "load", refused), []),
+    "interrupted": (130, (run, "describe_model", sigint), []),
+    "interrupted after training": (130, (pictures, "plot_filters", sigint), ["pictures=true"]),
+}
+
+
+@pytest.fixture(scope="module")
+def ended(tmp_path_factory) -> dict[str, tuple[int, dict]]:
+    """A run ended each way: name -> (exit code, metrics.json)."""
+    root, out = tmp_path_factory.mktemp("endings"), {}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name, (_, patch, extra) in ENDINGS.items():
+            if patch:
+                monkeypatch.setattr(*patch)
+            out[name] = (cnnlab_train(root / name, *MLP, *extra), metrics_of(root / name))
+            monkeypatch.undo()
+    return out
+
+
+@pytest.mark.parametrize("name", list(ENDINGS)[1:])
+def test_every_ending_writes_the_same_keys_as_a_completed_run(ended, name):
+    code, metrics = ended[name]
+    assert code == ENDINGS[name][0]
+    assert metrics["status"] == name.split()[0]
+    assert list(metrics) == list(ended["completed"][1]) == KEYS
+    assert metrics["error"] and ended["completed"][1]["error"] is None
+
+
+def test_a_completed_record_has_every_figure(ended):
+    completed = ended["completed"][1]
+    unknown = {k for k, v in completed.items() if v is None}
+    # one seed, no validation split, CPU, no resume, no error: nothing else is missing
+    assert unknown == {"accuracy_std", "f1_macro_std", "val_accuracy", "best_epoch"} | {
+        "validation",
+        "resumed_from",
+        "peak_gpu_mb",
+        "mps_allocated_mb",
+        "error",
+    }
+    assert set(measures.MEASUREMENTS) <= set(completed["per_seed"][0])
+
+
+def test_a_failed_record_keeps_what_the_run_got_to(ended):
+    completed, failed = ended["completed"][1], ended["failed"][1]
+    assert failed["model"] == completed["model"] == "mlp" and failed["seed"] == 0
+    assert failed["accuracy"] is None and failed["epochs_completed"] is None
+    diverged = ended["diverged"][1]
+    assert diverged["params"] == completed["params"] and diverged["epochs_completed"] == 0
+
+
+JOB = TrainConfig(model=MLPConfig(), data=SyntheticDataConfig())
+
+
+def test_a_job_whose_check_refuses_it_records_bad_input_with_the_same_keys(tmp_path):
+    """A job checked in its own process (a joblib worker, an Optuna trial) that fails the
+    check: the folder Hydra made for it gets the same record as any run."""
+    metrics, outcome = run.run_job(JOB, check_refuses, tmp_path)
+    assert outcome.status == Status.bad_input and outcome.exit_code == 2
+    assert metrics_of(tmp_path) == metrics and list(metrics) == KEYS
+    assert metrics["error"] == "model.groups=3: does not divide 6 channels"
+
+
+def count_writes(monkeypatch) -> list[Path]:
+    """Every metrics.json that files.write_atomic is asked to replace, in order."""
+    real, writes = files.write_atomic, []
+
+    def write_atomic(path, text):
+        if Path(path).name == "metrics.json":
+            writes.append(Path(path))
+        real(path, text)
+
+    monkeypatch.setattr(files, "write_atomic", write_atomic)
+    return writes
+
+
+@pytest.mark.parametrize("name", ["completed", "diverged", "failed", "interrupted after training"])
+def test_metrics_json_is_replaced_once_per_run(tmp_path, monkeypatch, name):
+    code, patch, extra = ENDINGS[name]
+    if patch:
+        monkeypatch.setattr(*patch)
+    writes = count_writes(monkeypatch)
+    assert cnnlab_train(tmp_path / "run", *MLP, *extra) == code
+    assert writes == [tmp_path / "run" / "metrics.json"]
+
+
+def test_a_metrics_json_that_cannot_be_written_is_tried_once(tmp_path, monkeypatch, capfd):
+    writes, real = count_writes(monkeypatch), files.write_atomic
+
+    def full(path, text):
+        real(path, text)  # the counter
+        if Path(path).name == "metrics.json":
+            raise files.WriteError(path, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files, "write_atomic", full)
+    assert cnnlab_train(tmp_path / "run", *MLP) == 1
+    assert writes == [tmp_path / "run" / "metrics.json"]
+    err = capfd.readouterr().err.strip().splitlines()
+    path = tmp_path / "run" / "metrics.json"
+    assert err == [f"error: could not write {path}: No space left on device"]

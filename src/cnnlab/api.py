@@ -54,6 +54,8 @@ def train(*overrides: str) -> Run:
     check_overrides(overrides)
     with logging_kept():
         run_dir, code = hydra_app.train_once(list(overrides))
+    if run_dir is None:  # Hydra could not start the run: it said why on stderr
+        raise CnnlabError("the run did not start: see Hydra's report above", Status.failed)
     run_dir = run_dir.absolute()  # the folder still, should the caller change folder
     path = run_dir / "metrics.json"
     try:
@@ -83,7 +85,8 @@ def logging_kept():
     """The root logger's handlers and level as they were before, after a run or its error;
     the handlers a run added closed (train.log's file)."""
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    handlers = list(root.handlers)
+    level = root.level
     try:
         yield
     finally:

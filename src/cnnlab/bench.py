@@ -17,7 +17,6 @@ the machine's background load hits both. An epoch's time is its training loop on
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -42,6 +41,9 @@ from cnnlab.outcome import ConfigError
 
 # the default config of each model schema: "mlp" and "lenet5", the chapter's two models
 MODELS = {schema().name: schema for schema in models.MODELS}
+# the data it loads: the built-in sets, which need no keys but their name, and synthetic
+DATA_NAMES = [name for name, source in data.SOURCES.items() if source.schema is DataConfig]
+DATA_NAMES += ["synthetic"]
 BATCH_SIZE, LR = 64, 1e-3  # the chapter's settings
 
 
@@ -165,7 +167,8 @@ def bench_model(
         ds.y_test.to(device),
     )
     state, engine = start_run(lambda s: fresh_model(), [seed], tensors, cfg, device)
-    seconds, stop = [], StopRequest()
+    seconds = []
+    stop = StopRequest()
     for _ in range(epochs):
         if run is not None:
             run.epoch()
@@ -220,45 +223,29 @@ def print_table(report: dict) -> None:
     )
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cnnlab bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    # the built-in sets, which need no keys but their name
-    built_in = [name for name, source in data.SOURCES.items() if source.schema is DataConfig]
-    p.add_argument("--data", default="fashion_mnist", choices=[*built_in, "synthetic"])
-    p.add_argument(
-        "--root",
-        default=os.environ.get("CNNLAB_DATA", "data"),
-        help="data folder (default: $CNNLAB_DATA, else data/)",
-    )
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--models", default="mlp,lenet5", help="comma-separated: mlp,lenet5")
-    p.add_argument("--skip-classic", action="store_true", help="time cnnlab's loop only")
-    p.add_argument("--train-size", type=int, help="use only the first N training images")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
-    return p
-
-
-def main(args: list[str]) -> int:
-    p = parser()
-    a = p.parse_args(args)
-    names = a.models.split(",")
-    if unknown := [n for n in names if n not in MODELS]:
-        p.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    if a.epochs < 1:
-        p.error("--epochs must be at least 1")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    kw = {"root": a.root} | ({"train_size": a.train_size} if a.train_size else {})
+def main(
+    *,
+    device: str,
+    data_name: str,
+    root: str,
+    epochs: int,
+    model_names: list[str],
+    classic: bool,
+    train_size: int | None,
+    threads: int | None,
+    seed: int,
+    out: str | None,
+) -> int:
+    """`cnnlab bench` on the values cli.py parsed: times each of `model_names` (MODELS) on one of
+    DATA_NAMES, prints the table and writes it to `out` as JSON."""
+    if threads:
+        torch.set_num_threads(threads)
+    kw = {"root": root} | ({"train_size": train_size} if train_size else {})
     try:
-        device = resolve_device(a.device)
-        data_cfg = SyntheticDataConfig(**kw) if a.data == "synthetic" else DataConfig(a.data, **kw)
+        device = resolve_device(device)
+        data_cfg = (
+            SyntheticDataConfig(**kw) if data_name == "synthetic" else DataConfig(data_name, **kw)
+        )
         ds = data.load(data_cfg)
     except (ConfigError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -266,23 +253,22 @@ def main(args: list[str]) -> int:
     report = {
         "machine": machine_info(device),
         "settings": {
-            "data": a.data,
+            "data": data_name,
             "train_images": len(ds.y_train),
             "test_images": len(ds.y_test),
             "batch_size": BATCH_SIZE,
             "lr": LR,
             "optimizer": "adam",
-            "seed": a.seed,
-            "epochs": a.epochs,
+            "seed": seed,
+            "epochs": epochs,
             "median_over": "all epochs, first included; training loop only",
         },
         "results": [
-            bench_model(n, data_cfg, ds, device, a.epochs, a.seed, not a.skip_classic)
-            for n in names
+            bench_model(n, data_cfg, ds, device, epochs, seed, classic) for n in model_names
         ],
     }
     print_table(report)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
     return 0

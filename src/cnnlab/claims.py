@@ -9,7 +9,7 @@ judged:
   tests   trained comparisons: runs selected by KEY=VALUE (`arm` against `against`), a
           per-seed `metric` (METRICS) and the `direction` that confirms the claim (higher |
           lower; report: shown, not judged). The statistics are verdicts.py's (paired by
-          seed, Holm over the claim's tests), not redone here.
+          seed, Bonferroni over the claim's tests), not redone here.
   exact   figures judged by arithmetic on the models the arms build (inspection.py, on
           MNIST's 1x28x28): params, macs, receptive_field, map (the map the head flattens),
           stages (the most conv stages that can be built); relation <, =, > (or report).
@@ -19,7 +19,6 @@ Nothing here imports Hydra or torch until a model is inspected.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import subprocess
@@ -365,7 +364,8 @@ def section(claim: Claim, sweep_dir: Path, runs: list[dict] | None) -> tuple[str
 def ledger(claims: list[Claim], root: Path) -> str:
     from cnnlab.records import load_runs
 
-    sections, summary = [], ["| # | claim | verdict | sweep |", "|---|---|---|---|"]
+    sections = []
+    summary = ["| # | claim | verdict | sweep |", "|---|---|---|---|"]
     for claim in claims:
         sweep_dir = root / claim.sweep
         runs = load_runs([sweep_dir]) if sweep_dir.is_dir() else None
@@ -392,34 +392,29 @@ def run_sweep(claim: Claim, root: Path, overrides: list[str]) -> int:
     return subprocess.run(command).returncode
 
 
-def main(args: list[str], experiment_dir: Path) -> int:
-    p = argparse.ArgumentParser(
-        prog="cnnlab claims",
-        description="The chapter's claims (configs/experiment/claim_*.yaml) judged on the "
-        "sweeps in DIR: writes DIR/claims.md.",
-        exit_on_error=False,
-    )
-    p.add_argument("overrides", nargs="*", help="overrides for the sweeps --run runs")
-    p.add_argument("--dir", default="outputs/claims", help="one sweep folder per preset")
-    p.add_argument("--run", action="store_true", help="run the sweeps not yet in DIR")
-    p.add_argument("--only", metavar="N[,N]", help="these claims only, e.g. 1,2,5")
+def main(
+    experiment_dir: Path,
+    root: str | Path,
+    overrides: list[str],
+    run: bool = False,
+    only: set[int] | None = None,
+) -> int:
+    """`cnnlab claims` on the values cli.py parsed: the claims numbered in `only` (all
+    when None), their sweeps first run with `overrides` where root lacks them if `run`,
+    then root/claims.md written."""
     try:
-        a, unknown = p.parse_known_intermixed_args(args)
-        if unknown:
-            raise argparse.ArgumentError(None, f"{unknown[0]} is not an option of claims")
         claims = load_claims(experiment_dir)
-        if a.only:
-            wanted = {int(n) for n in a.only.split(",")}
-            claims = [c for c in claims if c.number in wanted]
-    except (argparse.ArgumentError, ClaimError, ValueError) as e:
+    except ValueError as e:  # a ClaimError, or a claim number that is not one
         print(f"error: {e}", file=sys.stderr)
         return 2
-    root = Path(a.dir)
-    if a.run:
+    if only:
+        claims = [c for c in claims if c.number in only]
+    root = Path(root)
+    if run:
         for preset in dict.fromkeys(c.sweep for c in claims if c.tests):
             claim = next(c for c in claims if c.sweep == preset)
             if not (root / preset).is_dir():
-                code = run_sweep(claim, root, a.overrides)
+                code = run_sweep(claim, root, overrides)
                 if code == 2:
                     return code
     root.mkdir(parents=True, exist_ok=True)

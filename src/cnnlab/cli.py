@@ -1,7 +1,8 @@
-"""The `cnnlab` command: routes `cnnlab train | inspect | rerun | compare | bench` and parses
-their arguments, nothing else. Hydra lives in hydra_app (train composes and checks every
-job's config there first, so bad input fails before anything is written), the check in
-checks, one run in run, rerun and shell completion in shell.
+"""The `cnnlab` command: routes `cnnlab train | inspect | rerun | compare | bench | claims`
+and parses their arguments, nothing else. Hydra lives in hydra_app (train composes each
+job's config once there and checks every job before the first starts, so bad input fails
+before anything is written), the check in checks, one run in run, rerun and shell
+completion in shell.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import threading
 
 # Hydra, torch and pandas are imported by the commands that use them, not here: help, a
 # mistyped command and argparse's refusals answer in a blink (issue 30)
-from cnnlab import threads
+from cnnlab import collector, threads
 from cnnlab.outcome import EXIT_CODES, Outcome, Status
-from cnnlab.shell import completion_main, is_completion, rerun_main
+from cnnlab.shell import completion_main, is_completion, rerun
 
 USAGE = """usage: cnnlab COMMAND [ARGS]
 
@@ -52,6 +53,20 @@ def train_main(args: list[str]) -> int:
     from cnnlab import hydra_app
 
     return hydra_app.train_main(args)
+
+
+def rerun_main(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print(
+            "usage: cnnlab rerun RUN_FOLDER [overrides]\n\n"
+            "Train again with the overrides RUN_FOLDER was trained with (its "
+            ".hydra/overrides.yaml),\nnew overrides winning; same seed, so on CPU the same "
+            "metrics. The new run gets a folder\nof its own; Hydra's flags (-m, --cfg job) "
+            "pass through."
+        )
+        return 0 if args else 2
+    run_folder, *overrides = args
+    return rerun(run_folder, overrides)
 
 
 def compare_main(args: list[str]) -> int:
@@ -100,16 +115,80 @@ def compare_main(args: list[str]) -> int:
 
 
 def bench_main(args: list[str]) -> int:
-    from cnnlab import bench
+    from cnnlab import bench  # torch: its help shows the data sets it can load
 
-    return bench.main(args)
+    p = argparse.ArgumentParser(
+        prog="cnnlab bench",
+        description=bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--data", default="fashion_mnist", choices=bench.DATA_NAMES)
+    p.add_argument(
+        "--root",
+        default=os.environ.get("CNNLAB_DATA", "data"),
+        help="data folder (default: $CNNLAB_DATA, else data/)",
+    )
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--models", default="mlp,lenet5", help="comma-separated: mlp,lenet5")
+    p.add_argument("--skip-classic", action="store_true", help="time cnnlab's loop only")
+    p.add_argument("--train-size", type=int, help="use only the first N training images")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    a = p.parse_args(args)
+    names = a.models.split(",")
+    if unknown := [n for n in names if n not in bench.MODELS]:
+        p.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(bench.MODELS)}")
+    if a.epochs < 1:
+        p.error("--epochs must be at least 1")
+    collector.release()  # epochs timed with the collector a run has
+    return bench.main(
+        device=a.device,
+        data_name=a.data,
+        root=a.root,
+        epochs=a.epochs,
+        model_names=names,
+        classic=not a.skip_classic,
+        train_size=a.train_size,
+        threads=a.threads,
+        seed=a.seed,
+        out=a.out,
+    )
+
+
+def claim_numbers(text: str) -> set[int]:
+    """--only's value: comma-separated claim numbers."""
+    try:
+        return {int(n) for n in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: claim numbers, e.g. 1,2,5") from None
 
 
 def claims_main(args: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="cnnlab claims",
+        description="The chapter's claims (configs/experiment/claim_*.yaml) judged on the "
+        "sweeps in DIR: writes DIR/claims.md.",
+        exit_on_error=False,
+    )
+    p.add_argument("overrides", nargs="*", help="overrides for the sweeps --run runs")
+    p.add_argument("--dir", default="outputs/claims", help="one sweep folder per preset")
+    p.add_argument("--run", action="store_true", help="run the sweeps not yet in DIR")
+    p.add_argument(
+        "--only", metavar="N[,N]", type=claim_numbers, help="these claims only, e.g. 1,2,5"
+    )
+    try:
+        a, unknown = p.parse_known_intermixed_args(args)
+        if unknown:
+            raise argparse.ArgumentError(None, f"{unknown[0]} is not an option of claims")
+    except argparse.ArgumentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from cnnlab import claims
     from cnnlab.hydra_app import config_dir
 
-    return claims.main(args, config_dir() / "experiment")
+    return claims.main(config_dir() / "experiment", a.dir, a.overrides, run=a.run, only=a.only)
 
 
 def inspect_main(args: list[str]) -> int:
@@ -137,7 +216,7 @@ def inspect_main(args: list[str]) -> int:
     from cnnlab.hydra_app import BAD_INPUT, composed_jobs, refuse_bad_input
 
     try:
-        job = composed_jobs(a.overrides, multirun=False, writes=False)[0]
+        job = composed_jobs(a.overrides, multirun=False)[0]
         checked = check_config(job, run=False)  # no data: inspect needs no dataset files
     except BAD_INPUT as e:
         return refuse_bad_input(e)
@@ -152,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     # trainer.threads=auto measures other processes' use of the cores from here: over the
     # command's start-up, so that a run need not wait to measure it
     threads.mark_start()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:
+        _, *argv = sys.argv  # the program's name, then the command's arguments
+    argv = list(argv)
     commands = {
         "train": train_main,
         "compare": compare_main,
@@ -209,6 +290,7 @@ def entry() -> None:
     head`) ends the command quietly, as SIGPIPE ends other tools: 128 + SIGPIPE, no
     traceback; a run whose log lines lose their reader trains on (logging drops them)."""
     logging.raiseExceptions = False  # else each log line to a closed stdout prints a traceback
+    collector.hold()  # until a run has loaded its modules (collector.release)
     try:
         code = main()
     except SystemExit as e:

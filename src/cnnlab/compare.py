@@ -370,7 +370,8 @@ def _fitted(shown: pd.DataFrame, text) -> str:
     """The text table in WIDTH columns: config first, the key columns (between model and the
     figures) and then DROPPED left out until it fits, a long reason cut short; a line
     below says what was left out."""
-    columns, keys = list(shown.columns), _keys(shown)
+    columns = list(shown.columns)
+    keys = _keys(shown)
     left = [col for col in columns if col not in keys and col != "model"]
     for col in DROPPED:
         if _width(text(left)) <= WIDTH:
@@ -446,7 +447,8 @@ def write_summary(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = [run if isinstance(run, dict) else load_run(run) for run in runs]
-    note, declared = None, declared_baseline(runs)
+    note = None
+    declared = declared_baseline(runs)
     try:
         seeds, grouped, keys = _tables(runs, sort, baseline or declared, metric)
         baseline = baseline or declared

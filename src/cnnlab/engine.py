@@ -1,6 +1,6 @@
-"""The pieces every way of training shares, one model (loop.py) or a stack of seeds
-(stack.py): the optimisers, with the state each keeps per parameter; autocast; the CUDA-graph
-step; the one evaluation loop; where the tensors live and which path a step takes.
+"""The pieces every way of training shares, one model or a stack of seeds (stack.py): the
+optimisers, with the state each keeps per parameter; autocast; the CUDA-graph step; the one
+evaluation loop; where the tensors live and which path a step takes.
 
 Where the speed comes from (figures in the README): the data already sit on the device
 (cnnlab.data) and an epoch is a seeded on-device permutation cut into slices (loop.py); on CUDA
@@ -309,7 +309,8 @@ def evaluate(
     total_loss = torch.zeros(copies, device=x.device)
     preds, confs = [], []
     for i in range(0, len(x), batch_size):
-        out, yb = logits(x[i : i + batch_size]), y[i : i + batch_size]
+        out = logits(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
         total_loss += torch.stack([F.cross_entropy(o, yb, reduction="sum") for o in out])
         conf, pred = out.softmax(-1).max(-1)
         preds.append(pred)
@@ -322,16 +323,3 @@ def evaluate(
         Evaluation(loss / count, right / count, predictions[i], confidence[i])
         for i, (loss, right) in enumerate(zip(total_loss.tolist(), correct, strict=True))
     ]
-
-
-def evaluate_model(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainerConfig
-) -> Evaluation:
-    """One model on (x, y): the validation or the test data, as a run evaluates it."""
-    amp = autocast(cfg, x.device)
-
-    def logits(batch: torch.Tensor) -> torch.Tensor:
-        with amp:
-            return model(batch).float().unsqueeze(0)
-
-    return evaluate(model, logits, x, y, cfg.eval_batch_size)[0]

@@ -132,15 +132,16 @@ def inspect_model(model: nn.Module, input_shape: tuple) -> dict:
     """Parameters, MACs and receptive field of `model` on inputs of `input_shape`
     (channels, *spatial), in total and per leaf layer, in the order the layers run.
 
-    Nothing here reads a weight, so a model built on the meta device (as the pre-flight
-    check builds it) gives the same answer as one with real weights, for no memory.
+    Nothing here reads a weight, so a model built on the meta device (as the check
+    before the run builds it) gives the same answer as one with real weights, for no memory.
     """
     shapes, macs = traced_forward(model, input_shape)
     spatial = tuple(input_shape[1:])
     fields: dict[str, Field] = {}
     leaf_fields(model, "", ((1,) * len(spatial), (1,) * len(spatial)), spatial, fields)
     root = type(model).__name__
-    layers, receptive_field = [], collapse(spatial)
+    layers = []
+    receptive_field = collapse(spatial)
     before_flatten = True
     for name, (rf, jump) in fields.items():
         layer = model.get_submodule(name)

@@ -46,7 +46,8 @@ def conv_layers(model: nn.Module) -> list[ConvLayer]:
             continue
         elif layers and is_factorised_pair(layers[-1].convs, m):
             first = layers[-1].convs[0]
-            text, parts = factorised_text(first, m), (*layers[-1].parts, kernel_text(m))
+            text = factorised_text(first, m)
+            parts = (*layers[-1].parts, kernel_text(m))
             layers[-1] = ConvLayer(len(layers), (first, m), text, "factorised", parts)
         elif max(m.kernel_size) > 1:
             n = len(m.kernel_size)

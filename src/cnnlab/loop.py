@@ -5,8 +5,8 @@ state, where the epoch stands in images, history, the validation selection) with
 state_dict and one load; `train_epoch` steps through the rest of the current epoch; `fit` is
 the loop that calls it, evaluates (on the validation split when there is one: the test set
 is read once, at the end) and hands the state to its caller to checkpoint. The checkpoint
-file is checkpoints.py's; the pieces of a step are engine.py's; choosing an epoch on
-validation is selection.py's.
+file is checkpoints.py's; what a step computes is stack.py's (one model or a stack of seeds,
+alike), its pieces engine.py's; choosing an epoch on validation is selection.py's.
 """
 
 from __future__ import annotations
@@ -21,24 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from cnnlab.config import Keep, TrainerConfig
-from cnnlab.engine import (
-    CpuOptimizer,
-    GraphedStep,
-    TrainData,
-    autocast,
-    channels_last_pays,
-    choose_path,
-    evaluate_model,
-    make_optimizer,
-)
+from cnnlab.engine import CpuOptimizer, GraphedStep, TrainData, choose_path
 from cnnlab.outcome import Outcome, Status
 from cnnlab.selection import Selection
-from cnnlab.stack import SeedStack
+from cnnlab.stack import SeedStack, SingleModel
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +136,13 @@ class RunState:
         self.epoch_rngs = list(rng["data"]) if self.position else None
 
 
-# ---- one step ----------------------------------------------------------------------------
+# ---- what trains -------------------------------------------------------------------------
 
 
 @dataclass
-class Engine:
-    """How a run computes: its step, its evaluation, and each copy as a plain model."""
+class Training:
+    """How a run computes: its step, its evaluation and each copy as a plain model, from
+    what trains (stack.SingleModel or stack.SeedStack: the same interface), and its path."""
 
     step: Callable[[torch.Tensor], torch.Tensor]  # idx [copies, batch] -> losses [copies]
     evaluate: Callable[[torch.Tensor, torch.Tensor], list]  # (x, y) -> an Evaluation per copy
@@ -165,55 +156,21 @@ def start_run(
     data: TrainData,
     cfg: TrainerConfig,
     device: torch.device,
-) -> tuple[RunState, Engine]:
-    """A fresh run state and its engine. `build(seed)` makes the model `seed` alone would
+) -> tuple[RunState, Training]:
+    """A fresh run state and how it trains. `build(seed)` makes the model `seed` alone would
     build; several seeds train together as one stacked computation (stack.py)."""
     path = choose_path(cfg, device)
+    graph = path == "cuda_graph"
     if len(seeds) == 1:
-        model, optimizer, step, evaluate_all, copy = one_model(
-            build(seeds[0]), data, cfg, device, path
-        )
+        copies = SingleModel(build(seeds[0]), device, cfg, data, graph, path == "compile")
     else:
-        stack = SeedStack([build(s) for s in seeds], device, cfg, data, graph=path == "cuda_graph")
-        model, optimizer, step, copy = stack.model, stack.optimizer, stack.step, stack.copy
-
-        def evaluate_all(x: torch.Tensor, y: torch.Tensor) -> list:
-            return stack.evaluate(x, y, cfg.eval_batch_size)
-
-    if path == "cuda_graph":
-        step = GraphedStep(step, (len(seeds), cfg.batch_size), device)
+        copies = SeedStack([build(s) for s in seeds], device, cfg, data, graph)
+    step = GraphedStep(copies.step, (len(seeds), cfg.batch_size), device) if graph else copies.step
     rngs = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    state = RunState(model, optimizer, list(seeds), rngs)
+    state = RunState(copies.model, copies.optimizer, list(seeds), rngs)
     if data.has_validation:
         state.selection = Selection(len(seeds), keep_weights=cfg.keep == Keep.best)
-    return state, Engine(step, evaluate_all, copy, path)
-
-
-def one_model(model: nn.Module, data: TrainData, cfg: TrainerConfig, device, path: str):
-    """One seed: the model itself, in the layout its step wants, with its optimiser."""
-    model.to(device)
-    if channels_last_pays(model, device):
-        model.to(memory_format=torch.channels_last)  # in place, before the optimiser
-        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
-        data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
-        if data.has_validation:
-            data.x_val = data.x_val.contiguous(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg, device, graph=path == "cuda_graph")
-    forward = torch.compile(model) if path == "compile" else model
-    amp = autocast(cfg, device)
-
-    def step(idx: torch.Tensor) -> torch.Tensor:  # idx [1, batch] -> loss [1]
-        optimizer.zero_grad(set_to_none=True)
-        with amp:
-            loss = F.cross_entropy(forward(data.x_train[idx[0]]), data.y_train[idx[0]])
-        loss.backward()
-        optimizer.step()
-        return loss.detach().reshape(1)
-
-    def evaluate_all(x: torch.Tensor, y: torch.Tensor) -> list:
-        return [evaluate_model(model, x, y, cfg)]
-
-    return model, optimizer, step, evaluate_all, lambda i: model
+    return state, Training(step, copies.evaluate, copies.copy, path)
 
 
 # ---- an epoch and the loop ---------------------------------------------------------------
@@ -266,7 +223,9 @@ def train_epoch(
     a non-finite loss in every copy, or a stop signal (the state then stands where it
     stopped). A copy whose loss turns non-finite while others train on is recorded in
     state.diverged by its seed."""
-    device, bs, seeds = state.data_rngs[0].device, cfg.batch_size, state.seeds
+    device = state.data_rngs[0].device
+    bs = cfg.batch_size
+    seeds = state.seeds
     if state.position == 0:
         state.epoch_rngs = [g.get_state() for g in state.data_rngs]
     else:  # resuming mid-epoch: draw this epoch's permutations again
@@ -291,26 +250,53 @@ def train_epoch(
             last = j + 1 == len(starts)
             if (j + 1) % cfg.log_every and not last and stop.signal is None:
                 continue
-            # one host-device sync per log_every steps: a NaN check and the running loss
-            new, copies = losses[checked : j + 1], len(seeds)
-            read = torch.cat([torch.isfinite(new).all(0), losses[: j + 1].mean(0)]).tolist()
-            for i, finite in enumerate(read[:copies]):
-                if not finite and seeds[i] not in state.diverged:
-                    bad = int((~torch.isfinite(new[:, i])).nonzero()[0])
-                    ended = diverged(state, float(new[bad, i]), done + checked + bad, i)
-                    if ended is not None:
-                        return ended
+            finite, means = read_losses(losses, checked, j + 1)  # one host-device sync
+            ended = check_finite(state, losses[checked : j + 1], finite, done + checked)
+            if ended is not None:
+                return ended
             state.images_seen += min(n, start + bs) - starts[checked]
             checked = j + 1
             state.position = min(n, start + bs)
             bar.update(done + j + 1 - bar.n)
-            running = [
-                m for m, s in zip(read[copies:], seeds, strict=True) if s not in state.diverged
-            ]
-            bar.set_postfix(loss=f"{sum(running) / len(running):.4f}", refresh=False)
+            bar.set_postfix(loss=f"{live_mean(state, means):.4f}", refresh=False)
             if stop.signal is not None and not last:
                 state.partial_losses += losses[: j + 1].tolist()
                 return interrupted(state, n, stop.signal)
+    return end_epoch(state, losses)
+
+
+def read_losses(losses: torch.Tensor, checked: int, upto: int) -> tuple[list[bool], list[float]]:
+    """Per copy, whether its losses of steps checked..upto are all finite, and its mean loss
+    of the epoch's steps so far: one host-device sync for both (the losses stay on the
+    device between checks, every trainer.log_every steps)."""
+    copies = losses.shape[1]
+    read = torch.cat([torch.isfinite(losses[checked:upto]).all(0), losses[:upto].mean(0)])
+    values = read.tolist()
+    return [bool(v) for v in values[:copies]], values[copies:]
+
+
+def check_finite(state: RunState, new: torch.Tensor, finite: list[bool], first: int):
+    """A copy whose `new` losses (the steps since the last check, the first of them step
+    `first` of the epoch) are not all finite has diverged (diverged() records it); the
+    Outcome when that stops the run, else None."""
+    for i, ok in enumerate(finite):
+        if not ok and state.seeds[i] not in state.diverged:
+            bad = int((~torch.isfinite(new[:, i])).nonzero()[0])
+            ended = diverged(state, float(new[bad, i]), first + bad, i)
+            if ended is not None:
+                return ended
+    return None
+
+
+def live_mean(state: RunState, means: list[float]) -> float:
+    """The mean of the copies that did not diverge (the progress bar's running loss)."""
+    live = [m for m, alive in zip(means, state.live(), strict=True) if alive]
+    return sum(live) / len(live)
+
+
+def end_epoch(state: RunState, losses: torch.Tensor) -> list[float]:
+    """Each copy's mean training loss over the whole epoch (the steps before a resume
+    too); the state moves to the start of the next epoch."""
     epoch_losses = torch.tensor(state.partial_losses + losses.tolist()).mean(0).tolist()
     state.epoch, state.position, state.partial_losses = state.epoch + 1, 0, []
     return epoch_losses
@@ -342,7 +328,7 @@ def diverged(state: RunState, value: float, step: int, copy: int) -> Outcome | N
 
 def fit(
     state: RunState,
-    engine: Engine,
+    training: Training,
     data: TrainData,
     cfg: TrainerConfig,
     stop: StopRequest,
@@ -364,7 +350,7 @@ def fit(
     while state.epoch < cfg.epochs and not state.stopped_early:
         started = time.perf_counter()
         if stop.signal is None:
-            ended = train_epoch(state, engine.step, len(data.x_train), cfg, stop)
+            ended = train_epoch(state, training.step, len(data.x_train), cfg, stop)
         else:  # it came during the last step of the epoch before
             ended = interrupted(state, len(data.x_train), stop.signal)
         if data.x_train.device.type == "cuda":
@@ -378,21 +364,21 @@ def fit(
             else:
                 log.error(ended.message)
             return ended, None
-        evaluations, rows = evaluate_epoch(state, engine, data, ended, seconds)
+        evaluations, rows = evaluate_epoch(state, training, data, ended, seconds)
         state.history += rows
         log_epoch(state, rows, cfg.epochs)
         stop_early(state, cfg.patience)
         save(state)
         on_epoch(rows)
-    return Outcome(Status.completed), test_evaluation(state, engine, data, evaluations)
+    return Outcome(Status.completed), test_evaluation(state, training, data, evaluations)
 
 
-def evaluate_epoch(state: RunState, engine: Engine, data: TrainData, losses, seconds: float):
+def evaluate_epoch(state: RunState, training: Training, data: TrainData, losses, seconds: float):
     """Each copy's evaluation after an epoch and its history row; with a validation split,
     the copies' best epochs move on."""
     split = "val" if data.has_validation else "test"
     x, y = (data.x_val, data.y_val) if data.has_validation else (data.x_test, data.y_test)
-    evaluations = engine.evaluate(x, y)
+    evaluations = training.evaluate(x, y)
     rows = [
         {
             "epoch": state.epoch,
@@ -422,14 +408,14 @@ def stop_early(state: RunState, patience: int | None) -> None:
         )
 
 
-def test_evaluation(state: RunState, engine: Engine, data: TrainData, last) -> list:
+def test_evaluation(state: RunState, training: Training, data: TrainData, last) -> list:
     """The test figures, read once at the end: of the weights trainer.keep names (keep=best:
     each copy's best epoch). Without a validation split the last epoch's evaluation was
     already on the test set (`last`; None after 0 epochs or a resumed, finished run)."""
     if state.selection is not None:
         state.selection.apply(state.model)
-        return engine.evaluate(data.x_test, data.y_test)
-    return last if last is not None else engine.evaluate(data.x_test, data.y_test)
+        return training.evaluate(data.x_test, data.y_test)
+    return last if last is not None else training.evaluate(data.x_test, data.y_test)
 
 
 def log_epoch(state: RunState, rows: list[dict], epochs: int) -> None:

@@ -1,6 +1,7 @@
-"""Per-run measurements beyond test accuracy, for the chapter's claims (claims.md): each
-copy's figures go into metrics.json's per_seed rows, their mean over the copies that did
-not diverge beside `accuracy`. Accuracies are fractions 0-1, as `accuracy` is.
+"""Per-run measurements beyond test accuracy, for the chapter's claims (the claim presets,
+configs/experiment/claim_*.yaml, that cnnlab claims judges): each copy's figures go into
+metrics.json's per_seed rows, their mean over the copies that did not diverge beside
+`accuracy`. Accuracies are fractions 0-1, as `accuracy` is.
 
 - shift_accuracy {"0": acc, ..., "4": acc}: test accuracy with every test image moved k
   pixels right and k pixels down (a series: k steps later), the uncovered border filled with
@@ -33,7 +34,7 @@ from torch import nn
 from cnnlab.data import to_device
 from cnnlab.layers import ACTIVATIONS
 
-SHIFTS = range(5)  # pixels: 0 (the test set) to 4, as claims.md's translation test asks
+SHIFTS = range(5)  # pixels: 0 (the test set) to 4; claims 2 and 3 judge 2-4 (shift_drop)
 # steps whose gradients grad_ratio averages: 3,200 images at batch 64, inside epoch 1 on
 # MNIST, where a vanishing gradient shows before Adam's scaling has evened the layers out
 GRAD_STEPS = 50
@@ -133,12 +134,13 @@ class GradProbe:
         return [a / b if b > 0 else None for a, b in zip(first, last, strict=True)]
 
 
-def probe_first_steps(state, engine) -> GradProbe | None:
-    """A GradProbe around the engine's step, for a fresh run (None for a resumed one)."""
+def probe_first_steps(state, training) -> GradProbe | None:
+    """A GradProbe around the run's step (loop.Training), for a fresh run (None for a
+    resumed one)."""
     if state.images_seen:
         return None
-    probe = GradProbe(state.model, weight_names(engine.copy(0)), len(state.seeds))
-    engine.step = probe.wrap(engine.step)
+    probe = GradProbe(state.model, weight_names(training.copy(0)), len(state.seeds))
+    training.step = probe.wrap(training.step)
     return probe
 
 
@@ -147,16 +149,27 @@ def epoch1_accuracies(history: list[dict], seeds: list[int]) -> list[float | Non
     return [row.get(seed) for seed in seeds]
 
 
+# what measure() gives each copy: metrics.json's keys for them (their means over the copies)
+MEASUREMENTS = (
+    "shift_accuracy",
+    "dead_units",
+    "grad_ratio",
+    "epoch1_accuracy",
+    "train_accuracy",
+    "generalization_gap",
+)
+
+
 def measure(run: tuple, evaluations: list, eval_batch_size: int, probe) -> list[dict]:
     """Each copy's measurements (per state.seeds; a diverged copy's: {}). `run` is (state,
-    engine, dataset as loaded, tensors on the device, input shape) after training;
+    training, dataset as loaded, tensors on the device, input shape) after training;
     `evaluations`: each copy's test Evaluation."""
-    state, engine, dataset, tensors, _ = run
+    state, training, dataset, tensors, _ = run
     device = tensors.x_test.device
     shifted = shift_accuracies(
-        engine.evaluate, dataset.x_test, tensors.y_test, device, dataset.normalize
+        training.evaluate, dataset.x_test, tensors.y_test, device, dataset.normalize
     )
-    train = engine.evaluate(tensors.x_train, tensors.y_train)
+    train = training.evaluate(tensors.x_train, tensors.y_train)
     ratios = probe.ratios() if probe is not None else [None] * len(state.seeds)
     first = epoch1_accuracies(state.history, state.seeds)
     rows = []
@@ -167,7 +180,7 @@ def measure(run: tuple, evaluations: list, eval_batch_size: int, probe) -> list[
         rows.append(
             {
                 "shift_accuracy": shifted[i],
-                "dead_units": dead_units(engine.copy(i), tensors.x_test, eval_batch_size),
+                "dead_units": dead_units(training.copy(i), tensors.x_test, eval_batch_size),
                 "grad_ratio": ratios[i],
                 "epoch1_accuracy": first[i],
                 "train_accuracy": train[i].accuracy,

@@ -68,13 +68,12 @@ class ConvPlan:
 
 @dataclass(frozen=True)
 class StagePlan:
-    """`depth` convs; with a residual, a shortcut (identity, or a 1x1 projection to a map of
-    `shortcut_size`); then the pool, if any, to a map of `pooled_size`."""
+    """`depth` convs; with a residual, a shortcut (identity, or a 1x1 projection); then the
+    pool, if any, to a map of `pooled_size`."""
 
     convs: tuple[ConvPlan, ...]
     residual: bool
     projection: bool
-    shortcut_size: tuple[int, ...] | None
     pooled_size: tuple[int, ...] | None
 
     @property
@@ -109,7 +108,8 @@ def plan_mlp(cfg: MLPConfig, input_shape: tuple[int, ...], num_classes: int) -> 
 
 def check_lenet_input(cfg: LeNetConfig, input_shape: tuple[int, ...]) -> int:
     """The number of spatial axes, if the LeNet family and these knobs can take them."""
-    shape_text, dims = text(input_shape), len(input_shape) - 1
+    shape_text = text(input_shape)
+    dims = len(input_shape) - 1
     if dims not in (1, 2):
         raise ConfigError(
             f"input {shape_text} has {dims} spatial axes: the LeNet family takes "
@@ -198,7 +198,8 @@ def plan_stage(cfg: LeNetConfig, s: int, in_ch: int, size: tuple, input_shape: t
     for d in range(cfg.depth):
         convs.append(plan_conv(cfg, s, d, in_ch, size, input_shape))
         in_ch, size = convs[-1].out_ch, convs[-1].size_out
-    stage_in, stage_size, short_size = convs[0].in_ch, convs[0].size_in, None
+    stage_in = convs[0].in_ch
+    stage_size = convs[0].size_in
     if cfg.residual:
         short_size = conv_out(stage_size, 1, cfg.stride, 0, 1)
         if any(b > a for a, b in zip(short_size, size, strict=True)):
@@ -219,7 +220,7 @@ def plan_stage(cfg: LeNetConfig, s: int, in_ch: int, size: tuple, input_shape: t
             )
         pooled = conv_out(size, 2, 2, 0, 1)
     projection = cfg.residual and (stage_in != in_ch or cfg.stride != 1)
-    return StagePlan(tuple(convs), cfg.residual, projection, short_size, pooled)
+    return StagePlan(tuple(convs), cfg.residual, projection, pooled)
 
 
 def plan_lenet(cfg: LeNetConfig, input_shape: tuple[int, ...], num_classes: int) -> Plan:
@@ -400,7 +401,8 @@ def count_conv_layers(model: nn.Module) -> int:
     """Convs with more than one tap (k x k, k x 1, 1 x k, or k in 1-D): a factorized pair
     (k x 1 then 1 x k, layers.conv_block) counts once, 1x1 bottlenecks and projections not
     at all."""
-    count, previous = 0, None
+    count = 0
+    previous = None
     for m in model.modules():
         if not isinstance(m, nn.modules.conv._ConvNd):
             continue

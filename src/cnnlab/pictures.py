@@ -2,7 +2,7 @@
 feature_maps.png (what each conv stage makes of a few test images), mistakes.png (the
 test images it got most confidently wrong).
 
-Drawn with matplotlib's object API alone (`figure`), which report.py's plots share.
+Drawn with matplotlib's object API alone (`figure`, `save`), which report.py's plots share.
 """
 
 from __future__ import annotations
@@ -27,6 +27,17 @@ def figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
+
+
+def save(fig, path: Path) -> None:
+    """`fig` laid out tight (nothing cut off, little margin) and written as a PNG of 110
+    dpi. tight_layout leaves a placeholder layout engine on the figure, for which savefig
+    would draw the whole figure once more, with no output, before the drawing it writes
+    (0.1 s of the 0.9 s of CPU a 0-epoch digits run's four pictures took). Without an
+    engine the file is the same."""
+    fig.tight_layout()
+    fig.set_layout_engine(None)
+    fig.savefig(path, dpi=110)
 
 
 def run_title(model, data: str) -> str:
@@ -231,15 +242,15 @@ def plot_filters(model, path: Path, input_shape=None) -> None:
             along = "tap" if first.kernel else "time step"
             unit = "filter" if first.kernel else "unit"
             ax.set(xlabel="input channel" if channels > 1 else along, ylabel=unit)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)
 
 
 def by_branch(tiles: np.ndarray, branches: tuple) -> tuple[int, np.ndarray]:
     """A multi-scale layer's tiles (filters x h x w, branch after branch) as rows of one
     branch each, NaN tiles after a branch with fewer filters: (columns, tiles)."""
     cols = min(16, max(count for _, count, _ in branches))
-    rows, start = [], 0
+    rows = []
+    start = 0
     for _, count, _ in branches:
         block = tiles[start : start + count][:cols]
         rows += [block, np.full((cols - len(block), *tiles.shape[1:]), np.nan)]
@@ -287,7 +298,8 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
     layers = conv_layers(model)
     x = images.float().cpu()
     one_d = x.ndim == 3
-    n, column = len(x), 1.9  # inches per column
+    n = len(x)
+    column = 1.9  # inches per column
     fig = figure(column * (1 + len(stages)), 1.9 * n + 0.9)
     axes = fig.subplots(n, 1 + len(stages), squeeze=False)
     for i in range(n):
@@ -324,8 +336,7 @@ def plot_feature_maps(model, images: torch.Tensor, path: Path, max_channels: int
         f"what each conv layer makes of {n} test images (one colour scale per column)",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)
     return len(stages)
 
 
@@ -405,6 +416,5 @@ def plot_mistakes(images, y_true, y_pred, confidence, classes, path: Path, n: in
     if not order:
         ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)
     return len(order)

@@ -1,23 +1,36 @@
 """Everything a run folder holds besides the checkpoint and Hydra's files.
 
-metrics.json, history.csv, loss_curve.png, confusion_matrix.png and .csv, and when to draw
-mistakes.png (the pictures of the model itself are drawn in pictures.py, trackers such as
-TensorBoard live in loggers.py). Every file a run writes, the checkpoint
-too, goes through files.atomic_file: a crash or a full disk mid-write never leaves a half file.
+A run hands what it got to (Results) to write_run, whatever ended it: loss_curve.png,
+confusion_matrix.png and .csv, mistakes.png, filters.png and feature_maps.png (drawn by
+pictures.py), then metrics.json, built by metrics_record with one schema for every status
+and written once, then the tracker's final() (trackers such as TensorBoard live in
+loggers.py). history.csv is written after each epoch (write_history). Every file a run
+writes, the checkpoint too, goes through files.atomic_file: a crash or a full disk
+mid-write never leaves a half file.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import logging
 import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from cnnlab import files, pictures
+from cnnlab import files, loggers, measures, pictures
+from cnnlab.outcome import Outcome, Status
+
+# the run's own logger (train.log): a `warning:` line here is one of metrics.json's warnings
+log = logging.getLogger("cnnlab")
 
 # history.csv's columns: a run with a validation split evaluates on it after each epoch
 # (val_*), one without on the test set (test_*); each run writes the columns its rows have
@@ -150,8 +163,7 @@ def plot_loss_curve(
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    pictures.save(fig, path)
 
 
 def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, title: str) -> None:
@@ -167,14 +179,14 @@ def plot_confusion_matrix(cm: torch.Tensor, classes: list[str], path: Path, titl
     dark = counts.max() / 2  # white text on the darker half of the scale
     for (i, j), count in np.ndenumerate(counts):
         color = "white" if count > dark else "black"
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+        cell = ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+        cell.set_in_layout(False)  # inside the axes: tight_layout need not measure k x k texts
     # short names (digits) read level; longer ones slanted, so that they do not overlap
     slanted = max(map(len, classes)) > 3
     ax.set_xticks(range(k), classes, rotation=45 * slanted, ha="right" if slanted else "center")
     ax.set_yticks(range(k), classes)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    pictures.save(fig, path)
 
 
 def evaluation_figures(evaluations: list, state, dataset) -> tuple[dict, torch.Tensor]:
@@ -183,7 +195,8 @@ def evaluation_figures(evaluations: list, state, dataset) -> tuple[dict, torch.T
     With several seeds: accuracy and f1_macro are the means over the copies that did not
     diverge (with their std and each seed's own figures), and the confusion matrix and
     per_class sum those copies' counts."""
-    y, classes = dataset.y_test.cpu(), dataset.classes
+    y = dataset.y_test.cpu()
+    classes = dataset.classes
     per_seed, matrices = [], []
     for seed, evaluation in zip(state.seeds, evaluations, strict=True):
         if seed in state.diverged:
@@ -214,7 +227,8 @@ def evaluation_figures(evaluations: list, state, dataset) -> tuple[dict, torch.T
 def evaluation_files(run_dir: Path, figures: dict, cm, evaluations, state, dataset, title: str):
     """confusion_matrix.csv/.png and mistakes.png (the copy state.shown_copy() names), as
     (file name, function that writes it) to be called one by one."""
-    y, classes = dataset.y_test.cpu(), dataset.classes
+    y = dataset.y_test.cpu()
+    classes = dataset.classes
     copies = sum(row["status"] == "completed" for row in figures["per_seed"])
     title = f"{title}: {100 * figures['accuracy']:.2f}%"
     if copies > 1:
@@ -231,3 +245,188 @@ def evaluation_files(run_dir: Path, figures: dict, cm, evaluations, state, datas
             ),
         ),  # fmt: skip
     ]
+
+
+# ---- the run folder ------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    """What a run hands over to be written: what it got to before it ended. Each field is
+    None until the run reaches it, so that a run that stopped anywhere has the same record
+    as one that completed, with None where it got no figure."""
+
+    model: str  # the composed config's model.name, data.name, seed: known from the start
+    data: str
+    seed: int
+    warnings: list[str]  # every `warning:` the run logged, growing as it goes
+    config: Any = None  # the TrainConfig, once checked
+    started_at: str | None = None
+    device: str | None = None
+    device_name: str | None = None
+    validation: dict | None = None  # which training images were held out
+    numerics: dict | None = None  # the numeric flags in effect while training
+    described: dict | None = None  # the model's figures: params, macs, receptive field, ...
+    state: Any = None  # loop.RunState, once the model is built
+    training: Any = None  # loop.Training: its path, and each copy for the pictures
+    dataset: Any = None  # data.Dataset as loaded (uint8: mistakes.png shows these images)
+    tensors: Any = None  # engine.TrainData on the device
+    input_shape: tuple | None = None
+    memory: dict | None = None  # the run's peak memory, read once training ended
+    threads: int | None = None  # the CPU threads the run trained with
+    evaluations: list | None = None  # each copy's test Evaluation (None: diverged, stopped)
+    measured: list[dict] | None = None  # measures.measure's figures per copy
+    measure_seconds: float | None = None
+    figures: dict | None = None  # run_figures': what metrics.json says of the trained copies
+    confusion: torch.Tensor | None = None  # summed over the copies (None: no evaluation)
+    trained: Outcome | None = None  # how training ended: the files draw what it got to
+    tracker: loggers.RunLogger = field(default_factory=loggers.RunLogger)
+
+
+def validation_figures(state) -> dict:
+    """val_accuracy and best_epoch (None without a validation split), and each copy's own
+    by seed (per_seed)."""
+    if state.selection is None:
+        return {"val_accuracy": None, "best_epoch": None, "per_seed": {}}
+    last = {row["seed"]: row["val_accuracy"] for row in state.history}  # the latest epoch's
+    return state.selection.figures(state.seeds, state.live(), [last.get(s) for s in state.seeds])
+
+
+def run_figures(r: Results) -> tuple[dict, torch.Tensor | None]:
+    """The figures of a run that trained, and the confusion matrix (None without a test
+    evaluation): validation figures; with a test evaluation the classification figures,
+    each copy's row (per_seed) with its validation figures and measurements, and the
+    measurements' means over the copies."""
+    chosen = validation_figures(r.state)
+    figures = {"val_accuracy": chosen["val_accuracy"], "best_epoch": chosen["best_epoch"]}
+    if r.evaluations is None:
+        return figures, None
+    test, cm = evaluation_figures(r.evaluations, r.state, r.dataset)
+    for row, extra in zip(test["per_seed"], r.measured, strict=True):
+        row |= chosen["per_seed"].get(row["seed"], {}) | extra
+    means = measures.mean_of(r.measured)
+    return figures | test | means | {"measure_seconds": r.measure_seconds}, cm
+
+
+def metrics_record(r: Results, outcome: Outcome) -> dict:
+    """metrics.json: the same keys whatever the status, None where the run got no figure.
+    `error` says why a run did not complete."""
+    state, cfg, f = r.state, r.config, r.figures or {}
+    model = r.described or {}
+    memory = r.memory or {}
+    seconds = state.train_seconds if state else None
+    return {
+        "status": str(outcome.status),
+        "model": r.model,
+        "data": r.data,
+        "params": model.get("params"),
+        "macs": model.get("macs"),
+        "receptive_field": model.get("receptive_field"),
+        "conv_layers": model.get("conv_layers"),
+        "layers": model.get("layers"),
+        "accuracy": f.get("accuracy"),
+        "f1_macro": f.get("f1_macro"),
+        "accuracy_std": f.get("accuracy_std"),
+        "f1_macro_std": f.get("f1_macro_std"),
+        "per_class": f.get("per_class"),
+        "per_seed": f.get("per_seed"),
+        "val_accuracy": f.get("val_accuracy"),
+        "best_epoch": f.get("best_epoch"),
+        "stopped_early": state.stopped_early if state else None,
+        "epochs_completed": state.epoch if state else None,
+        "images_seen": state.images_seen if state else None,
+        "train_seconds": round(seconds, 3) if state else None,
+        "images_per_second": round(state.images_seen / max(seconds, 1e-9), 1) if state else None,
+        "device": r.device,
+        "device_name": r.device_name,
+        "seed": r.seed,
+        "seeds": state.seeds if state else None,
+        "torch_version": torch.__version__,
+        "path": r.training.path if r.training else None,
+        "precision": str(cfg.trainer.precision) if cfg else None,
+        "threads": r.threads,
+        "resumed_from": cfg.resume if cfg else None,
+        "peak_rss_mb": memory.get("peak_rss_mb"),
+        "peak_gpu_mb": memory.get("peak_gpu_mb"),  # CUDA only
+        "mps_allocated_mb": memory.get("mps_allocated_mb"),  # MPS only
+        "numerics": r.numerics,
+        "validation": r.validation,
+        "started_at": r.started_at,
+        **{key: f.get(key) for key in measures.MEASUREMENTS},
+        "measure_seconds": f.get("measure_seconds"),
+        "warnings": r.warnings,
+        "error": None if outcome.status == Status.completed else outcome.message,
+    }
+
+
+def draw_pictures(r: Results, run_dir: Path) -> list[tuple[str, Callable[[], Any]]]:
+    """filters.png and feature_maps.png (from the same first test images every run) of the
+    copy every picture shows, as (file name, function that draws it)."""
+    model = functools.cache(lambda: r.training.copy(r.state.shown_copy()))
+    filters = run_dir / "filters.png"
+    maps = run_dir / "feature_maps.png"
+    return [
+        (filters.name, lambda: pictures.plot_filters(model(), filters, r.input_shape)),
+        (maps.name, lambda: pictures.plot_feature_maps(model(), r.tensors.x_test[:4], maps)),
+    ]
+
+
+def run_files(r: Results, run_dir: Path) -> list[tuple[str, Callable[[], Any]]]:
+    """The files that show how a run trained, as (file name, function that writes it): the
+    loss curve, the confusion matrix and mistakes (with a test evaluation), the pictures."""
+    cfg = r.config
+    state = r.state
+    steps = []
+    title = pictures.run_title(cfg.model, cfg.data.name)
+    rows = state.live_rows(state.history)
+    if rows:
+        curve = run_dir / "loss_curve.png"
+        ended = (cfg.trainer.epochs, str(r.trained.status))
+        steps.append((curve.name, lambda: plot_loss_curve(rows, curve, title, *ended)))
+    if r.confusion is not None:
+        figures, evaluations, cm = r.figures, r.evaluations, r.confusion
+        steps += evaluation_files(run_dir, figures, cm, evaluations, state, r.dataset, title)
+    if cfg.pictures:
+        steps += draw_pictures(r, run_dir)
+    return steps
+
+
+def write_run(run_dir: Path, r: Results, outcome: Callable[[], Outcome]) -> tuple[dict, Outcome]:
+    """Every file of the run folder that `r` has the figures for, each of which may fail
+    as a warning (train.log and metrics.json's `warnings`) without costing the others; then
+    metrics.json, once, with the status `outcome()` gives once they are drawn (a signal
+    meanwhile may change it); then the tracker's final(), which may send the whole folder
+    (so it comes after metrics.json, and a failure of it is a warning in train.log alone).
+    Returns metrics.json's content and the outcome, failed if metrics.json could not be
+    written (one `error:` line on stderr says so)."""
+    if r.trained:
+        attempt(run_files(r, run_dir))
+    ended = outcome()
+    metrics = metrics_record(r, ended)
+    ended = write_metrics(run_dir / "metrics.json", metrics, ended)
+    logger = r.config.logger.name if r.config else "none"
+    attempt([(f"logger={logger} final()", lambda: r.tracker.final(metrics, run_dir))])
+    return metrics, ended
+
+
+def attempt(steps: list[tuple[str, Callable[[], Any]]]) -> None:
+    """Each (name, step) in turn; one that fails is a `warning:` naming it."""
+    for name, step in steps:
+        try:
+            step()
+        except Exception as e:
+            log.warning("warning: %s failed: %s", name, loggers.first_line(e))
+
+
+def write_metrics(path: Path, metrics: dict, outcome: Outcome) -> Outcome:
+    """metrics.json, and the outcome it records; if even it cannot be written (a full
+    disk), one `error:` line on stderr names it, and the run failed."""
+    try:
+        write_json(path, metrics)
+        return outcome
+    except (OSError, files.WriteError) as e:
+        reason = e.reason if isinstance(e, files.WriteError) else e.strerror or str(e)
+        line = f"could not write {path}: {reason}"
+        run = f" (the run: {outcome.message})" if outcome.message else ""
+        print(f"error: {line}{run}", file=sys.stderr)
+        return Outcome(Status.failed, line)

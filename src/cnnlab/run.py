@@ -1,13 +1,12 @@
 """One run end to end from a plain TrainConfig that checks.check_config passed: load the
-data, build the model, train, write the run folder's files (metrics.json, history.csv, the
-pictures), whatever stops it. It knows nothing of Hydra: hydra_app hands it the job's
-config, its folders and how many jobs share the machine."""
+data, build the model, train, measure, and hand what the run got to, whatever stopped it,
+to report.write_run, which writes the run folder. It knows nothing of Hydra: hydra_app
+hands it the job's config, its folders and how many jobs share the machine."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import logging
 import re
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab import data, files, loggers, measures, pictures, report
+from cnnlab import collector, data, loggers, measures, report
 from cnnlab.checkpoints import save_checkpoint
 from cnnlab.checks import Checked, resume_config
 from cnnlab.config import TrainConfig
@@ -98,7 +97,8 @@ def load_tensors(cfg: TrainConfig, device: torch.device) -> tuple[data.Dataset, 
 
 def describe_model(cfg: TrainConfig, model: nn.Module, input_shape: tuple) -> dict:
     """The model's figures for metrics.json; its inspect table goes into train.log."""
-    info, layers = inspect_model(model, input_shape), summary(model)
+    info = inspect_model(model, input_shape)
+    layers = summary(model)
     log.info("model %s: %s parameters | %s", cfg.model.name, f"{info['params']:,}", layers)
     log.info("layers (cnnlab inspect):\n%s", format_inspection(info, "table"))
     return {
@@ -108,17 +108,6 @@ def describe_model(cfg: TrainConfig, model: nn.Module, input_shape: tuple) -> di
         "conv_layers": count_conv_layers(model),
         "layers": layers,
     }
-
-
-def draw_pictures(engine, state: RunState, tensors: TrainData, input_shape, run_dir: Path):
-    """filters.png and feature_maps.png (from the same first test images every run) of the
-    copy every picture shows, as (file name, function that draws it)."""
-    model = functools.cache(lambda: engine.copy(state.shown_copy()))
-    filters, maps = run_dir / "filters.png", run_dir / "feature_maps.png"
-    return [
-        (filters.name, lambda: pictures.plot_filters(model(), filters, input_shape)),
-        (maps.name, lambda: pictures.plot_feature_maps(model(), tensors.x_test[:4], maps)),
-    ]
 
 
 def checkpointer(cfg: TrainConfig, checkpoint: Path, config: dict) -> Callable[[RunState], None]:
@@ -139,37 +128,6 @@ def checkpointer(cfg: TrainConfig, checkpoint: Path, config: dict) -> Callable[[
     return save
 
 
-def run_metrics(
-    cfg: TrainConfig, state: RunState, path: str, outcome: Outcome, device: torch.device
-) -> dict:
-    """metrics.json's figures about the run itself (the evaluation adds its own)."""
-    return {
-        "status": str(outcome.status),
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "accuracy": None,
-        "f1_macro": None,
-        "per_class": None,
-        **{k: v for k, v in validation_figures(state).items() if k != "per_seed"},
-        "stopped_early": state.stopped_early,
-        "epochs_completed": state.epoch,
-        "images_seen": state.images_seen,
-        "train_seconds": round(state.train_seconds, 3),
-        "images_per_second": round(state.images_seen / max(state.train_seconds, 1e-9), 1),
-        "device": str(device),
-        "device_name": device_name(device),
-        "seed": cfg.seed,
-        "seeds": state.seeds,
-        "torch_version": torch.__version__,
-        "path": path,
-        "precision": str(cfg.trainer.precision),
-        "threads": torch.get_num_threads(),  # called inside run_threads: the run's count
-        "resumed_from": cfg.resume,
-        **peak_memory(device),
-        **({"error": outcome.message} if outcome.status != Status.completed else {}),
-    }
-
-
 def validation_record(cfg: TrainConfig, ds: data.Dataset) -> dict | None:
     """metrics.json's `validation`: which training images were held out, as a count and a
     digest of their indices (runs with equal digests chose on the same images)."""
@@ -182,15 +140,6 @@ def validation_record(cfg: TrainConfig, ds: data.Dataset) -> dict | None:
         "images": len(ds.val_index),
         "indices_sha256": hashlib.sha256(index).hexdigest(),
     }
-
-
-def validation_figures(state: RunState) -> dict:
-    """val_accuracy and best_epoch (None without a validation split), and each copy's own
-    by seed (per_seed, which write_results adds to the test figures' rows)."""
-    if state.selection is None:
-        return {"val_accuracy": None, "best_epoch": None, "per_seed": {}}
-    last = {row["seed"]: row["val_accuracy"] for row in state.history}  # the latest epoch's
-    return state.selection.figures(state.seeds, state.live(), [last.get(s) for s in state.seeds])
 
 
 class KeptWarnings(logging.Handler):
@@ -218,88 +167,43 @@ def measure(cfg: TrainConfig, run: tuple, evaluations, probe) -> tuple[list[dict
     return measured, round(time.perf_counter() - started, 3)
 
 
-def write_results(
-    cfg: TrainConfig, run_dir: Path, metrics: dict, run: tuple, evaluations, run_logger, probe
-) -> None:
-    """history.csv and metrics.json as soon as the figures exist; then the pictures and
-    the tracker's final(), each of which may fail as a warning (train.log and metrics.json's
-    `warnings`) without costing the results. `run` is (state, engine, dataset, tensors,
-    input shape); `probe` the GradProbe of the run's first steps (None on a resume)."""
-    state, engine, ds, tensors, input_shape = run
-    title, steps = pictures.run_title(cfg.model, cfg.data.name), []
-    if evaluations is not None:
-        figures, cm = report.evaluation_figures(evaluations, state, ds)
-        chosen = validation_figures(state)["per_seed"]
-        measured, seconds = measure(cfg, run, evaluations, probe)
-        for row, extra in zip(figures["per_seed"], measured, strict=True):
-            row |= chosen.get(row["seed"], {}) | extra
-        metrics |= figures | measures.mean_of(measured) | {"measure_seconds": seconds}
-        steps += report.evaluation_files(run_dir, figures, cm, evaluations, state, ds, title)
-    report.write_history(run_dir / "history.csv", state.history)
-    report.write_json(run_dir / "metrics.json", metrics)
-    rows = state.live_rows(state.history)
-    if rows:
-        curve = run_dir / "loss_curve.png"
-        ended = (cfg.trainer.epochs, metrics["status"])
-        steps.insert(0, (curve.name, lambda: report.plot_loss_curve(rows, curve, title, *ended)))
-    if cfg.pictures:
-        steps += draw_pictures(engine, state, tensors, input_shape, run_dir)
-    steps.append((f"logger={cfg.logger.name} final()", lambda: run_logger.final(metrics, run_dir)))
-    for name, write in steps:
-        try:
-            write()
-        except Exception as e:
-            log.warning("warning: %s failed: %s", name, loggers.first_line(e))
-
-
-def settle(run_dir: Path, metrics: dict, outcome: Outcome, stop: StopRequest) -> Outcome:
-    """metrics.json once more, with the warnings and the status the process exits with: a
-    signal noted since training ended makes a completed run interrupted (its results
-    whole). A signal during this write writes it again."""
-    while True:
-        if outcome.status == Status.completed and stop.signal is not None:
-            name = signal.Signals(stop.signal).name
-            message = f"{name} after training completed; the results are whole"
-            outcome = Outcome(Status.interrupted, message, stop.signal)
-            log.warning(message)
-        metrics["status"] = str(outcome.status)
-        if outcome.status != Status.completed:
-            metrics["error"] = outcome.message
-        report.write_json(run_dir / "metrics.json", metrics)
-        if outcome.status != Status.completed or stop.signal is None:
-            return outcome
-
-
-def train_run(checked: Checked, run_dir: Path, job: Job, stop, kept) -> tuple[dict, Outcome]:
-    """One training run into run_dir: its metrics, and the outcome the process reports.
-    `stop` is catching signals: until training starts one raises Interrupted; from there on
-    it waits for the run's files. `kept`: the run's warnings so far (a list that grows)."""
-    started_at = datetime.now().isoformat(timespec="seconds")
-    cfg, job_num, sweep_dir = checked.config, job.num, job.sweep_dir
-    device = pick_device(cfg.device, job_num)
+def train_run(checked: Checked, run_dir: Path, job: Job, stop: StopRequest, r) -> Outcome:
+    """One training run into run_dir; the outcome of its training. It fills `r`
+    (report.Results) as it goes, so that whatever stops it, report.write_run has what the
+    run got to. `stop` is catching signals: until training starts one raises Interrupted;
+    from there on it waits for the run's files."""
+    r.started_at = datetime.now().isoformat(timespec="seconds")
+    cfg = r.config = checked.config
+    device = pick_device(cfg.device, job.num)
+    r.device, r.device_name = str(device), device_name(device)
     reset_peak_memory(device)
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
     ds, tensors = load_tensors(cfg, device)
+    r.dataset, r.tensors, r.validation = ds, tensors, validation_record(cfg, ds)
     # the shape and classes of the data as loaded
-    input_shape, classes = tuple(ds.x_train.shape[1:]), ds.classes
-    checkpoint, config = run_dir / "checkpoints" / "last.pt", resume_config(cfg)
+    input_shape = tuple(ds.x_train.shape[1:])
+    classes = ds.classes
+    r.input_shape = input_shape
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    config = resume_config(cfg)
 
     def build(seed: int) -> nn.Module:  # the model `seed` alone builds
         seed_everything(seed)
         return build_model(cfg.model, input_shape, len(classes))
 
     save = checkpointer(cfg, checkpoint, config)
-    run_logger = loggers.open_logger(cfg, run_dir, sweep_dir)
+    r.tracker = loggers.open_logger(cfg, run_dir, job.sweep_dir)
 
     def on_epoch(rows: list[dict]) -> None:
         report.write_history(run_dir / "history.csv", state.history)
-        run_logger(report.mean_row(state.live_rows(rows)))
+        r.tracker(report.mean_row(state.live_rows(rows)))
 
-    # the tracker closes last, after final(); the process's thread count comes back after
-    threads = run_threads(cfg.trainer.threads, job.n_jobs)
-    with numerics(cfg.trainer) as flags, threads, contextlib.closing(run_logger):
-        state, engine = start_run(build, seeds, tensors, cfg.trainer, device)
-        described = describe_model(cfg, engine.copy(0), input_shape)
+    # the process's thread count and numeric flags come back after
+    with numerics(cfg.trainer) as flags, run_threads(cfg.trainer.threads, job.n_jobs):
+        r.numerics = flags
+        state, training = start_run(build, seeds, tensors, cfg.trainer, device)
+        r.state, r.training = state, training
+        r.described = describe_model(cfg, training.copy(0), input_shape)
         if cfg.resume:
             # the checkpoint the check loaded: once per run; let go of it as it is applied
             resumed, checked.checkpoint = checked.checkpoint, None
@@ -307,26 +211,30 @@ def train_run(checked: Checked, run_dir: Path, job: Job, stop, kept) -> tuple[di
             at = (state.epoch, state.position)
             log.info("resumed from %s at epoch %d, image %d", cfg.resume, *at)
         copies = f", {len(seeds)} seeds together" if len(seeds) > 1 else ""
-        log.info("training path: %s, precision %s%s", engine.path, cfg.trainer.precision, copies)
-        probe = measures.probe_first_steps(state, engine)  # for grad_ratio
+        log.info("training path: %s, precision %s%s", training.path, cfg.trainer.precision, copies)
+        probe = measures.probe_first_steps(state, training)  # for grad_ratio
+        report.write_history(run_dir / "history.csv", state.history)  # 0 epochs: the columns
         stop.deferred = True  # from here a signal waits for the checkpoint and the files
-        outcome, evaluations = fit(state, engine, tensors, cfg.trainer, stop, save, on_epoch)
-        metrics = run_metrics(cfg, state, engine.path, outcome, device) | {
-            **described,
-            "numerics": flags,
-            "validation": validation_record(cfg, ds),
-            "started_at": started_at,
-            "warnings": kept,
-        }
-        run = (state, engine, ds, tensors, input_shape)
-        write_results(cfg, run_dir, metrics, run, evaluations, run_logger, probe)
-        outcome = settle(run_dir, metrics, outcome, stop)
-    if metrics["accuracy"] is not None:
-        log.info(
-            "accuracy %.2f%%  f1_macro %.4f  -> %s",
-            *(100 * metrics["accuracy"], metrics["f1_macro"], run_dir),
-        )
-    return metrics, outcome
+        outcome, evaluations = fit(state, training, tensors, cfg.trainer, stop, save, on_epoch)
+        r.memory, r.threads = peak_memory(device), torch.get_num_threads()
+        if evaluations is not None:
+            run = (state, training, ds, tensors, input_shape)
+            r.measured, r.measure_seconds = measure(cfg, run, evaluations, probe)
+            r.evaluations = evaluations
+        r.figures, r.confusion = report.run_figures(r)
+        r.trained = outcome
+    return outcome
+
+
+def after_training(outcome: Outcome, stop: StopRequest) -> Outcome:
+    """How the run ends: a signal noted since training completed makes it interrupted (its
+    results whole), so that a sweep stops and the shell hears of it."""
+    if outcome.status != Status.completed or stop.signal is None:
+        return outcome
+    name = signal.Signals(stop.signal).name
+    message = f"{name} after training completed; the results are whole"
+    log.warning(message)
+    return Outcome(Status.interrupted, message, stop.signal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,63 +250,53 @@ class Job:
 def run_job(
     cfg, check: Callable[[], Checked], run_dir: Path, job: Job = Job()
 ) -> tuple[dict, Outcome]:
-    """train_run, and whatever stops it, a metrics.json that says how the run ended, with
-    every `warning:` the run logged under `warnings`. SIGINT and SIGTERM are caught from
-    here on: before training they stop the run at once, from training on they wait.
-    `cfg` is the job's config as composed (what a failed run's record names); `check()`
-    gives it checked (checks.check_config, or the pre-flight's result): a config the check
-    refuses is a failed run like any other."""
+    """train_run, and whatever stops it, the run folder that says how the run ended
+    (report.write_run: metrics.json, one schema for every status, with every `warning:` the
+    run logged under `warnings`). SIGINT and SIGTERM are caught from here on: before
+    training they stop the run at once, from training on they wait. `cfg` is the job's
+    config as composed (what a failed run's record names); `check()` gives it checked
+    (checks.check_config, or what hydra_app.check_jobs found): a config the check refuses
+    is a run that ended with bad input, recorded like any other."""
+    collector.release()  # the console script's, now that the run's modules are loaded
     stop, kept = StopRequest(deferred=False), KeptWarnings()
+    r = report.Results(cfg.model.name, cfg.data.name, cfg.seed, kept.lines)
     log.addHandler(kept)
     try:
         with stop.catching():
-            try:
-                return train_run(check(), run_dir, job, stop, kept.lines)
-            except (Interrupted, KeyboardInterrupt) as e:
-                stop.deferred = True
-                sig = getattr(e, "signal", signal.SIGINT)
-                name = signal.Signals(sig).name
-                outcome = Outcome(Status.interrupted, f"{name} before training started", sig)
-            except RunError as e:
-                outcome = Outcome(e.status, str(e))
-            except torch.cuda.OutOfMemoryError:
-                outcome = Outcome(
-                    Status.failed,
-                    f"CUDA ran out of memory with trainer.batch_size={cfg.trainer.batch_size} "
-                    f"and trainer.eval_batch_size={cfg.trainer.eval_batch_size}: try smaller "
-                    f"batches or a smaller model",
-                )
-            except Exception as e:
-                log.exception("run failed")  # an unexpected error: the traceback in train.log
-                outcome = Outcome(Status.failed, loggers.first_line(e))
+            outcome = ended(lambda: train_run(check(), run_dir, job, stop, r), cfg, stop)
             stop.deferred = True
-            return record_failure(cfg, run_dir, outcome, kept.lines)
+            metrics, outcome = report.write_run(run_dir, r, lambda: after_training(outcome, stop))
     finally:
+        r.tracker.close()
         log.removeHandler(kept)
-
-
-def record_failure(
-    cfg, run_dir: Path, outcome: Outcome, warnings: list[str]
-) -> tuple[dict, Outcome]:
-    """metrics.json of a run that did not complete. If even that small file cannot be
-    written (a full disk), one `error:` line on stderr names it, and the run failed."""
-    log.error("error: %s", outcome.message)
-    metrics = {
-        "status": str(outcome.status),
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "error": outcome.message,
-        "seed": cfg.seed,
-        "torch_version": torch.__version__,
-        "warnings": warnings,
-    }
-    path = run_dir / "metrics.json"
-    try:
-        report.write_json(path, metrics)
-    except (OSError, files.WriteError) as e:
-        reason = e.reason if isinstance(e, files.WriteError) else e.strerror or str(e)
-        line = f"could not write {path}: {reason}"
-        run = "" if outcome.message.startswith(line) else f" (the run: {outcome.message})"
-        print(f"error: {line}{run}", file=sys.stderr)
-        outcome = Outcome(Status.failed, line)
+    if metrics["accuracy"] is not None:
+        log.info(
+            "accuracy %.2f%%  f1_macro %.4f  -> %s",
+            *(100 * metrics["accuracy"], metrics["f1_macro"], run_dir),
+        )
     return metrics, outcome
+
+
+def ended(train: Callable[[], Outcome], cfg, stop: StopRequest) -> Outcome:
+    """train()'s outcome, or the one the exception that stopped it means."""
+    try:
+        return train()
+    except (Interrupted, KeyboardInterrupt) as e:
+        stop.deferred = True
+        sig = getattr(e, "signal", signal.SIGINT)
+        name = signal.Signals(sig).name
+        outcome = Outcome(Status.interrupted, f"{name} before training started", sig)
+    except RunError as e:
+        outcome = Outcome(e.status, str(e))
+    except torch.cuda.OutOfMemoryError:
+        outcome = Outcome(
+            Status.failed,
+            f"CUDA ran out of memory with trainer.batch_size={cfg.trainer.batch_size} "
+            f"and trainer.eval_batch_size={cfg.trainer.eval_batch_size}: try smaller "
+            f"batches or a smaller model",
+        )
+    except Exception as e:
+        log.exception("run failed")  # an unexpected error: the traceback in train.log
+        outcome = Outcome(Status.failed, loggers.first_line(e))
+    log.error("error: %s", outcome.message)
+    return outcome

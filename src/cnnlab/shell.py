@@ -14,19 +14,12 @@ import yaml
 # imports this module for every command, its help too
 
 
-def rerun_main(args: list[str]) -> int:
-    if not args or args[0] in ("-h", "--help"):
-        print(
-            "usage: cnnlab rerun RUN_FOLDER [overrides]\n\n"
-            "Train again with the overrides RUN_FOLDER was trained with (its "
-            ".hydra/overrides.yaml),\nnew overrides winning; same seed, so on CPU the same "
-            "metrics. The new run gets a folder\nof its own; Hydra's flags (-m, --cfg job) "
-            "pass through."
-        )
-        return 0 if args else 2
+def rerun(run_folder: str, new: list[str]) -> int:
+    """`cnnlab rerun RUN_FOLDER [overrides]` on the arguments cli.py split: train with
+    RUN_FOLDER's overrides, `new` ones (and Hydra's flags) winning."""
     from cnnlab.hydra_app import merge_overrides, override_key, reproduce_command, train_main
 
-    path = Path(args[0]) / ".hydra" / "overrides.yaml"
+    path = Path(run_folder) / ".hydra" / "overrides.yaml"
     try:
         old = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
@@ -43,11 +36,11 @@ def rerun_main(args: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    overrides = merge_overrides(old, args[1:])
+    overrides = merge_overrides(old, new)
     # one run, as RUN was: a preset that is a sweep (experiment=...) would run all its jobs
-    if not any(a in ("-m", "--multirun") or override_key(a) == "hydra.mode" for a in args[1:]):
+    if not any(a in ("-m", "--multirun") or override_key(a) == "hydra.mode" for a in new):
         overrides.append("hydra.mode=RUN")
-    print(f"rerun of {args[0]}: {reproduce_command(overrides)}", flush=True)
+    print(f"rerun of {run_folder}: {reproduce_command(overrides)}", flush=True)
     return train_main(overrides)
 
 
@@ -92,7 +85,7 @@ def completion_main(argv: list[str], commands: list[str]) -> int:
     first word completes to a command name, and the overrides of train, inspect and rerun
     go to Hydra's completion of the train config.
     """
-    from cnnlab.hydra_app import completion_plugins, train_main
+    from cnnlab.hydra_app import completion_plugins, completion_script, train_main
 
     actions = [a for a in argv if re.fullmatch(r"(install|uninstall|query)=\w+", a)]
     plugins = completion_plugins()
@@ -105,8 +98,7 @@ def completion_main(argv: list[str], commands: list[str]) -> int:
         )
         return 2
     if action in ("install", "uninstall"):
-        sys.argv[0] = "cnnlab"  # the name the script registers: one command, not "cnnlab train"
-        getattr(plugins[shell](None), action)()  # the config loader serves only queries
+        completion_script(plugins[shell], action)
         return 0
     line = os.environ.get("COMP_LINE", "")
     point = int(os.environ.get("COMP_POINT") or len(line))

@@ -1,4 +1,7 @@
-"""Seeds trained together: N copies of one model, trained in lockstep as one computation.
+"""What a run trains: one model (SingleModel) or N seeds trained together (SeedStack), with
+one interface (step, evaluate, copy, model, optimizer), so the loop treats both alike.
+
+Seeds trained together: N copies of one model, trained in lockstep as one computation.
 
 Copy i starts from the weights `seed=seeds[i]` alone would build, sees the batches that
 seed's data generator draws, and gets exactly the update a single run makes: the losses
@@ -32,7 +35,15 @@ from torch import nn
 from torch.func import functional_call
 
 from cnnlab.config import TrainerConfig
-from cnnlab.engine import OPTIMIZERS, Evaluation, TrainData, autocast, evaluate, make_optimizer
+from cnnlab.engine import (
+    OPTIMIZERS,
+    Evaluation,
+    TrainData,
+    autocast,
+    channels_last_pays,
+    evaluate,
+    make_optimizer,
+)
 from cnnlab.layers import Branches, LayerNorm
 from cnnlab.models import MLP, LeNet, Residual, build_model, count_params
 
@@ -281,7 +292,62 @@ def part_size(n: int, device: torch.device) -> int:
     return 4 if device.type == "cpu" else n
 
 
-# ---- the stack -----------------------------------------------------------------------------
+# ---- one model, and the stack ------------------------------------------------------------
+
+
+class SingleModel:
+    """One seed's model and its optimiser, with SeedStack's interface: step(idx) takes the
+    batch indices [1, B] into x_train/y_train and returns the loss [1] (on the device, no
+    host sync; it can be captured in a CUDA graph), evaluate(x, y) a list of one Evaluation,
+    copy(0) the model itself. The caller's tensors stay as they are: where NHWC pays
+    (engine.channels_last_pays) each batch is laid out so as it is gathered, as a stack's
+    is, instead of a second, NHWC copy of the data (no copy at all for one channel)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        trainer_cfg: TrainerConfig,
+        data: TrainData,
+        graph: bool = False,
+        compiled: bool = False,
+    ):
+        self.device, self.n = device, 1
+        self.model = model.to(device)
+        nhwc = channels_last_pays(self.model, device)
+        self.memory_format = torch.channels_last if nhwc else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)  # in place, before the optimiser
+        self.x_train, self.y_train = data.x_train, data.y_train
+        self.optimizer = make_optimizer(self.model, trainer_cfg, device, graph)
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.autocast = autocast(trainer_cfg, device)
+        self.eval_batch_size = trainer_cfg.eval_batch_size
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        x = self.x_train[idx[0]].contiguous(memory_format=self.memory_format)
+        with self.autocast:
+            loss = F.cross_entropy(self.forward(x), self.y_train[idx[0]])
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach().reshape(1)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[1, B, classes] for a batch [B, C, H, W], in the mode the model is in."""
+        with self.autocast:
+            return self.model(x.contiguous(memory_format=self.memory_format)).float()[None]
+
+    def evaluate(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None
+    ) -> list[Evaluation]:
+        """[the model's Evaluation on (x, y)], in eval mode, batch_size images at a time
+        (default trainer.eval_batch_size)."""
+        return evaluate(self.model, self.logits, x, y, batch_size or self.eval_batch_size)
+
+    def copy(self, i: int) -> nn.Module:
+        """The model itself: one seed has no other copy to take out."""
+        return self.model
 
 
 class SeedStack:
@@ -314,6 +380,7 @@ class SeedStack:
         self.x_train, self.y_train = data.x_train, data.y_train
         self.optimizer = make_optimizer(self.model, trainer_cfg, device, graph)
         self.autocast = autocast(trainer_cfg, device)  # bf16 where trainer.precision asks
+        self.eval_batch_size = trainer_cfg.eval_batch_size
         self.model.train()
 
     def forward(self, x: torch.Tensor, part: slice) -> torch.Tensor:
@@ -332,7 +399,7 @@ class SeedStack:
             copies = idx[part]
             # [B, n, C, H, W] -> [B, n*C, H, W]: the gather writes the stacked layout directly
             x = self.x_train[copies.t()].flatten(1, 2).contiguous(memory_format=self.memory_format)
-            with self.autocast:  # as Trainer's step: the loss inside autocast too
+            with self.autocast:  # as SingleModel's step: the loss inside autocast too
                 loss = F.cross_entropy(
                     self.forward(x, part).flatten(0, 1),
                     self.y_train[copies].flatten(),
@@ -351,12 +418,15 @@ class SeedStack:
         with self.autocast:
             return self.model(grouped_input(x, self.n, self.memory_format)).float()
 
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[Evaluation]:
+    def evaluate(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None
+    ) -> list[Evaluation]:
         """Each copy's Evaluation on (x, y), in eval mode, as one model alone gets it.
 
-        batch_size counts images times copies (batch_size / N images per forward), so the
-        memory evaluation takes does not grow with the stack."""
-        batch_size = max(1, batch_size // self.n)
+        batch_size (default trainer.eval_batch_size) counts images times copies
+        (batch_size / N images per forward), so the memory evaluation takes does not grow
+        with the stack."""
+        batch_size = max(1, (batch_size or self.eval_batch_size) // self.n)
         return evaluate(self.model, self.logits, x, y, batch_size, copies=self.n)
 
     # -- state ---------------------------------------------------------------------------

@@ -112,7 +112,8 @@ def _contrast(base: pd.Series, other: pd.Series, m: int) -> Contrast:
         else:
             test = stats.ttest_ind(other, base, equal_var=False)
         interval = test.confidence_interval(level)
-        raw, low, high = float(test.pvalue), float(interval.low), float(interval.high)
+        raw = float(test.pvalue)
+        low, high = float(interval.low), float(interval.high)
     else:  # no spread: every seed differs by the same amount, an exact test
         raw = 2 * 0.5**n if paired else 2 / math.comb(len(base) + len(other), len(base))
         raw = min(1.0, raw)

@@ -1,5 +1,5 @@
 """What every source shares: the Dataset they load into, DataError, the data folder, lines
-for the user, and read_once, which lets the pre-flight check (data.spec) and the run
+for the user, and read_once, which lets the check before the run (data.spec) and the run
 (data.load) share one read of a file or one listing of a folder."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class DataError(RunError):
 
 def notify(message: str) -> None:
     """A line for the user: to the log once logging is set up (a run), else to stderr (the
-    pre-flight check, where a UCR set is downloaded, runs before Hydra sets up logging)."""
+    check before the run, where a UCR set is downloaded, runs before Hydra sets up logging)."""
     if logging.getLogger().handlers:
         log.info(message)
     else:
@@ -90,7 +90,7 @@ def data_folder(cfg: DataConfig) -> Path:
 
 
 # ---- one read per run -----------------------------------------------------------------
-# A run asks for a UCR set's files or an image folder's listing in the pre-flight check and
+# A run asks for a UCR set's files or an image folder's listing in the check before it and
 # again in the run (and a sweep checks every job first). What was read is kept, with the
 # stat of every file and folder it came from, and handed out again while none of them has
 # changed: an edited, added or removed file is read again.

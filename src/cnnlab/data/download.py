@@ -38,7 +38,8 @@ def fetch(url: str, dest: Path, algorithm: str, expected: str) -> None:
     from urllib.error import URLError
     from urllib.request import build_opener
 
-    deadline, digest = time.monotonic() + DOWNLOAD_DEADLINE, hashlib.new(algorithm)
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE
+    digest = hashlib.new(algorithm)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         # an opener of its own: urlopen's shared one keeps the proxy settings of its first use

@@ -45,7 +45,8 @@ def image_files(
     folder, taken before it is listed, to `stamps`. Plain strings and scandir: with pathlib,
     listing 4,000 files took 0.25 s, most of a cached load; and a DirEntry knows its type
     without a stat (a link is followed)."""
-    found, folders = [], [str(folder)]
+    found = []
+    folders = [str(folder)]
     while folders:
         path = folders.pop()
         if stamps is not None:
@@ -66,7 +67,7 @@ def image_files(
 
 def list_tree(train_dir: Path, test_dir: Path | None) -> dict:
     """The class folders of train_dir (and of test_dir) and the image files of each, named
-    by class, with the names skipped. The pre-flight check (data.spec) and the run
+    by class, with the names skipped. The check before the run (data.spec) and the run
     (data.load) both need it: listed once, and again only where a folder has changed
     (read_once). Shared between callers: not to be changed."""
 

@@ -179,8 +179,8 @@ def ucr_line_error(path: Path, number: int, why: str) -> DataError:
 def read_ucr_table(name: str, path: Path):
     """A UCR .tsv as a float64 array (label, then the series), one row a line; refused with
     one line naming the file (and the line) when it is not a table of finite numbers with a
-    series, or is empty. Read once while the file stays as it is (read_once): the pre-flight
-    check and the run both need it."""
+    series, or is empty. Read once while the file stays as it is (read_once): the check
+    before the run and the run both need it."""
 
     def read():
         then = stamp(path)  # before the read: a change while it reads is seen next time
@@ -208,7 +208,8 @@ def parse_ucr_table(name: str, path: Path):
         raise DataError(f"{path} has a label column only: no series", status=Status.bad_input)
     rows, cols = (~np.isfinite(table)).nonzero()
     if len(rows):
-        number, value = lines[rows[0]][0], table[rows[0], cols[0]]
+        number = lines[rows[0]][0]
+        value = table[rows[0], cols[0]]
         if np.isnan(value) and cols[0] > 0:
             raise missing_values(name, path, number)
         raise DataError(
