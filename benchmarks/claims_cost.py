@@ -10,9 +10,10 @@ jobs, built with its `seeds` stacked (cnnlab.loop.start_run, as a run builds it)
 --steps steps on random images of its data's shape, after two steps to warm up. Its
 estimate is
     train  = seconds per step x ceil(train images / batch size) x epochs
-    evals  = seconds per test image x (test images x (epochs + 5) + train images)
-             (a test pass per epoch; after training the test set once more, shifted 1-4
-             pixels, the dead-unit pass, and the training set: measures.py)
+    evals  = seconds per test image x (test images x (epochs + 5 S + D) + T x sample)
+             (a test pass per epoch; after training, as the config's `measures` names them
+             (measures.py): S, the test set at shifts 0-4; D, the dead-unit pass; T, the
+             training set's sample, min(train images, measures.TRAIN_SAMPLE))
     start  = --start seconds per configuration (data loading, start-up, the run folder)
 A sweep's estimate is the sum over its configurations; a claim that reads another claim's
 sweep (claim 2 reads claim 1's) costs nothing more. --measured reads each sweep's
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a source
 
 import torch  # noqa: E402
 
-from cnnlab import data  # noqa: E402
+from cnnlab import data, measures  # noqa: E402
 from cnnlab.checks import check_config  # noqa: E402
 from cnnlab.claims import load_claims  # noqa: E402
 from cnnlab.devices import resolve_device, seed_everything  # noqa: E402
@@ -55,6 +56,13 @@ def counts(cfg, cache: dict) -> tuple[int, int]:
         ds = data.load(cfg)
         cache[key] = len(ds.y_train), len(ds.y_test)
     return cache[key]
+
+
+def eval_images(taken, epochs: int, n_train: int, n_test: int) -> int:
+    """The images a run evaluates: a test pass per epoch, and the measurements `taken`."""
+    after = 5 * n_test * ("shift_accuracy" in taken) + n_test * ("dead_units" in taken)
+    sample = min(n_train, measures.TRAIN_SAMPLE) * ("train_accuracy" in taken)
+    return n_test * epochs + after + sample
 
 
 def time_config(job, steps: int, cache: dict) -> dict:
@@ -92,7 +100,7 @@ def time_config(job, steps: int, cache: dict) -> dict:
         "batch": bs,
         "data": cfg.data.name,
         "train_s": step_s * math.ceil(n_train / bs) * epochs,
-        "eval_s": image_s * (n_test * (epochs + 5) + n_train),
+        "eval_s": image_s * eval_images(cfg.measures, epochs, n_train, n_test),
     }
 
 
