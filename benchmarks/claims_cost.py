@@ -7,12 +7,14 @@ into DIR actually took.
 
 Each configuration is composed as `cnnlab train experiment=claim_NN OVERRIDES` composes its
 jobs, built with its `seeds` stacked (cnnlab.loop.start_run, as a run builds it) and trained
---steps steps on random images of its data's shape, after two steps to warm up. Its
+--steps steps on random images of its data's shape (again until --seconds have passed: the
+median chunk), after two steps and an evaluation on the same state to warm up. Its
 estimate is
     train  = seconds per step x ceil(train images / batch size) x epochs
-    evals  = seconds per test image x (test images x (epochs + 5) + train images)
-             (a test pass per epoch; after training the test set once more, shifted 1-4
-             pixels, the dead-unit pass, and the training set: measures.py)
+    evals  = seconds per test image x (test images x (epochs + 5 S + D) + T x sample)
+             (a test pass per epoch; after training, as the config's `measures` names them
+             (measures.py): S, the test set at shifts 0-4; D, the dead-unit pass; T, the
+             training set's sample, min(train images, measures.TRAIN_SAMPLE))
     start  = --start seconds per configuration (data loading, start-up, the run folder)
 A sweep's estimate is the sum over its configurations; a claim that reads another claim's
 sweep (claim 2 reads claim 1's) costs nothing more. --measured reads each sweep's
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -34,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # a source
 
 import torch  # noqa: E402
 
-from cnnlab import data  # noqa: E402
+from cnnlab import data, measures  # noqa: E402
 from cnnlab.checks import check_config  # noqa: E402
 from cnnlab.claims import load_claims  # noqa: E402
 from cnnlab.devices import resolve_device, seed_everything  # noqa: E402
@@ -50,14 +53,21 @@ EVAL_IMAGES = 2000  # the test images timed for the per-image evaluation cost
 
 def counts(cfg, cache: dict) -> tuple[int, int]:
     """Train and test images of a data config (loaded once per data set)."""
-    key = (cfg.name, getattr(cfg, "root", None), getattr(cfg, "ucr_set", None))
+    key = repr(cfg)  # every key: data.train_size cuts a set (claims 10 and 19) as a run does
     if key not in cache:
         ds = data.load(cfg)
         cache[key] = len(ds.y_train), len(ds.y_test)
     return cache[key]
 
 
-def time_config(job, steps: int, cache: dict) -> dict:
+def eval_images(taken, epochs: int, n_train: int, n_test: int) -> int:
+    """The images a run evaluates: a test pass per epoch, and the measurements `taken`."""
+    after = 5 * n_test * ("shift_accuracy" in taken) + n_test * ("dead_units" in taken)
+    sample = min(n_train, measures.TRAIN_SAMPLE) * ("train_accuracy" in taken)
+    return n_test * epochs + after + sample
+
+
+def time_config(job, steps: int, cache: dict, seconds: float = 3.0) -> dict:
     checked = check_config(job)
     cfg = checked.config
     device = resolve_device(cfg.device)
@@ -75,15 +85,23 @@ def time_config(job, steps: int, cache: dict) -> dict:
     xt = torch.randn(EVAL_IMAGES, *shape, device=device)
     yt = torch.randint(classes, (EVAL_IMAGES,), device=device)
     trainer = replace(cfg.trainer, progress=False, epochs=1)
-    warm = TrainData(x[: 2 * bs], y[: 2 * bs], xt, yt)
-    state, engine = start_run(build, seeds, warm, trainer, device)
-    train_epoch(state, engine.step, 2 * bs, trainer, StopRequest())  # warm-up
-    state2, engine2 = start_run(build, seeds, TrainData(x, y, xt, yt), trainer, device)
+    state, engine = start_run(build, seeds, TrainData(x, y, xt, yt), trainer, device)
+    # a run's first steps and evaluation carry one-off costs (the optimizer's state, the
+    # allocator): warmed up on the same state, so that they are not scaled to every step of
+    # the epoch (at batch 2, 30,000 steps, they once made the estimate ten times the cost)
+    train_epoch(state, engine.step, 2 * bs, trainer, StopRequest())
+    engine.evaluate(xt[: 2 * bs], yt[: 2 * bs])
+    # chunks of steps+2 steps until `seconds` have passed: their median per step, as a few
+    # cheap steps (batch 2) timed once are swamped by one pause of a loaded machine
+    chunks, spent = [], 0.0
+    while spent < seconds and len(chunks) < 100 or not chunks:
+        started = time.perf_counter()
+        train_epoch(state, engine.step, len(x), trainer, StopRequest())
+        chunks.append(time.perf_counter() - started)
+        spent += chunks[-1]
+    step_s = statistics.median(chunks) / (steps + 2)
     started = time.perf_counter()
-    train_epoch(state2, engine2.step, len(x), trainer, StopRequest())
-    step_s = (time.perf_counter() - started) / (steps + 2)
-    started = time.perf_counter()
-    engine2.evaluate(xt, yt)
+    engine.evaluate(xt, yt)
     image_s = (time.perf_counter() - started) / EVAL_IMAGES
     epochs = cfg.trainer.epochs
     return {
@@ -92,7 +110,7 @@ def time_config(job, steps: int, cache: dict) -> dict:
         "batch": bs,
         "data": cfg.data.name,
         "train_s": step_s * math.ceil(n_train / bs) * epochs,
-        "eval_s": image_s * (n_test * (epochs + 5) + n_train),
+        "eval_s": image_s * eval_images(cfg.measures, epochs, n_train, n_test),
     }
 
 
@@ -115,6 +133,9 @@ def main() -> int:
     p.add_argument("overrides", nargs="*", help="overrides for every sweep, as claims --run")
     p.add_argument("--only", metavar="N[,N]", help="these claims only")
     p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    p.add_argument(
+        "--seconds", type=float, default=3.0, help="time chunks of --steps this long at least"
+    )
     p.add_argument("--start", type=float, default=8.0, help="seconds per configuration")
     p.add_argument("--measured", metavar="DIR", help="a ledger folder: what its sweeps took")
     a = p.parse_args()
@@ -137,7 +158,7 @@ def main() -> int:
             rows = []
             for job in jobs:
                 with run_threads(job.trainer.threads):
-                    rows.append(time_config(job, a.steps, cache))
+                    rows.append(time_config(job, a.steps, cache, a.seconds))
         except RunError as e:  # its data not at hand (a UCR set offline): say so, go on
             print(f"{claim.number:>5} {claim.sweep:9} {len(jobs):>7}  not estimated: {e}")
             continue

@@ -3,24 +3,32 @@ figures against hand arithmetic, the verdicts of trained tests on known per-seed
 and the command end to end on a tiny sweep."""
 
 import re
+from itertools import product
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import cnnlab.hydra_app
+from cnnlab import records
 from cnnlab.claims import (
+    MEASURED_FOR,
     METRICS,
     Claim,
     claim_verdict,
     figure,
     judge_exact,
     judge_tests,
+    ledger,
     load_claims,
     relation_holds,
     section,
     sweep_about,
 )
 from cnnlab.claims import test_rows as table_rows  # not a test: claims.md's rows
+from cnnlab.config import key_values
+from cnnlab.records import canon
 
 EXPERIMENTS = cnnlab.hydra_app.config_dir() / "experiment"
 
@@ -188,3 +196,74 @@ def test_bad_arguments_are_one_error_line(tmp_path, run_main):
     result = run_main(tmp_path, "claims", "--only", "one")
     assert result.returncode == 2
     assert result.stderr.count("error:") == 1 and "one" in result.stderr
+
+
+def composed_arms(claim) -> list:
+    """The config of each job claim's own preset sweeps (its hydra.sweeper grid, each point
+    composed as its job is)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweep = compose("train", [f"experiment={claim.preset}"], return_hydra_config=True)
+    parser = OverridesParser.create()
+    axes = []
+    for key, values in sweep.hydra.sweeper.params.items():
+        override = parser.parse_override(f"{key}={values}")
+        points = override.sweep_string_iterator() if override.is_sweep_override() else [values]
+        axes.append([f"{key}={value}" for value in points])
+    return [compose("train", [f"experiment={claim.preset}", *point]) for point in product(*axes)]
+
+
+def selects(cfg, selector: str) -> bool:
+    """Whether the composed job `cfg` is a run `selector` (KEY=VALUE[,...]) names."""
+    wanted = key_values("arm", selector)
+    got = {k: cfg.model.name if k == "model" else OmegaConf.select(cfg, k) for k in wanted}
+    got = {k: OmegaConf.to_object(v) if OmegaConf.is_config(v) else v for k, v in got.items()}
+    return all(canon(got[k]) == canon(v) for k, v in wanted.items())
+
+
+def test_each_sweep_trains_only_the_arms_a_test_reads_and_measures_what_they_need():
+    """The ledger's cost (issue 31): no configuration that no claim's test reads (claims 8, 11
+    and 19 are not full grids), a shared arm trained once (claim 6's ReLU arm is claim 1's
+    LeNet-5), and after training only the measurements the claims reading the sweep judge.
+    Composes each of the ledger's ~35 jobs (0.1-0.3 s each): slow for that reason."""
+    claims = load_claims(EXPERIMENTS)
+
+    def needs(tests) -> set:
+        return {MEASURED_FOR[t["metric"]] for t in tests if t["metric"] in MEASURED_FOR}
+
+    arms = {}
+    with initialize_config_dir(config_dir=str(EXPERIMENTS.parent), version_base="1.3"):
+        for claim in (c for c in claims if c.tests and c.sweep == c.preset):
+            tests = [t for c in claims if claim.preset in c.sweeps for t in c.tests]
+            arms[claim.number] = composed_arms(claim)
+            for arm in arms[claim.number]:
+                assert any(selects(arm, t[side]) for t in tests for side in ("arm", "against"))
+                assert set(arm.measures) == needs(tests), claim.preset
+        for claim in (c for c in claims if c.sweep != c.preset):  # run as the one it reads
+            cfg = compose("train", [f"experiment={claim.preset}"])
+            assert needs(claim.tests) <= set(cfg.measures), claim.preset
+        shared = compose("train", ["experiment=claim_01", "model=lenet5"])
+        relu = compose("train", ["experiment=claim_06", "model.activation=relu"])
+        for key in ("model", "data", "trainer", "seed", "seeds"):
+            assert shared[key] == relu[key], key  # the run claim 6 reads is its own ReLU arm
+    assert next(c for c in claims if c.number == 6).reads == ["claim_01"]
+    assert [len(arms[n]) for n in (6, 8, 10, 11, 19)] == [1, 3, 3, 3, 3]
+
+
+def test_a_claim_reads_the_runs_of_another_claims_sweep(tmp_path, monkeypatch):
+    """Claim 6's ReLU arm is claim 1's LeNet-5 run: the ledger judges GELU (its own sweep)
+    against it (claim 1's), run once."""
+    held = {
+        "claim_06": [run("gelu", [0.95, 0.955, 0.97, 0.952])],
+        "claim_01": [run("relu", [0.90, 0.91, 0.92, 0.90])],
+    }
+    for name in held:
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(
+        records, "load_runs", lambda dirs: [r for d in dirs for r in held[Path(d).name]]
+    )
+    claim = Claim(6, "GELU", "ReLU vs GELU", "claim_06", "claim_06", [gelu_vs_relu()])
+    claim.reads = ["claim_01"]
+    text = ledger([claim], tmp_path)
+    assert "| 6 | GELU | holds | `claim_06`, `claim_01` |" in text
+    assert "with the runs of `claim_01`'s sweep" in text

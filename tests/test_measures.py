@@ -7,8 +7,17 @@ import torch.nn.functional as F
 from conftest import MNIST
 from torch import nn
 
+from cnnlab import measures
 from cnnlab.config import LeNetConfig, MLPConfig
-from cnnlab.measures import GradProbe, dead_units, mean_of, shift, weight_names
+from cnnlab.measures import (
+    TRAIN_SAMPLE,
+    GradProbe,
+    dead_units,
+    mean_of,
+    shift,
+    train_sample,
+    weight_names,
+)
 from cnnlab.models import build_model
 from tests.conftest import QUICK, cnnlab_train, metrics_of
 
@@ -160,3 +169,40 @@ def test_a_resumed_run_has_no_grad_ratio_of_its_own(tmp_path):
     metrics = metrics_of(tmp_path / "b")
     assert metrics["grad_ratio"] is None and metrics["epochs_completed"] == 2
     assert metrics["shift_accuracy"]["0"] == pytest.approx(metrics["accuracy"])
+
+
+def test_a_run_takes_only_the_measurements_it_names(tmp_path):
+    """config `measures` (issue 31: the ledger's cost): what is not named is not measured,
+    so its passes over the data are not paid; grad_ratio and epoch1_accuracy are free."""
+    assert cnnlab_train(tmp_path / "none", *QUICK, "seeds=2", "measures=[]") == 0
+    metrics = metrics_of(tmp_path / "none")
+    for row in (metrics, *metrics["per_seed"]):
+        assert row.get("shift_accuracy") is None and row.get("dead_units") is None
+        assert row.get("train_accuracy") is None and row.get("generalization_gap") is None
+        assert row["grad_ratio"] > 0 and row["epoch1_accuracy"] is not None
+    assert cnnlab_train(tmp_path / "shift", *QUICK, "measures=[shift_accuracy]") == 0
+    metrics = metrics_of(tmp_path / "shift")
+    assert set(metrics["shift_accuracy"]) == set("01234") and metrics["dead_units"] is None
+
+
+def test_an_unknown_measurement_is_bad_input(tmp_path, capsys):
+    assert cnnlab_train(tmp_path / "bad", *QUICK, "measures=[dead]") == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "measures" in err and "'dead'" in err
+    assert "dead_units" in err and not (tmp_path / "bad").exists()
+
+
+def test_train_accuracy_reads_a_fixed_sample_of_the_training_set(tmp_path, monkeypatch):
+    """The generalisation gap's train accuracy on TRAIN_SAMPLE images, not a whole pass over
+    MNIST's 60,000: the same images in every run, and metrics.json says how many."""
+    assert train_sample(50).tolist() == list(range(50))  # a small training set: all of it
+    picked = train_sample(3 * TRAIN_SAMPLE)
+    assert len(picked) == len(set(picked.tolist())) == TRAIN_SAMPLE
+    assert torch.equal(picked, train_sample(3 * TRAIN_SAMPLE))  # the same every run
+    assert picked.max() > TRAIN_SAMPLE  # drawn over the whole set, not its first images
+    monkeypatch.setattr(measures, "TRAIN_SAMPLE", 40)
+    assert cnnlab_train(tmp_path / "run", *QUICK, "seeds=2") == 0
+    metrics = metrics_of(tmp_path / "run")
+    for row in (metrics, *metrics["per_seed"]):
+        assert row["train_accuracy_images"] == 40
+        assert row["train_accuracy"] * 40 == pytest.approx(round(row["train_accuracy"] * 40))

@@ -14,6 +14,8 @@ judged:
           MNIST's 1x28x28): params, macs, receptive_field, map (the map the head flattens),
           stages (the most conv stages that can be built); relation <, =, > (or report).
   sweep   another preset whose sweep holds these runs (shared arms run once).
+  reads   other presets' sweeps that hold some of the runs the tests select (claim 6's
+          ReLU arm is claim 1's LeNet-5 run: run once, read by both).
 Nothing here imports Hydra or torch until a model is inspected.
 """
 
@@ -71,6 +73,15 @@ METRICS = {
 }
 
 
+# metric -> the measurement after training it reads (config `measures`, measures.py): a
+# claim preset takes these, and only these, for the claims that read its sweep
+MEASURED_FOR = {
+    "shift_drop": "shift_accuracy",
+    "dead_share": "dead_units",
+    "generalization_gap": "train_accuracy",
+}
+
+
 class ClaimError(ValueError):
     """A bad claim preset or argument: one `error:` line, exit 2."""
 
@@ -85,6 +96,12 @@ class Claim:
     tests: list[dict] = field(default_factory=list)
     exact: list[dict] = field(default_factory=list)
     note: str | None = None  # what a reader needs to read the verdict right
+    reads: list[str] = field(default_factory=list)  # other presets' sweeps it also reads
+
+    @property
+    def sweeps(self) -> list[str]:
+        """The presets whose sweeps hold this claim's runs."""
+        return [self.sweep, *self.reads]
 
 
 def load_claims(experiment_dir: Path) -> list[Claim]:
@@ -114,6 +131,7 @@ def load_claims(experiment_dir: Path) -> list[Claim]:
                 list(spec.get("tests") or []),
                 list(spec.get("exact") or []),
                 spec.get("note"),
+                list(spec.get("reads") or []),
             )
         )
     return sorted(claims, key=lambda c: c.number)
@@ -344,6 +362,8 @@ def section(claim: Claim, sweep_dir: Path, runs: list[dict] | None) -> tuple[str
     tests = judge_tests(runs or [], claim.tests) if claim.tests else []
     verdict = claim_verdict(exact + tests)
     where = f"`{sweep_dir}` ({sweep_about(runs)})" if runs else f"not run (`{sweep_dir}` is empty)"
+    if claim.reads:
+        where += f"; with the runs of {', '.join(f'`{r}`' for r in claim.reads)}'s sweep"
     lines = [
         f"## {claim.number}. {claim.words}",
         "",
@@ -367,11 +387,12 @@ def ledger(claims: list[Claim], root: Path) -> str:
     sections = []
     summary = ["| # | claim | verdict | sweep |", "|---|---|---|---|"]
     for claim in claims:
-        sweep_dir = root / claim.sweep
-        runs = load_runs([sweep_dir]) if sweep_dir.is_dir() else None
-        text, verdict = section(claim, sweep_dir, runs)
+        held = [root / preset for preset in claim.sweeps if (root / preset).is_dir()]
+        runs = load_runs(held) if held else None
+        text, verdict = section(claim, root / claim.sweep, runs)
         sections.append(text)
-        summary.append(f"| {claim.number} | {claim.words} | {verdict} | `{claim.sweep}` |")
+        sweeps = ", ".join(f"`{preset}`" for preset in claim.sweeps)
+        summary.append(f"| {claim.number} | {claim.words} | {verdict} | {sweeps} |")
     head = [
         "# The chapter's claims, put to the test",
         "",
@@ -384,10 +405,10 @@ def ledger(claims: list[Claim], root: Path) -> str:
     return "\n".join([*head, *summary, "", *sections])
 
 
-def run_sweep(claim: Claim, root: Path, overrides: list[str]) -> int:
+def run_sweep(preset: str, root: Path, overrides: list[str]) -> int:
     """`cnnlab train experiment=PRESET` into root/PRESET, in its own process."""
-    command = [sys.executable, "-m", "cnnlab", "train", f"experiment={claim.sweep}"]
-    command += [f"hydra.sweep.dir={root / claim.sweep}", *overrides]
+    command = [sys.executable, "-m", "cnnlab", "train", f"experiment={preset}"]
+    command += [f"hydra.sweep.dir={root / preset}", *overrides]
     print("running:", " ".join(command[2:]), flush=True)
     return subprocess.run(command).returncode
 
@@ -411,10 +432,9 @@ def main(
         claims = [c for c in claims if c.number in only]
     root = Path(root)
     if run:
-        for preset in dict.fromkeys(c.sweep for c in claims if c.tests):
-            claim = next(c for c in claims if c.sweep == preset)
+        for preset in dict.fromkeys(p for c in claims if c.tests for p in c.sweeps):
             if not (root / preset).is_dir():
-                code = run_sweep(claim, root, overrides)
+                code = run_sweep(preset, root, overrides)
                 if code == 2:
                     return code
     root.mkdir(parents=True, exist_ok=True)

@@ -77,8 +77,13 @@ RUN_SETTINGS = (
     "device", "resume", "logger", "logger.tracking_uri", "logger.experiment",
     "data.root", "data.download", "data.mirror",
     "trainer.progress", "trainer.log_every", "trainer.checkpoint", "trainer.eval_batch_size",
-    "trainer.threads", "pictures", "baseline", "claim",
+    "trainer.threads", "pictures", "baseline", "claim", "measures",
 )  # fmt: skip
+# The measurements taken after training, each a pass over data (measures.py): shift_accuracy
+# (the test set at 4 shifts), dead_units (the test set once more), train_accuracy (a sample
+# of the training set; generalization_gap with it). grad_ratio and epoch1_accuracy cost
+# nothing after training and are always there.
+AFTER_TRAINING = ("shift_accuracy", "dead_units", "train_accuracy")
 # Repeats of one experiment: runs that differ only in these are grouped (mean, std, n).
 REPEAT_KEYS = ("seed", "seeds")
 
@@ -388,6 +393,9 @@ class TrainConfig:
     # `cnnlab compare --baseline`): each experiment preset declares one
     baseline: str | None = None
     claim: Any = None  # a claim preset's words and tests (claims.py reads them from its file)
+    # what is measured after training (measures.py): each costs passes over the data, so a
+    # claim preset takes only what its claim is judged on
+    measures: list[str] = field(default_factory=lambda: list(AFTER_TRAINING))
 
     def __post_init__(self):
         refuse_non_finite(self)
@@ -404,6 +412,12 @@ class TrainConfig:
                 f"at most {2**32 - 1}"
             )
         self._check_validation()
+        unknown = [name for name in self.measures if name not in AFTER_TRAINING]
+        if unknown:
+            raise ConfigError(
+                f"measures={list(self.measures)} is not allowed: {unknown[0]!r} is not one of "
+                f"{list(AFTER_TRAINING)}"
+            )
         if self.baseline is not None:
             key_values("baseline", self.baseline)
         if self.seeds > 1 and self.trainer.compile:

@@ -160,7 +160,9 @@ def measure(cfg: TrainConfig, run: tuple, evaluations, probe) -> tuple[list[dict
     failure is a warning, and no figures."""
     started = time.perf_counter()
     try:
-        measured = measures.measure(run, evaluations, cfg.trainer.eval_batch_size, probe)
+        measured = measures.measure(
+            run, evaluations, cfg.trainer.eval_batch_size, probe, cfg.measures
+        )
     except Exception as e:
         log.warning("warning: measurements (shift_accuracy, ...) failed: %s", loggers.first_line(e))
         measured = [{} for _ in evaluations]
