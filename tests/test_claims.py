@@ -236,6 +236,8 @@ def test_each_sweep_trains_only_the_arms_a_test_reads_and_measures_what_they_nee
         for claim in (c for c in claims if c.tests and c.sweep == c.preset):
             tests = [t for c in claims if claim.preset in c.sweeps for t in c.tests]
             arms[claim.number] = composed_arms(claim)
+            baseline = arms[claim.number][0].baseline  # compare's row every test is against
+            assert sum(selects(arm, baseline) for arm in arms[claim.number]) == 1, claim.preset
             for arm in arms[claim.number]:
                 assert any(selects(arm, t[side]) for t in tests for side in ("arm", "against"))
                 assert set(arm.measures) == needs(tests), claim.preset

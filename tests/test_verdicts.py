@@ -283,6 +283,8 @@ def test_every_preset_declares_a_baseline_that_its_sweep_holds():
         config = yaml.safe_load(preset.read_text())
         pairs = dict(item.split("=") for item in config["baseline"].split(","))
         params = config["hydra"]["sweeper"]["params"]
+        if not set(pairs) <= set(params):  # a sweep of variants (claims 8, 11, 19) or a key
+            continue  # fixed for all jobs (claim 10): test_claims checks their composed jobs
         for key, value in pairs.items():
             assert value in str(params[key]).split(","), preset.name
         assert "a one-point gap reads clearly" not in preset.read_text()
