@@ -227,27 +227,25 @@ def test_what_the_adapter_calls_has_the_signature_it_calls_it_with():
     assert get_class(sweeper).__qualname__ == BasicSweeper.__qualname__
 
 
-def test_hydras_internals_are_used_in_the_adapter_only():
-    """`grep -rn "hydra._internal\\|sys.argv\\[" src/cnnlab` finds the adapter's lines alone:
-    no module outside it imports Hydra's internals or reads sys.argv by index."""
-    grep = re.compile(r"hydra._internal|sys.argv\[")  # grep's pattern: `.` is any character
+def lines_outside_the_adapter(pattern: re.Pattern) -> list[str]:
+    """The lines of src/cnnlab matching `pattern`, hydra_app's adapter section left out."""
     found = []
     for path in sorted(Path(hydra_app.__file__).parent.rglob("*.py")):
         text = path.read_text()
         if path.name == "hydra_app.py":
             text = text.split(ADAPTER)[0]
-        found += [f"{path.name}: {line}" for line in text.splitlines() if grep.search(line)]
-    assert found == []
+        found += [f"{path.name}: {line}" for line in text.splitlines() if pattern.search(line)]
+    return found
+
+
+def test_hydras_internals_are_used_in_the_adapter_only():
+    """`grep -rn "hydra._internal\\|sys.argv\\[" src/cnnlab` finds the adapter's lines alone:
+    no module outside it imports Hydra's internals or reads sys.argv by index."""
+    # grep's pattern: `.` is any character
+    assert lines_outside_the_adapter(re.compile(r"hydra._internal|sys.argv\[")) == []
 
 
 def test_sys_argv_is_written_in_the_adapter_only():
     """Arguments reach Hydra as arguments: outside the adapter (the completion script's
     name) no module assigns to sys.argv or an item of it."""
-    written = re.compile(r"sys\.argv(\[[^]]*\])?\s*=[^=]")
-    found = []
-    for path in sorted(Path(hydra_app.__file__).parent.rglob("*.py")):
-        text = path.read_text()
-        if path.name == "hydra_app.py":
-            text = text.split(ADAPTER)[0]
-        found += [f"{path.name}: {line}" for line in text.splitlines() if written.search(line)]
-    assert found == []
+    assert lines_outside_the_adapter(re.compile(r"sys\.argv(\[[^]]*\])?\s*=[^=]")) == []

@@ -157,6 +157,20 @@ def bench_main(args: list[str]) -> int:
     )
 
 
+def parse_overrides_and_options(p: argparse.ArgumentParser, args: list[str], unknown_says: str):
+    """The namespace of a command that takes overrides and options in any order (an option
+    after an override too), or None after one `error:` line for an argument it refuses,
+    an unknown option named with `unknown_says`. `p` is built with exit_on_error=False."""
+    try:
+        a, unknown = p.parse_known_intermixed_args(args)
+        if unknown:
+            raise argparse.ArgumentError(None, f"{unknown[0]} {unknown_says}")
+    except argparse.ArgumentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    return a
+
+
 def claim_numbers(text: str) -> set[int]:
     """--only's value: comma-separated claim numbers."""
     try:
@@ -178,13 +192,9 @@ def claims_main(args: list[str]) -> int:
     p.add_argument(
         "--only", metavar="N[,N]", type=claim_numbers, help="these claims only, e.g. 1,2,5"
     )
-    try:
-        a, unknown = p.parse_known_intermixed_args(args)
-        if unknown:
-            raise argparse.ArgumentError(None, f"{unknown[0]} is not an option of claims")
-    except argparse.ArgumentError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    a = parse_overrides_and_options(p, args, "is not an option of claims")
+    if a is None:
+        return EXIT_CODES[Status.bad_input]
     from cnnlab import claims
     from cnnlab.hydra_app import config_dir
 
@@ -203,15 +213,11 @@ def inspect_main(args: list[str]) -> int:
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train")
     p.add_argument("--format", default="table", choices=["table", "md", "csv", "json"])
-    try:
-        a, unknown = p.parse_known_intermixed_args(args)  # overrides after --format too
-        if unknown:
-            raise argparse.ArgumentError(
-                None, f"{unknown[0]} is not an option of inspect: give overrides and --format"
-            )
-    except argparse.ArgumentError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    a = parse_overrides_and_options(
+        p, args, "is not an option of inspect: give overrides and --format"
+    )
+    if a is None:
+        return EXIT_CODES[Status.bad_input]
     from cnnlab.checks import check_config
     from cnnlab.hydra_app import BAD_INPUT, composed_jobs, refuse_bad_input
 
