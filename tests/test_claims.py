@@ -16,6 +16,7 @@ from cnnlab.claims import (
     MEASURED_FOR,
     METRICS,
     Claim,
+    ClaimError,
     claim_verdict,
     figure,
     judge_exact,
@@ -26,8 +27,9 @@ from cnnlab.claims import (
     section,
     sweep_about,
 )
+from cnnlab.claims import main as claims_main
 from cnnlab.claims import test_rows as table_rows  # not a test: claims.md's rows
-from cnnlab.config import key_values
+from cnnlab.config import is_run_setting, key_values
 from cnnlab.records import canon
 
 EXPERIMENTS = cnnlab.hydra_app.config_dir() / "experiment"
@@ -84,16 +86,18 @@ def test_relations_and_an_exact_verdict():
     assert judged["verdict"] == "does not hold"
 
 
-def run(arm: str, values: list[float], metric="accuracy") -> dict:
+def run(arm: str, values: list[float], metric="accuracy", **config) -> dict:
     """A completed run (as records.load_run reads one) of model.activation=arm with a
-    metric per seed."""
+    metric per seed; `config` other keys (trainer__epochs=1 is trainer.epochs)."""
     rows = [
         {"seed": seed, "status": "completed", metric: value} for seed, value in enumerate(values)
     ]
+    keys = {k.replace("__", "."): v for k, v in config.items()}
     return {
+        "path": Path("sweep", arm, *map(str, keys.values())),
         "status": "completed",
         "choices": {},
-        "config": {"model.activation": arm},
+        "config": {"model.activation": arm, **keys},
         "metrics": {"per_seed": rows},
     }
 
@@ -224,8 +228,11 @@ def selects(cfg, selector: str) -> bool:
 def test_each_sweep_trains_only_the_arms_a_test_reads_and_measures_what_they_need():
     """The ledger's cost (issue 31): no configuration that no claim's test reads (claims 8, 11
     and 19 are not full grids), a shared arm trained once (claim 6's ReLU arm is claim 1's
-    LeNet-5), and after training only the measurements the claims reading the sweep judge.
-    Composes each of the ledger's ~35 jobs (0.1-0.3 s each): slow for that reason."""
+    LeNet-5; claim 3's LeNet-5 is the baseline of 5, 11, 14, 16, 17, 18; claim 12's
+    'same'-padded one of 13, 14, 15), each test's sides one job apiece that differ in no
+    training key the test does not name, and after training only the measurements the
+    claims reading the sweep judge. Composes each of the ledger's ~30 jobs (0.1-0.3 s
+    each): slow for that reason."""
     claims = load_claims(EXPERIMENTS)
 
     def needs(tests) -> set:
@@ -235,21 +242,35 @@ def test_each_sweep_trains_only_the_arms_a_test_reads_and_measures_what_they_nee
     with initialize_config_dir(config_dir=str(EXPERIMENTS.parent), version_base="1.3"):
         for claim in (c for c in claims if c.tests and c.sweep == c.preset):
             tests = [t for c in claims if claim.preset in c.sweeps for t in c.tests]
-            arms[claim.number] = composed_arms(claim)
-            baseline = arms[claim.number][0].baseline  # compare's row every test is against
-            assert sum(selects(arm, baseline) for arm in arms[claim.number]) == 1, claim.preset
-            for arm in arms[claim.number]:
+            arms[claim.preset] = composed_arms(claim)
+            baseline = arms[claim.preset][0].baseline  # compare's row every test is against
+            assert sum(selects(arm, baseline) for arm in arms[claim.preset]) == 1, claim.preset
+            for arm in arms[claim.preset]:
                 assert any(selects(arm, t[side]) for t in tests for side in ("arm", "against"))
                 assert set(arm.measures) == needs(tests), claim.preset
         for claim in (c for c in claims if c.sweep != c.preset):  # run as the one it reads
             cfg = compose("train", [f"experiment={claim.preset}"])
             assert needs(claim.tests) <= set(cfg.measures), claim.preset
-        shared = compose("train", ["experiment=claim_01", "model=lenet5"])
-        relu = compose("train", ["experiment=claim_06", "model.activation=relu"])
-        for key in ("model", "data", "trainer", "seed", "seeds"):
-            assert shared[key] == relu[key], key  # the run claim 6 reads is its own ReLU arm
+        for claim in (c for c in claims if c.tests):
+            jobs = [job for preset in claim.sweeps for job in arms[preset]]
+            for test in claim.tests:
+                arm, against = (
+                    [j for j in jobs if selects(j, test[s])] for s in ("arm", "against")
+                )
+                assert len(arm) == len(against) == 1, (claim.preset, test)
+                named = {*key_values("arm", test["arm"]), *key_values("arm", test["against"])}
+                a, b = (OmegaConf.to_container(j[0], resolve=True) for j in (arm, against))
+                for group in ("model", "data", "trainer"):
+                    if "model" in named and group == "model":
+                        continue  # model=mlp against model=lenet5
+                    for key in set(a[group]) | set(b[group]):
+                        if f"{group}.{key}" not in named and not is_run_setting(f"{group}.{key}"):
+                            assert a[group].get(key) == b[group].get(key), (claim.preset, key)
+                assert a["seed"] == b["seed"] and a["seeds"] == b["seeds"], claim.preset
     assert next(c for c in claims if c.number == 6).reads == ["claim_01"]
-    assert [len(arms[n]) for n in (6, 8, 10, 11, 19)] == [1, 3, 3, 3, 3]
+    own = {n: len(arms[f"claim_{n:02d}"]) for n in (5, 6, 8, 10, 11, 13, 15, 16, 17, 18, 19)}
+    assert own == {5: 1, 6: 1, 8: 2, 10: 3, 11: 2, 13: 1, 15: 1, 16: 1, 17: 1, 18: 1, 19: 3}
+    assert "claim_14" not in arms  # both its arms are other claims' runs
 
 
 def test_a_claim_reads_the_runs_of_another_claims_sweep(tmp_path, monkeypatch):
@@ -269,3 +290,46 @@ def test_a_claim_reads_the_runs_of_another_claims_sweep(tmp_path, monkeypatch):
     text = ledger([claim], tmp_path)
     assert "| 6 | GELU | holds | `claim_06`, `claim_01` |" in text
     assert "with the runs of `claim_01`'s sweep" in text
+
+
+def test_a_selector_that_names_two_runs_of_one_seed_is_refused():
+    """Sweeps share runs (claim 3's LeNet-5 is seven claims' baseline): a test whose
+    selector matches two runs of one seed would judge whichever came last."""
+    runs = [
+        run("relu", [0.90, 0.91, 0.92], model__pool="max"),
+        run("relu", [0.80, 0.81, 0.82], model__pool="none"),
+        run("gelu", [0.95, 0.955, 0.975], model__pool="max"),
+    ]
+    with pytest.raises(ClaimError, match="'model.activation=relu' names more than one run"):
+        judge_tests(runs, [gelu_vs_relu()])
+    named = {**gelu_vs_relu(), "against": "model.activation=relu,model.pool=max"}
+    (judged,) = judge_tests(runs, [named])
+    assert list(judged["against_values"]) == pytest.approx([90, 91, 92])
+
+
+def test_runs_that_differ_in_a_key_no_selector_names_are_refused(tmp_path, monkeypatch, capsys):
+    """A baseline read from another sweep that trained longer would credit its epochs to
+    the knob the test names: refused, one error line, exit 2, no claims.md."""
+    runs = [run("relu", [0.90, 0.91, 0.92], trainer__epochs=5), run("gelu", [0.95, 0.955, 0.975])]
+    runs[1]["config"]["trainer.epochs"] = 1
+    with pytest.raises(ClaimError, match=r"differ in trainer.epochs \(1 in .*, 5 in"):
+        judge_tests(runs, [gelu_vs_relu()])
+    # a run setting (threads) or a key the test names is no objection
+    runs[1]["config"].update({"trainer.epochs": 5, "trainer.threads": 1})
+    (judged,) = judge_tests(runs, [gelu_vs_relu()])
+    assert judged["verdict"] == "holds"
+
+    runs[1]["config"]["trainer.epochs"] = 1
+    (tmp_path / "claim_06").mkdir()
+    monkeypatch.setattr(records, "load_runs", lambda dirs: runs)
+    experiments = tmp_path / "experiment"
+    experiments.mkdir()
+    (experiments / "claim_06.yaml").write_text(
+        "claim: {number: 6, words: GELU, experiment: ReLU vs GELU, tests: [{arm: "
+        "model.activation=gelu, against: model.activation=relu, metric: accuracy, "
+        "direction: higher}]}\n"
+    )
+    assert claims_main(experiments, tmp_path, []) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "trainer.epochs" in err
+    assert not (tmp_path / "claims.md").exists()

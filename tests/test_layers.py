@@ -17,6 +17,7 @@ from cnnlab.layers import (
     NORMS,
     POOLS,
     Branches,
+    LocalResponseNorm,
     branch_shares,
     conv_block,
     conv_out,
@@ -90,7 +91,7 @@ def test_conv_block_bias_off_when_a_norm_with_a_shift_follows():
 def test_conv_block_keeps_the_bias_before_lrn():
     # LRN has no learnable shift: dropping the conv bias would leave the model without one
     block = conv_block(3, 8, 3, norm=lambda c: NORMS["lrn"](c, 2))
-    assert isinstance(block[1], nn.LocalResponseNorm)
+    assert isinstance(block[1], LocalResponseNorm)
     assert block[0].bias is not None
 
 
@@ -231,3 +232,16 @@ def test_refusals(tmp_path, capfd, bad, word):
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and word in err[0], err
     assert not run.exists()
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 9, 9), (3, 16, 5, 5), (2, 3, 11), (5, 1, 7, 7)])
+def test_local_response_norm_is_torchs(shape):
+    # the fast LRN must give nn.LocalResponseNorm's numbers and gradients (AlexNet's
+    # settings), for channels fewer than the window and for 1-D maps too
+    x = (3 * torch.randn(*shape)).requires_grad_()
+    grad = torch.randn(*shape)
+    ours, theirs = LocalResponseNorm(), nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)
+    y, y0 = ours(x), theirs(x)
+    (g,), (g0,) = (torch.autograd.grad(out, x, grad) for out in (y, y0))
+    torch.testing.assert_close(y, y0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, g0, rtol=1e-5, atol=1e-6)

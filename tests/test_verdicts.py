@@ -15,9 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import QUICK, cnnlab_train, make_run
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from scipy import stats
 
 from cnnlab import compare, plots, records, verdicts
+from cnnlab.config import key_values
+from cnnlab.records import canon
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 DIGITS = ["data=digits", "data.train_size=400", "trainer.epochs=1", "pictures=false"]
@@ -281,12 +284,19 @@ def test_a_baseline_that_names_no_single_row_is_one_line(activations, capsys, ba
 def test_every_preset_declares_a_baseline_that_its_sweep_holds():
     for preset in PRESETS.glob("*.yaml"):
         config = yaml.safe_load(preset.read_text())
-        pairs = dict(item.split("=") for item in config["baseline"].split(","))
+        pairs = key_values("baseline", config["baseline"])
         params = config["hydra"]["sweeper"]["params"]
         if not set(pairs) <= set(params):  # a sweep of variants (claims 8, 11, 19) or a key
             continue  # fixed for all jobs (claim 10): test_claims checks their composed jobs
         for key, value in pairs.items():
-            assert value in str(params[key]).split(","), preset.name
+            override = OverridesParser.create().parse_override(f"{key}={params[key]}")
+            points = (
+                list(override.sweep_string_iterator())
+                if override.is_sweep_override()
+                else [override.get_value_element_as_str()]
+            )
+            swept = [key_values("sweep", f"{key}={point}")[key] for point in points]
+            assert canon(value) in map(canon, swept), preset.name
         assert "a one-point gap reads clearly" not in preset.read_text()
 
 

@@ -195,28 +195,79 @@ def judge_exact(item: dict) -> dict:
 # ---- trained claims: verdicts.py on per-seed figures ---------------------------------------
 
 
-def per_seed(runs: list[dict], selector: str, metric: str):
-    """The metric of each seed of the completed runs `selector` names, indexed by seed."""
-    import pandas as pd
-
+def selected(runs: list[dict], selector: str) -> list[dict]:
+    """The completed runs `selector` (KEY=VALUE[,...], a key or a group's choice) names."""
     from cnnlab.findings import settings
     from cnnlab.records import canon
 
     wanted = key_values("arm", selector)
-    values = {}
-    for run in runs:
-        chosen = settings(run)
-        if run["status"] != "completed" or any(
-            canon(chosen.get(k)) != canon(v) for k, v in wanted.items()
-        ):
-            continue
+    return [
+        run
+        for run in runs
+        if run["status"] == "completed"
+        and all(canon(settings(run).get(k)) == canon(v) for k, v in wanted.items())
+    ]
+
+
+def per_seed(runs: list[dict], selector: str, metric: str):
+    """The metric of each seed of the runs `selector` names, indexed by seed. Two runs with
+    one seed (a selector that names too little, now that sweeps share runs) are refused:
+    keeping either would be a guess."""
+    import pandas as pd
+
+    values, source = {}, {}
+    for run in selected(runs, selector):
         metrics = run["metrics"]
         for row in metrics.get("per_seed") or [metrics]:
-            if row.get("status", "completed") == "completed":
-                value = METRICS[metric][1](row)
-                if value is not None:
-                    values[row.get("seed", metrics.get("seed"))] = value
+            if row.get("status", "completed") != "completed":
+                continue
+            value, seed = METRICS[metric][1](row), row.get("seed", metrics.get("seed"))
+            if value is None:
+                continue
+            if seed in source and source[seed] != run["path"]:
+                raise ClaimError(
+                    f"{selector!r} names more than one run with seed {seed} "
+                    f"({source[seed]}, {run['path']}): name the key that tells them apart"
+                )
+            values[seed], source[seed] = value, run["path"]
     return pd.Series(values, dtype=float)
+
+
+# what a test may compare across: the keys that say what a run trains
+TRAINING_KEYS = ("model.", "data.", "trainer.")
+
+
+def check_alike(runs: list[dict], item: dict) -> None:
+    """Refuse a test whose arm and baseline runs differ in a training key neither selector
+    names (a run read from another claim's sweep trained for longer, on other images...):
+    its difference would be credited to the knob the test names."""
+    from cnnlab.config import is_run_setting
+    from cnnlab.records import canon
+
+    named = {k for side in ("arm", "against") for k in key_values("arm", item[side])}
+    sides = [selected(runs, item[side]) for side in ("arm", "against")]
+    for a in sides[0]:
+        for b in sides[1]:
+            for key in sorted(set(a["config"]) | set(b["config"])):
+                name = key.partition(".")[0] + ".name"
+                if (
+                    not key.startswith(TRAINING_KEYS)
+                    or is_run_setting(key)
+                    or key in named
+                    or canon(a["config"].get(key)) == canon(b["config"].get(key))
+                    # model=mlp against model=lenet5: every key of the two models differs
+                    or (
+                        name.partition(".")[0] in named
+                        and a["config"].get(name) != b["config"].get(name)
+                    )
+                ):
+                    continue
+                raise ClaimError(
+                    f"{item['arm']!r} against {item['against']!r}: the runs also differ in "
+                    f"{key} ({a['config'].get(key)!r} in {a['path']}, "
+                    f"{b['config'].get(key)!r} in {b['path']}): a test compares runs that "
+                    "differ only in the keys it names"
+                )
 
 
 def judge_tests(runs: list[dict], tests: list[dict]) -> list[dict]:
@@ -227,6 +278,7 @@ def judge_tests(runs: list[dict], tests: list[dict]) -> list[dict]:
     judged = []
     for item in tests:
         arm, against = (per_seed(runs, item[k], item["metric"]) for k in ("arm", "against"))
+        check_alike(runs, item)
         judged.append({**item, "arm_values": arm, "against_values": against})
     m = sum(
         len(item["arm_values"]) > 0 and len(item["against_values"]) > 0
@@ -437,8 +489,13 @@ def main(
                 code = run_sweep(preset, root, overrides)
                 if code == 2:
                     return code
+    try:
+        text = ledger(claims, root)
+    except ClaimError as e:  # a preset whose tests name too little: nothing is written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     root.mkdir(parents=True, exist_ok=True)
     out = root / "claims.md"
-    files.write_atomic(out, ledger(claims, root) + "\n")
+    files.write_atomic(out, text + "\n")
     print(f"claims.md: {out}")
     return 0

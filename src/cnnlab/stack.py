@@ -44,7 +44,7 @@ from cnnlab.engine import (
     evaluate,
     make_optimizer,
 )
-from cnnlab.layers import Branches, LayerNorm
+from cnnlab.layers import Branches, LayerNorm, LocalResponseNorm
 from cnnlab.models import MLP, LeNet, Residual, build_model, count_params
 
 # ---- stacked layers ------------------------------------------------------------------------
@@ -230,7 +230,7 @@ STACKED: dict[type, type[nn.Module]] = {
     LayerNorm: StackedGroupNorm,  # a GroupNorm with one group
     nn.InstanceNorm1d: StackedInstanceNorm,
     nn.InstanceNorm2d: StackedInstanceNorm,
-    nn.LocalResponseNorm: PerCopy,
+    LocalResponseNorm: PerCopy,
     Branches: StackedBranches,
 }
 AS_THEY_ARE = (
