@@ -126,7 +126,7 @@ def test_claims_md_names_the_correction_its_intervals_carry(tmp_path):
     runs = [run("relu", [0.90, 0.91, 0.92, 0.90]), run("gelu", [0.95, 0.955, 0.97, 0.952])]
     tests = [gelu_vs_relu(), {**gelu_vs_relu(), "arm": "model.activation=relu"}]
     claim = Claim(6, "GELU", "ReLU vs GELU", "claim_06", "claim_06", tests)
-    text, _ = section(claim, tmp_path, runs)
+    text, _ = section(claim, {tmp_path: runs})
     assert "each difference's interval at 97.5%, Bonferroni over 2 rows" in text
     assert "Holm" not in text and "diff [95% CI]" not in text
 
@@ -155,7 +155,7 @@ def test_a_sweeps_line_gives_its_cost():
     metrics = {"data": "mnist", "epochs_completed": 1, "train_seconds": 30.4}
     runs = [{"status": "completed", "metrics": {**metrics, "measure_seconds": 20.2}}] * 2
     assert sweep_about(runs) == (
-        "2 runs on mnist, 1 epochs, 61 s of training and 40 s of measurements"
+        "2 runs on mnist, 1 epoch, 61 s of training and 40 s of measurements"
     )
 
 
@@ -193,7 +193,12 @@ def test_one_claim_end_to_end(tmp_path, run_main):
     verdict = re.search(r"\*\*Verdict: (.+?)\*\*", text)[1]
     assert verdict.split(" (")[0] in ("holds", "does not hold", "inconclusive")
     assert "(n=3)" in text and "ledger/claim_05" in text
-    assert (tmp_path / "ledger" / "claim_05" / "findings.md").exists()
+    # each sweep it read, with its own runs: claim 3's ReLU arm is run once for seven claims
+    assert "- Sweeps: `ledger/claim_05` (1 run on synthetic" in text
+    assert "; `ledger/claim_03` (2 runs on synthetic" in text
+    for sweep in ("claim_03", "claim_05"):
+        assert (tmp_path / "ledger" / sweep / "findings.md").exists()
+        assert re.search(rf"^{sweep}: exit 0 after \d+ s$", result.stdout, re.M), sweep
 
 
 def test_bad_arguments_are_one_error_line(tmp_path, run_main):
@@ -289,7 +294,8 @@ def test_a_claim_reads_the_runs_of_another_claims_sweep(tmp_path, monkeypatch):
     claim.reads = ["claim_01"]
     text = ledger([claim], tmp_path)
     assert "| 6 | GELU | holds | `claim_06`, `claim_01` |" in text
-    assert "with the runs of `claim_01`'s sweep" in text
+    assert f"- Sweeps: `{tmp_path / 'claim_06'}` (1 run " in text
+    assert f"; `{tmp_path / 'claim_01'}` (1 run " in text
 
 
 def test_a_selector_that_names_two_runs_of_one_seed_is_refused():
@@ -333,3 +339,15 @@ def test_runs_that_differ_in_a_key_no_selector_names_are_refused(tmp_path, monke
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "trainer.epochs" in err
     assert not (tmp_path / "claims.md").exists()
+
+
+def test_a_group_chosen_by_the_presets_defaults_is_selected_by_its_name():
+    """Claim 6's GELU run has LeNet-5 from its preset's defaults, not its command line:
+    `model=lenet5` must still select it (claim 6 read "not run" at full size without)."""
+    gelu, relu = run("gelu", [0.95, 0.955, 0.975]), run("relu", [0.90, 0.91, 0.92])
+    relu["choices"] = {"model": "lenet5"}  # claim 1's sweep chose it on the command line
+    gelu["config"]["model.name"] = relu["config"]["model.name"] = "lenet5"
+    test = {**gelu_vs_relu(), "arm": "model=lenet5,model.activation=gelu"}
+    test["against"] = "model=lenet5,model.activation=relu"
+    (judged,) = judge_tests([gelu, relu], [test])
+    assert judged["verdict"] == "holds" and len(judged["arm_values"]) == 3

@@ -2,14 +2,8 @@
 layout rules, errors, decoding, split and cache; the issue's Fashion-MNIST folder (built
 from Debian's files, skipped without them) through the CLI.
 
-Broken and hostile data for every source: each is one `error:` line (or one warning)
-naming the file, the line where there is one, the right exit code and no traceback; what
-the pre-flight check can see is refused before a run folder exists; nothing hangs.
-
-Exit codes follow the status: data that cannot be had or read (missing offline, a damaged
-or malformed file, an undecodable image) is `failed`, 1; data that read fine but cannot
-make a classification run (one class, NaN or inf values, test labels the training file
-lacks, an empty training or test set, a data.root that is a file) is `bad_input`, 2."""
+Broken and hostile data follow the rules test_data.py's docstring states: one `error:` line
+naming the file, the exit code of its status (1 failed, 2 bad_input), nothing hanging."""
 
 import importlib.util
 import json

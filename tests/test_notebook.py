@@ -40,7 +40,9 @@ def test_the_chapter_notebook_runs_end_to_end(tmp_path):
     )
     client.execute(env=env)  # an error in any cell raises CellExecutionError
 
-    runs = sorted(p.parent for p in (tmp_path / "outputs").rglob("metrics.json"))
+    ledger = tmp_path / "outputs" / "claims_digits"
+    found = sorted(p.parent for p in (tmp_path / "outputs").rglob("metrics.json"))
+    runs = [run for run in found if ledger not in run.parents]
     metrics = [json.loads((run / "metrics.json").read_text()) for run in runs]
     assert len(runs) == 6  # MLP, LeNet-5, and the four of width x depth
     assert all(m["status"] == "completed" and 0 < m["accuracy"] <= 1 for m in metrics)
@@ -72,6 +74,14 @@ def test_the_chapter_notebook_runs_end_to_end(tmp_path):
         for output in cell.get("outputs", [])
         if "text/markdown" in output.get("data", {})
     ]
-    assert len(prose) == 1
+    assert len(prose) == 2
     for model in ("mlp", "lenet5"):
         assert f"**{100 * by_model[model]['accuracy']:.2f}%**" in prose[0]
+
+    # section 5: the ledger of claims 1, 2 and 5, its table as claims.md wrote it from the
+    # sweeps it ran (claim 5's ReLU arm is claim 3's run)
+    assert {p.name for p in ledger.iterdir() if p.is_dir()} == {"claim_01", "claim_03", "claim_05"}
+    assert prose[1] == (ledger / "claims.md").read_text().split("\n## ")[0]
+    for number in (1, 2, 5):
+        row = next(line for line in prose[1].splitlines() if line.startswith(f"| {number} |"))
+        assert row.split(" | ")[2].split(" (")[0] in ("holds", "does not hold", "inconclusive")

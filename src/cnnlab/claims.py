@@ -25,6 +25,7 @@ import math
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,12 +201,18 @@ def selected(runs: list[dict], selector: str) -> list[dict]:
     from cnnlab.findings import settings
     from cnnlab.records import canon
 
+    def chosen(run: dict) -> dict:
+        # a group a preset's defaults chose (claim 6's `override /model: lenet5`) is on no
+        # command line: its `name` key says what was chosen
+        named = {k: run["config"][f"{k}.name"] for k in wanted if f"{k}.name" in run["config"]}
+        return {**named, **settings(run)}
+
     wanted = key_values("arm", selector)
     return [
         run
         for run in runs
         if run["status"] == "completed"
-        and all(canon(settings(run).get(k)) == canon(v) for k, v in wanted.items())
+        and all(canon(chosen(run).get(k)) == canon(v) for k, v in wanted.items())
     ]
 
 
@@ -404,23 +411,30 @@ def sweep_about(runs: list[dict]) -> str:
     seconds = sum(m.get("train_seconds") or 0 for m in done)
     measuring = sum(m.get("measure_seconds") or 0 for m in done)  # the ledger's cost too
     return (
-        f"{len(runs)} runs on {', '.join(data)}, {'/'.join(map(str, epochs))} epochs, "
+        f"{len(runs)} run{'s' * (len(runs) != 1)} on {', '.join(data)}, "
+        f"{'/'.join(map(str, epochs))} epoch{'s' * (epochs != [1])}, "
         f"{seconds:.0f} s of training and {measuring:.0f} s of measurements"
     )
 
 
-def section(claim: Claim, sweep_dir: Path, runs: list[dict] | None) -> tuple[str, str]:
+def section(claim: Claim, sweeps: dict[Path, list[dict]]) -> tuple[str, str]:
+    """claims.md's section of `claim` and its verdict; `sweeps`: each folder of
+    claim.sweeps and the runs it holds (an empty list: not run)."""
+    runs = [run for held in sweeps.values() for run in held]
     exact = [judge_exact(item) for item in claim.exact]
-    tests = judge_tests(runs or [], claim.tests) if claim.tests else []
+    tests = judge_tests(runs, claim.tests) if claim.tests else []
     verdict = claim_verdict(exact + tests)
-    where = f"`{sweep_dir}` ({sweep_about(runs)})" if runs else f"not run (`{sweep_dir}` is empty)"
-    if claim.reads:
-        where += f"; with the runs of {', '.join(f'`{r}`' for r in claim.reads)}'s sweep"
+    where = "; ".join(
+        f"`{folder}` ({sweep_about(held)})" if held else f"not run (`{folder}` is empty)"
+        for folder, held in sweeps.items()
+    )
     lines = [
         f"## {claim.number}. {claim.words}",
         "",
         f"- Experiment: {claim.experiment} (`cnnlab train experiment={claim.preset}`)",
-        f"- Sweep: {where}" if claim.tests else "- Sweep: none needed (arithmetic)",
+        f"- Sweep{'s' * (len(sweeps) > 1)}: {where}"
+        if claim.tests
+        else "- Sweep: none needed (arithmetic)",
         f"- **Verdict: {verdict}**",
         *([f"- Note: {claim.note}"] if claim.note else []),
         "",
@@ -439,9 +453,9 @@ def ledger(claims: list[Claim], root: Path) -> str:
     sections = []
     summary = ["| # | claim | verdict | sweep |", "|---|---|---|---|"]
     for claim in claims:
-        held = [root / preset for preset in claim.sweeps if (root / preset).is_dir()]
-        runs = load_runs(held) if held else None
-        text, verdict = section(claim, root / claim.sweep, runs)
+        folders = [root / preset for preset in claim.sweeps]
+        sweeps = {folder: load_runs([folder]) if folder.is_dir() else [] for folder in folders}
+        text, verdict = section(claim, sweeps)
         sections.append(text)
         sweeps = ", ".join(f"`{preset}`" for preset in claim.sweeps)
         summary.append(f"| {claim.number} | {claim.words} | {verdict} | {sweeps} |")
@@ -462,7 +476,10 @@ def run_sweep(preset: str, root: Path, overrides: list[str]) -> int:
     command = [sys.executable, "-m", "cnnlab", "train", f"experiment={preset}"]
     command += [f"hydra.sweep.dir={root / preset}", *overrides]
     print("running:", " ".join(command[2:]), flush=True)
-    return subprocess.run(command).returncode
+    started = time.perf_counter()
+    code = subprocess.run(command).returncode
+    print(f"{preset}: exit {code} after {time.perf_counter() - started:.0f} s", flush=True)
+    return code
 
 
 def main(
