@@ -233,8 +233,9 @@ def selects(cfg, selector: str) -> bool:
 def test_each_sweep_trains_only_the_arms_a_test_reads_and_measures_what_they_need():
     """The ledger's cost (issue 31): no configuration that no claim's test reads (claims 8, 11
     and 19 are not full grids), a shared arm trained once (claim 6's ReLU arm is claim 1's
-    LeNet-5; claim 3's LeNet-5 is the baseline of 5, 11, 14, 16, 17, 18; claim 12's
-    'same'-padded one of 13, 14, 15), each test's sides one job apiece that differ in no
+    LeNet-5; claim 8's batch norm arm is claim 9's; claim 3's LeNet-5 is the baseline of
+    5, 11, 14, 16, 17, 18; claim 12's 'same'-padded one of 13, 14, 15), each test's sides
+    one job apiece that differ in no
     training key the test does not name, and after training only the measurements the
     claims reading the sweep judge. Composes each of the ledger's ~30 jobs (0.1-0.3 s
     each): slow for that reason."""
@@ -273,8 +274,8 @@ def test_each_sweep_trains_only_the_arms_a_test_reads_and_measures_what_they_nee
                             assert a[group].get(key) == b[group].get(key), (claim.preset, key)
                 assert a["seed"] == b["seed"] and a["seeds"] == b["seeds"], claim.preset
     assert next(c for c in claims if c.number == 6).reads == ["claim_01"]
-    own = {n: len(arms[f"claim_{n:02d}"]) for n in (5, 6, 8, 10, 11, 13, 15, 16, 17, 18, 19)}
-    assert own == {5: 1, 6: 1, 8: 2, 10: 3, 11: 2, 13: 1, 15: 1, 16: 1, 17: 1, 18: 1, 19: 3}
+    own = {n: len(arms[f"claim_{n:02d}"]) for n in (5, 6, 8, 9, 10, 11, 13, 15, 16, 17, 18, 19)}
+    assert own == {5: 1, 6: 1, 8: 3, 9: 1, 10: 3, 11: 2, 13: 1, 15: 1, 16: 1, 17: 1, 18: 1, 19: 3}
     assert "claim_14" not in arms  # both its arms are other claims' runs
 
 
