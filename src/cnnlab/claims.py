@@ -256,7 +256,7 @@ def check_alike(runs: list[dict], item: dict) -> None:
     for a in sides[0]:
         for b in sides[1]:
             for key in sorted(set(a["config"]) | set(b["config"])):
-                name = key.partition(".")[0] + ".name"
+                group = key.partition(".")[0]
                 if (
                     not key.startswith(TRAINING_KEYS)
                     or is_run_setting(key)
@@ -264,8 +264,8 @@ def check_alike(runs: list[dict], item: dict) -> None:
                     or canon(a["config"].get(key)) == canon(b["config"].get(key))
                     # model=mlp against model=lenet5: every key of the two models differs
                     or (
-                        name.partition(".")[0] in named
-                        and a["config"].get(name) != b["config"].get(name)
+                        group in named
+                        and a["config"].get(f"{group}.name") != b["config"].get(f"{group}.name")
                     )
                 ):
                     continue
@@ -457,8 +457,8 @@ def ledger(claims: list[Claim], root: Path) -> str:
         sweeps = {folder: load_runs([folder]) if folder.is_dir() else [] for folder in folders}
         text, verdict = section(claim, sweeps)
         sections.append(text)
-        sweeps = ", ".join(f"`{preset}`" for preset in claim.sweeps)
-        summary.append(f"| {claim.number} | {claim.words} | {verdict} | {sweeps} |")
+        names = ", ".join(f"`{preset}`" for preset in claim.sweeps)
+        summary.append(f"| {claim.number} | {claim.words} | {verdict} | {names} |")
     head = [
         "# The chapter's claims, put to the test",
         "",
