@@ -163,3 +163,12 @@ def test_every_figure_in_docs_is_in_the_readme():
     assert not figures - referenced, f"docs/ figures the README never shows: {figures - referenced}"
     missing = {name for name in referenced if not (docs / name).is_file()}
     assert not missing, f"README links missing docs/ files: {missing}"
+
+
+def test_every_link_to_a_readme_section_finds_its_heading():
+    """A heading renamed (the ledger's lost its "(partial in this release)") must take its
+    links along: GitHub's anchor is the heading lower-cased, punctuation dropped, spaces to -."""
+    headings = re.findall(r"^#+ (.+)$", README, re.M)
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    links = set(re.findall(r"\]\(#([^)]+)\)", README))
+    assert links and links <= anchors, links - anchors
