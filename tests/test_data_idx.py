@@ -2,12 +2,9 @@
 data.download=false. The files come from ../shared/data/MNIST/raw beside the repository (or
 $CNNLAB_MNIST_RAW), linked into a writable root; the tests skip where they are absent.
 
-Reliability (issue 6): one test, or a few, per promise; each one able to fail.
-
-Runs go through the real command (`cnnlab.cli.main(["train", ...])`, in this process for
-speed); the kill and signal tests start real subprocesses and really signal them. Data are
-synthetic or IDX files made here, and the "download" comes from an HTTP server on
-127.0.0.1, so nothing needs the network. GPU-only checks skip without CUDA."""
+Damaged, missing and downloaded IDX files (issue 6's promises, as test_checkpoints.py states
+them): IDX files made here, runs through the real command in this process, and the
+"download" from an HTTP server on 127.0.0.1, so nothing needs the network."""
 
 from __future__ import annotations
 
